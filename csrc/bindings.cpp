@@ -1,0 +1,254 @@
+// The only pybind11 translation unit. Converts Python arguments to op params, lets the shared
+// validators check them (so CPU and CUDA report identical errors), and releases the GIL around
+// the work. Device entry points take raw addresses and a stream handle (ints), so the extension
+// never links against torch; the Python wrappers own the tensors.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/check.h"
+#include "common/cuda_utils.h"
+#include "ops/resize_normalize.h"
+#include "ops/topk.h"
+
+namespace py = pybind11;
+
+namespace medtrt {
+namespace {
+
+#ifndef MEDTRT_CUDA_ARCHITECTURES
+#define MEDTRT_CUDA_ARCHITECTURES ""
+#endif
+
+constexpr bool kCudaCompiled = MEDTRT_WITH_CUDA != 0;
+
+#if !MEDTRT_WITH_CUDA
+[[noreturn]] void no_cuda(const char* what) {
+  throw std::runtime_error(std::string(what) +
+                           ": medtrt was built without CUDA (no nvcc was found at build time); "
+                           "reinstall with the CUDA toolkit on PATH or use NumPy inputs");
+}
+#endif
+
+std::vector<std::int64_t> array_shape(const py::array& a) {
+  return std::vector<std::int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// ---- resize_normalize -------------------------------------------------------------------
+
+using ShapeAndDtype = std::tuple<std::vector<std::int64_t>, std::string>;
+using DeviceImage = std::tuple<std::uintptr_t, std::vector<std::int64_t>, std::string>;
+
+py::tuple out_shape(const ops::ResizeNormalizeParams& p) {
+  return py::make_tuple(p.batch, p.out_channels, p.out_h, p.out_w);
+}
+
+py::array resize_normalize_cpu(const py::list& images, const ops::ResizeNormalizeOptions& o) {
+  std::vector<py::array> arrays;
+  std::vector<ops::ImageShape> shapes;
+  arrays.reserve(images.size());
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    // Contiguous view or copy, never a dtype cast: the validator decides what is acceptable.
+    py::array a = py::array::ensure(images[i], py::array::c_style);
+    if (!a)
+      throw py::type_error(detail::concat("resize_normalize: image ", i, " is a ",
+                                          py::str(py::type::of(images[i])).cast<std::string>(),
+                                          "; expected a NumPy array"));
+    shapes.push_back({array_shape(a), dtype_name(a)});
+    arrays.push_back(std::move(a));
+  }
+  std::vector<ops::ImageDesc> descs;
+  ops::ResizeNormalizeParams p = ops::validate_resize_normalize(shapes, o, &descs);
+  for (std::size_t i = 0; i < descs.size(); ++i)
+    descs[i].src = reinterpret_cast<std::uintptr_t>(arrays[i].data());
+  py::array out(py::dtype(o.dtype), std::vector<py::ssize_t>{p.batch, p.out_channels, p.out_h,
+                                                             p.out_w});
+  p.images = descs.data();
+  p.out = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    ops::resize_normalize_cpu(p);
+  }
+  return out;
+}
+
+py::tuple resize_normalize_check(const std::vector<ShapeAndDtype>& images,
+                                 const ops::ResizeNormalizeOptions& o) {
+  std::vector<ops::ImageShape> shapes;
+  for (const auto& [shape, dtype] : images) shapes.push_back({shape, dtype});
+  std::vector<ops::ImageDesc> descs;
+  return out_shape(ops::validate_resize_normalize(shapes, o, &descs));
+}
+
+void resize_normalize_cuda(const std::vector<DeviceImage>& images,
+                           const ops::ResizeNormalizeOptions& o, std::uintptr_t out,
+                           std::uintptr_t device_descs, std::uintptr_t stream) {
+  std::vector<ops::ImageShape> shapes;
+  for (const auto& [ptr, shape, dtype] : images) shapes.push_back({shape, dtype});
+  std::vector<ops::ImageDesc> descs;
+  ops::ResizeNormalizeParams p = ops::validate_resize_normalize(shapes, o, &descs);
+  for (std::size_t i = 0; i < descs.size(); ++i) descs[i].src = std::get<0>(images[i]);
+  MEDTRT_CHECK(out != 0 && device_descs != 0, "resize_normalize: null device pointer");
+  p.out = reinterpret_cast<void*>(out);
+#if MEDTRT_WITH_CUDA
+  py::gil_scoped_release nogil;
+  ops::resize_normalize_cuda(p, descs.data(), reinterpret_cast<ops::ImageDesc*>(device_descs),
+                             reinterpret_cast<CUstream_st*>(stream));
+#else
+  (void)stream;
+  no_cuda("resize_normalize_cuda");
+#endif
+}
+
+// ---- topk ------------------------------------------------------------------------------------
+
+py::tuple topk_cpu(const py::array& logits_in, std::int64_t k, const std::string& activation) {
+  py::array logits = py::array::ensure(logits_in, py::array::c_style);
+  if (!logits) throw py::type_error("topk: expected a NumPy array of logits");
+  ops::TopkParams p = ops::validate_topk(array_shape(logits), dtype_name(logits), k, activation);
+  py::array_t<float> scores({static_cast<py::ssize_t>(p.batch), static_cast<py::ssize_t>(p.k)});
+  py::array_t<std::int32_t> indices(
+      {static_cast<py::ssize_t>(p.batch), static_cast<py::ssize_t>(p.k)});
+  p.logits = logits.data();
+  p.scores = scores.mutable_data();
+  p.indices = indices.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    ops::topk_cpu(p);
+  }
+  return py::make_tuple(scores, indices);
+}
+
+py::tuple topk_check(const std::vector<std::int64_t>& shape, const std::string& dtype,
+                     std::int64_t k, const std::string& activation) {
+  const ops::TopkParams p = ops::validate_topk(shape, dtype, k, activation);
+  return py::make_tuple(p.batch, p.k);
+}
+
+void topk_cuda(std::uintptr_t logits, const std::vector<std::int64_t>& shape,
+               const std::string& dtype, std::int64_t k, const std::string& activation,
+               std::uintptr_t scores, std::uintptr_t indices, std::uintptr_t stream) {
+  ops::TopkParams p = ops::validate_topk(shape, dtype, k, activation);
+  MEDTRT_CHECK(logits != 0 && scores != 0 && indices != 0, "topk: null device pointer");
+  p.logits = reinterpret_cast<const void*>(logits);
+  p.scores = reinterpret_cast<float*>(scores);
+  p.indices = reinterpret_cast<std::int32_t*>(indices);
+#if MEDTRT_WITH_CUDA
+  py::gil_scoped_release nogil;
+  ops::topk_cuda(p, reinterpret_cast<CUstream_st*>(stream));
+#else
+  (void)stream;
+  no_cuda("topk_cuda");
+#endif
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["cuda_compiled"] = kCudaCompiled;
+  d["cuda_architectures"] = std::string(MEDTRT_CUDA_ARCHITECTURES);
+#if MEDTRT_WITH_CUDA
+  d["cuda_runtime_version"] = cuda_runtime_version();
+#else
+  d["cuda_runtime_version"] = 0;
+#endif
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  d["compiler"] = std::string("unknown");
+#endif
+  return d;
+}
+
+}  // namespace
+}  // namespace medtrt
+
+PYBIND11_MODULE(_C, m) {
+  using namespace medtrt;
+  m.doc() = "medtrt compiled core (private; use medtrt.ops)";
+
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const CudaError& err) {
+      py::object cls = py::module_::import("medtrt.errors").attr("CudaError");
+      PyErr_SetString(cls.ptr(), err.what());
+    }
+  });
+
+  m.def("cuda_compiled", [] { return kCudaCompiled; },
+        "True when the CUDA kernels were compiled into this extension.");
+  m.def("cuda_device_count", [] {
+#if MEDTRT_WITH_CUDA
+    return cuda_device_count();
+#else
+    return 0;
+#endif
+  }, "Visible CUDA devices; 0 without a driver, a device, or CUDA support in this build.");
+  m.def("cuda_device_status", []() -> std::string {
+#if MEDTRT_WITH_CUDA
+    return cuda_device_status();
+#else
+    return "medtrt was built without CUDA";
+#endif
+  }, "Why cuda_device_count() is 0, or '' when a device is visible.");
+  m.def("cuda_driver_version", [] {
+#if MEDTRT_WITH_CUDA
+    return cuda_driver_version();
+#else
+    return 0;
+#endif
+  });
+  m.def("build_info", &build_info);
+  m.attr("IMAGE_DESC_BYTES") = sizeof(ops::ImageDesc);
+
+  py::class_<ops::ResizeNormalizeOptions>(m, "ResizeNormalizeOptions")
+      .def(py::init([](std::pair<std::int64_t, std::int64_t> out_size, std::int64_t channels,
+                       std::optional<double> scale,
+                       std::optional<std::pair<double, double>> window,
+                       std::optional<std::pair<double, double>> rescale,
+                       std::vector<double> mean, std::vector<double> std,
+                       std::string dtype) {
+             ops::ResizeNormalizeOptions o;
+             o.out_h = out_size.first;
+             o.out_w = out_size.second;
+             o.channels = channels;
+             o.scale = scale;
+             o.window = window;
+             o.rescale = rescale;
+             o.mean = std::move(mean);
+             o.std = std::move(std);
+             o.dtype = std::move(dtype);
+             return o;
+           }),
+           py::kw_only(), py::arg("out_size"), py::arg("channels") = 1,
+           py::arg("scale") = py::none(), py::arg("window") = py::none(),
+           py::arg("rescale") = py::none(), py::arg("mean") = std::vector<double>{0.0},
+           py::arg("std") = std::vector<double>{1.0}, py::arg("dtype") = "float32");
+
+  m.def("resize_normalize_cpu", &resize_normalize_cpu, py::arg("images"), py::arg("options"));
+  m.def("resize_normalize_check", &resize_normalize_check, py::arg("images"),
+        py::arg("options"));
+  m.def("resize_normalize_cuda", &resize_normalize_cuda, py::arg("images"), py::arg("options"),
+        py::arg("out"), py::arg("device_descs"), py::arg("stream"));
+
+  m.def("topk_cpu", &topk_cpu, py::arg("logits"), py::arg("k"), py::arg("activation"));
+  m.def("topk_check", &topk_check, py::arg("shape"), py::arg("dtype"), py::arg("k"),
+        py::arg("activation"));
+  m.def("topk_cuda", &topk_cuda, py::arg("logits"), py::arg("shape"), py::arg("dtype"),
+        py::arg("k"), py::arg("activation"), py::arg("scores"), py::arg("indices"),
+        py::arg("stream"));
+}

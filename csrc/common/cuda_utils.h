@@ -1,0 +1,22 @@
+// Host-side CUDA queries callable from translation units that do not include CUDA headers.
+// Defined in cuda_utils.cu, which is only compiled when the build found a CUDA compiler.
+#pragma once
+
+#include <string>
+
+namespace medtrt {
+
+// Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
+int cuda_device_count() noexcept;
+
+// Why cuda_device_count() is 0 ("" when it is not), e.g. "cudaErrorNoDevice: no CUDA-capable
+// device is detected".
+std::string cuda_device_status();
+
+// Runtime version this extension was linked against, as CUDA encodes it (13000 = 13.0).
+int cuda_runtime_version() noexcept;
+
+// Latest CUDA version the installed driver supports; 0 when there is no driver.
+int cuda_driver_version() noexcept;
+
+}  // namespace medtrt

@@ -1,0 +1,121 @@
+// Validation for resize_normalize, shared by the CPU and CUDA entry points.
+#include "ops/resize_normalize.h"
+
+#include <cmath>
+#include <limits>
+
+namespace medtrt::ops {
+namespace {
+
+std::string shape_str(const std::vector<std::int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    s += std::to_string(shape[i]);
+    if (i + 1 < shape.size() || shape.size() == 1) s += ", ";
+  }
+  if (shape.size() == 1) s.pop_back();
+  return s + ")";
+}
+
+constexpr std::int64_t kMaxDim = std::numeric_limits<std::int32_t>::max();
+
+float per_channel(const std::vector<double>& v, std::int64_t c) {
+  return static_cast<float>(v.size() == 1 ? v[0] : v[static_cast<std::size_t>(c)]);
+}
+
+}  // namespace
+
+std::size_t output_element_size(OutType t) { return t == OutType::kF32 ? 4 : 2; }
+
+ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& images,
+                                                const ResizeNormalizeOptions& o,
+                                                std::vector<ImageDesc>* descs) {
+  const char* op = "resize_normalize: ";
+  MEDTRT_CHECK(!images.empty(), op, "expected at least one image; got an empty batch");
+  MEDTRT_CHECK(static_cast<std::int64_t>(images.size()) <= kMaxDim, op, "batch of ",
+               images.size(), " images exceeds the limit of ", kMaxDim);
+  MEDTRT_CHECK(o.out_h >= 1 && o.out_w >= 1 && o.out_h <= kMaxDim && o.out_w <= kMaxDim, op,
+               "out_size must be positive (height, width); got (", o.out_h, ", ", o.out_w, ")");
+  MEDTRT_CHECK(o.channels == 1 || o.channels == 3, op, "channels must be 1 or 3; got ",
+               o.channels);
+  MEDTRT_CHECK(o.dtype == "float32" || o.dtype == "float16", op,
+               "dtype must be 'float32' or 'float16'; got '", o.dtype, "'");
+
+  const std::string& dtype0 = images[0].dtype;
+  descs->assign(images.size(), ImageDesc{});
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const ImageShape& im = images[i];
+    const std::size_t rank = im.shape.size();
+    MEDTRT_CHECK(rank == 2 || rank == 3, op, "image ", i, " has ", rank, " dimensions, shape ",
+                 shape_str(im.shape), "; expected 2 (H, W) or 3 (H, W, C)");
+    MEDTRT_CHECK(im.dtype == "uint8" || im.dtype == "uint16", op, "image ", i, " has dtype ",
+                 im.dtype, "; expected uint8 or uint16 stored pixels");
+    MEDTRT_CHECK(im.dtype == dtype0, op, "image ", i, " is ", im.dtype, " but image 0 is ",
+                 dtype0, "; expected one dtype per batch (convert before calling)");
+    const std::int64_t c = rank == 3 ? im.shape[2] : 1;
+    MEDTRT_CHECK(c == 1 || c == 3, op, "image ", i, " has ", c, " channels, shape ",
+                 shape_str(im.shape), "; expected 1 or 3 in H x W x C layout");
+    MEDTRT_CHECK(im.shape[0] >= 1 && im.shape[1] >= 1, op, "image ", i, " has shape ",
+                 shape_str(im.shape), "; expected height and width >= 1");
+    MEDTRT_CHECK(im.shape[0] <= kMaxDim && im.shape[1] <= kMaxDim, op, "image ", i,
+                 " has shape ", shape_str(im.shape), "; expected sides below 2^31");
+    (*descs)[i] = ImageDesc{0, static_cast<std::int32_t>(im.shape[0]),
+                            static_cast<std::int32_t>(im.shape[1]), static_cast<std::int32_t>(c),
+                            0};
+  }
+
+  ResizeNormalizeParams p{};
+  p.batch = static_cast<std::int32_t>(images.size());
+  p.out_h = static_cast<std::int32_t>(o.out_h);
+  p.out_w = static_cast<std::int32_t>(o.out_w);
+  p.out_channels = static_cast<std::int32_t>(o.channels);
+  p.pixel_type = dtype0 == "uint8" ? PixelType::kU8 : PixelType::kU16;
+  p.out_type = o.dtype == "float32" ? OutType::kF32 : OutType::kF16;
+
+  p.rescale_slope = 1.0f;
+  p.rescale_intercept = 0.0f;
+  if (o.rescale) {
+    const auto [slope, intercept] = *o.rescale;
+    MEDTRT_CHECK(std::isfinite(slope) && std::isfinite(intercept), op,
+                 "rescale=(slope, intercept) must be finite; got (", slope, ", ", intercept, ")");
+    p.rescale_slope = static_cast<float>(slope);
+    p.rescale_intercept = static_cast<float>(intercept);
+  }
+
+  MEDTRT_CHECK(!(o.window && o.scale), op,
+               "pass either window=(center, width) or scale, not both");
+  if (o.window) {
+    const auto [center, width] = *o.window;
+    MEDTRT_CHECK(std::isfinite(center) && std::isfinite(width), op,
+                 "window=(center, width) must be finite; got (", center, ", ", width, ")");
+    MEDTRT_CHECK(width > 0.0, op, "window width must be > 0; got ", width,
+                 " (window=(center, width))");
+    p.use_window = 1;
+    p.window_low = static_cast<float>(center - width / 2.0);
+    p.window_inv_width = static_cast<float>(1.0 / width);
+  } else {
+    const double scale = o.scale ? *o.scale : (dtype0 == "uint8" ? 1.0 / 255.0 : 1.0 / 65535.0);
+    MEDTRT_CHECK(std::isfinite(scale), op, "scale must be finite; got ", scale);
+    p.use_window = 0;
+    p.scale = static_cast<float>(scale);
+  }
+
+  const auto check_stat = [&](const std::vector<double>& v, const char* name) {
+    MEDTRT_CHECK(v.size() == 1 || static_cast<std::int64_t>(v.size()) == o.channels, op, name,
+                 " has ", v.size(), " values; expected 1 or channels (", o.channels, ")");
+    for (std::size_t c = 0; c < v.size(); ++c)
+      MEDTRT_CHECK(std::isfinite(v[c]), op, name, "[", c, "] must be finite; got ", v[c]);
+  };
+  check_stat(o.mean, "mean");
+  check_stat(o.std, "std");
+  for (std::size_t c = 0; c < o.std.size(); ++c)
+    MEDTRT_CHECK(o.std[c] != 0.0, op, "std[", c, "] is 0; expected a nonzero standard deviation");
+  for (std::int64_t c = 0; c < 3; ++c) {
+    const std::int64_t src = c < o.channels ? c : 0;
+    p.mean[c] = per_channel(o.mean, src);
+    p.inv_std[c] = static_cast<float>(1.0 / (o.std.size() == 1 ? o.std[0] : o.std[src]));
+  }
+  return p;
+}
+
+}  // namespace medtrt::ops

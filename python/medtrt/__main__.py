@@ -1,0 +1,5 @@
+import sys
+
+from medtrt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,27 @@
+"""Lazy imports of optional dependencies with an error that names the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from medtrt.errors import MissingDependencyError
+
+__all__ = ["require"]
+
+# module name -> (pip extra, what needs it)
+_EXTRAS = {
+    "torch": ("torch", "torch tensors and the PyTorch reference path"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError naming the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra, purpose = _EXTRAS.get(module, (module, "this feature"))
+        raise MissingDependencyError(
+            f"{module} is needed for {purpose} but is not installed; "
+            f"install it with: pip install 'medtrt[{extra}]'"
+        ) from exc

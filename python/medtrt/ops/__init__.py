@@ -1,0 +1,8 @@
+"""Fused pre- and post-processing kernels (CPU twins always; CUDA when built with nvcc)."""
+
+from __future__ import annotations
+
+from medtrt.ops.resize_normalize import resize_normalize
+from medtrt.ops.topk import topk
+
+__all__ = ["resize_normalize", "topk"]

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+
+def _gpu_skip_reason() -> str | None:
+    from medtrt._native import cuda_ready
+
+    ok, why = cuda_ready()
+    if not ok:
+        return why
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed (GPU tests pass CUDA tensors)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    return None
+
+
+def _trt_skip_reason() -> str | None:
+    if importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx"):
+        return None
+    return "neither tensorrt nor tensorrt_rtx is installed"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_reason = _gpu_skip_reason() if any("gpu" in i.keywords for i in items) else None
+    trt_reason = _trt_skip_reason() if any("trt" in i.keywords for i in items) else None
+    for item in items:
+        if "gpu" in item.keywords and gpu_reason:
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {gpu_reason}"))
+        if "trt" in item.keywords and trt_reason:
+            item.add_marker(pytest.mark.skip(reason=f"trt: {trt_reason}"))
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> "object":
+    """A generator seeded per test (stable across runs, different between tests)."""
+    import zlib
+
+    import numpy as np
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
