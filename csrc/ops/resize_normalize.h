@@ -88,7 +88,11 @@ MEDTRT_HD Tap source_tap(std::int32_t dst, std::int32_t in_size, std::int32_t ou
     t.i0 = 0;
     t.w1 = 0.0f;
   } else {
-    const std::int64_t i0 = num / den;
+    // 32-bit division when it fits (always for realistic sizes; 64-bit division is slow on GPUs).
+    const std::int64_t i0 = num <= 0x7fffffff
+                                ? static_cast<std::int64_t>(static_cast<std::uint32_t>(num) /
+                                                            static_cast<std::uint32_t>(den))
+                                : num / den;
     t.i0 = static_cast<std::int32_t>(i0);
     t.w1 = static_cast<float>(num - i0 * den) / static_cast<float>(den);
   }
@@ -138,13 +142,11 @@ MEDTRT_HD void store_output(const ResizeNormalizeParams& p, std::int64_t index, 
   }
 }
 
-// Computes every output channel of output pixel (y, x) of image b.
+// Computes every output channel of output pixel (y, x) of image b, given its taps.
 template <typename Pixel>
-MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, std::int32_t b,
-                                      std::int32_t y, std::int32_t x) {
-  const ImageDesc& d = p.images[b];
-  const Tap ty = source_tap(y, d.height, p.out_h);
-  const Tap tx = source_tap(x, d.width, p.out_w);
+MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, const ImageDesc& d,
+                                      std::int32_t b, std::int32_t y, std::int32_t x,
+                                      const Tap& ty, const Tap& tx) {
   const std::int64_t plane = static_cast<std::int64_t>(p.out_h) * p.out_w;
   const std::int64_t base = static_cast<std::int64_t>(b) * p.out_channels * plane +
                             static_cast<std::int64_t>(y) * p.out_w + x;
@@ -161,6 +163,16 @@ MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, std::int32
     }
     store_output(p, base + c * plane, (v - p.mean[c]) * p.inv_std[c]);
   }
+}
+
+// Same, computing the taps: what one CUDA thread does. The CPU twin computes each row's and
+// column's taps once with the same source_tap() and calls the overload above.
+template <typename Pixel>
+MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, std::int32_t b,
+                                      std::int32_t y, std::int32_t x) {
+  const ImageDesc& d = p.images[b];
+  resize_normalize_pixel<Pixel>(p, d, b, y, x, source_tap(y, d.height, p.out_h),
+                                source_tap(x, d.width, p.out_w));
 }
 
 // ---- validation (host only) ---------------------------------------------------------------

@@ -8,7 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from helpers import reference
+from medtrt.reference import preprocess
 from medtrt.ops import resize_normalize
 from medtrt.testing import assert_close
 
@@ -33,7 +33,7 @@ def test_scale_path_matches_reference(rng, size, dtype, in_c, out_c):
     out_size = (64, 64) if size != (64, 64) else (224, 224)
     got = resize_normalize([img], out_size, channels=out_c)
     assert got.shape == (1, out_c, *out_size) and got.dtype == np.float32
-    ref = reference.resize_normalize([img], out_size, channels=out_c)
+    ref = preprocess([img], out_size, channels=out_c)
     assert 0.0 <= ref.min() and ref.max() <= 1.0
     assert_close(got, ref, atol=ATOL32, name=f"{size} {dtype.__name__} {in_c}->{out_c}")
 
@@ -46,7 +46,7 @@ def test_window_and_rescale_match_reference(rng, dtype):
     kwargs = dict(rescale=(1.0, -1024.0), window=(40.0, 400.0)) if dtype == np.uint16 else dict(
         rescale=(2.0, -100.0), window=(128.0, 90.0))
     got = resize_normalize([img], (224, 192), **kwargs)
-    ref = reference.resize_normalize([img], (224, 192), **kwargs)
+    ref = preprocess([img], (224, 192), **kwargs)
     assert (ref == 0).any() and (ref == 1).any() and ((ref > 0) & (ref < 1)).any()
     assert_close(got, ref, atol=ATOL32, name="window")
 
@@ -55,7 +55,7 @@ def test_explicit_scale_mean_std_per_channel(rng):
     img = make_image(rng, 300, 200, 3, np.uint8)
     kwargs = dict(channels=3, scale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     got = resize_normalize([img], 224, **kwargs)
-    ref = reference.resize_normalize([img], (224, 224), **kwargs)
+    ref = preprocess([img], (224, 224), **kwargs)
     # Data in [0, 1] before normalisation: the 1e-5 budget scales with 1/std.
     assert_close(got, ref, atol=ATOL32 / 0.224, name="imagenet normalisation")
     assert ref.min() < -1.5 and ref.max() > 2.0
@@ -65,7 +65,7 @@ def test_ragged_batch_equals_one_by_one(rng):
     images = [make_image(rng, h, w, c, np.uint16) for h, w, c in
               [(1, 1, 0), (3, 517, 3), (64, 64, 1), (1023, 767, 0), (17, 9, 3)]]
     got = resize_normalize(images, (48, 40), channels=3, mean=0.25, std=0.5)
-    ref = reference.resize_normalize(images, (48, 40), channels=3, mean=0.25, std=0.5)
+    ref = preprocess(images, (48, 40), channels=3, mean=0.25, std=0.5)
     assert_close(got, ref, atol=ATOL32 / 0.5, name="ragged batch")
     for i, img in enumerate(images):
         single = resize_normalize([img], (48, 40), channels=3, mean=0.25, std=0.5)
@@ -77,7 +77,7 @@ def test_stacked_batch_array(rng, layout):
     shape = (5, 33, 47) if layout == "BHW" else (5, 33, 47, 3)
     batch = rng.integers(0, 256, size=shape, dtype=np.uint8)
     got = resize_normalize(batch, (16, 20), channels=3)
-    ref = reference.resize_normalize(list(batch), (16, 20), channels=3)
+    ref = preprocess(list(batch), (16, 20), channels=3)
     assert_close(got, ref, atol=ATOL32, name=layout)
 
 
@@ -86,7 +86,7 @@ def test_non_contiguous_input_is_read_correctly(rng):
     view = base[::2, 10:100:3]  # strided view
     assert not view.flags.c_contiguous
     got = resize_normalize([view], (32, 32), channels=3)
-    ref = reference.resize_normalize([np.ascontiguousarray(view)], (32, 32), channels=3)
+    ref = preprocess([np.ascontiguousarray(view)], (32, 32), channels=3)
     assert_close(got, ref, atol=ATOL32)
 
 
@@ -96,7 +96,7 @@ def test_float16_output(rng, size):
     got16 = resize_normalize([img], (64, 64), channels=3, dtype="float16")
     got32 = resize_normalize([img], (64, 64), channels=3)
     assert got16.dtype == np.float16
-    ref = reference.resize_normalize([img], (64, 64), channels=3)
+    ref = preprocess([img], (64, 64), channels=3)
     assert_close(got16, ref, atol=ATOL16, name="float16 vs float64 reference")
     # The float16 store is exactly round-to-nearest-even of the float32 result.
     np.testing.assert_array_equal(got16.view(np.uint16), got32.astype(np.float16).view(np.uint16))
@@ -134,7 +134,7 @@ def test_resize_matches_torch_interpolate(rng, size, out_size):
     # full-range pixel step turns into that much output error. medtrt's coordinates are exact,
     # so it must be at least as close to the float64 truth as torch, and agree with torch
     # within torch's own error.
-    ref = reference.resize_normalize([img], out_size, channels=3)
+    ref = preprocess([img], out_size, channels=3)
     torch_err = float(np.abs(expected - ref).max())
     assert torch_err <= max(size) * 2.0**-22 + 1e-6, f"torch error {torch_err:.3g} off its bound"
     ours = assert_close(got, ref, atol=ATOL32, name="vs float64").max_abs_error

@@ -1,0 +1,35 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Both create .venv on first use,
+# install pinned dependencies (constraints.txt) and build medtrt's compiled core into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
+SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
+
+.PHONY: demo test test-fast bench-ops clean
+
+demo: $(VENV)/.installed
+	$(PY) tools/demo.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+bench-ops: $(VENV)/.installed
+	$(PY) tools/bench_ops.py
+
+$(VENV)/.tools: constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt $(BUILD_TOOLS)
+	touch $@
+
+# Non-editable install with a persistent build dir (build/), so a rebuild is incremental.
+$(VENV)/.installed: $(VENV)/.tools $(SOURCES) constraints.txt
+	$(PIP) install -q --no-build-isolation -c constraints.txt ".[test]"
+	touch $@
+
+clean:
+	rm -rf build dist $(VENV)
