@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Regenerates README's Performance table from benchmarks/results/bench_ops_*.json."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- perf-table -->", "<!-- /perf-table -->"
+
+
+def table(path: Path) -> list[str]:
+    report = json.loads(path.read_text())
+    m = report["machine"]
+    lines = []
+    for where in ("cpu", "gpu"):
+        section = report.get(where, {})
+        if "results" not in section:
+            continue
+        device = section.get("device") or f"{m['cpu']} ({m['cores']} cores)"
+        lines += [
+            f"**{where.upper()}: {device}** — {m['date'][:10]}, commit `{m['commit'][:10]}`"
+            f"{' (dirty tree)' if m.get('dirty') else ''}, batch {report['batch']}, "
+            f"copy bandwidth {section['copy_bandwidth_Bps'] / 1e9:.1f} GB/s "
+            f"({section['copy']}); source `{path.relative_to(ROOT)}`",
+            "",
+            "| op | case | median ms | GB/s | % of copy |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for r in section["results"]:
+            lines.append(f"| {r['op']} | {r['case']} | {r['median_s'] * 1e3:.3f} | "
+                         f"{r['bandwidth_Bps'] / 1e9:.2f} | {100 * r['fraction_of_copy']:.1f} |")
+        lines.append("")
+    return lines
+
+
+def main() -> int:
+    body: list[str] = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob("bench_ops_*.json")):
+        body += table(path)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = "\n".join([BEGIN, "", *body, END])
+    pattern = re.compile(re.escape(BEGIN) + r".*?(" + re.escape(END) + r"|$)", re.S)
+    if BEGIN not in text:
+        print("README has no perf-table marker", file=sys.stderr)
+        return 1
+    readme.write_text(pattern.sub(lambda _: block, text, count=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
