@@ -153,7 +153,13 @@ MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, const Imag
   // A grayscale source gives the same interpolated value for every output channel.
   const std::int32_t distinct = (d.channels == 3 && p.out_channels == 3) ? 3 : 1;
   float v = 0.0f;
-  for (std::int32_t c = 0; c < p.out_channels; ++c) {
+  // Unrolled over the compile-time bound so mean[c]/inv_std[c] are constant offsets: a runtime
+  // index would make nvcc copy the whole params struct to local memory in every thread.
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (std::int32_t c = 0; c < 3; ++c) {
+    if (c >= p.out_channels) break;
     if (c < distinct) {
       const float v00 = stored_value<Pixel>(p, d, ty.i0, tx.i0, c);
       const float v01 = stored_value<Pixel>(p, d, ty.i0, tx.i1, c);
