@@ -19,6 +19,22 @@ std::string shape_str(const std::vector<std::int64_t>& shape) {
 
 constexpr std::int64_t kMaxDim = std::numeric_limits<std::int32_t>::max();
 
+std::optional<PixelType> pixel_type(const std::string& dtype) {
+  if (dtype == "uint8") return PixelType::kU8;
+  if (dtype == "uint16") return PixelType::kU16;
+  if (dtype == "int16") return PixelType::kI16;
+  if (dtype == "float32") return PixelType::kF32;
+  return std::nullopt;
+}
+
+double default_scale(PixelType t) {
+  switch (t) {
+    case PixelType::kU8: return 1.0 / 255.0;
+    case PixelType::kU16: return 1.0 / 65535.0;
+    default: return 1.0;  // signed or float values are taken as they are
+  }
+}
+
 float per_channel(const std::vector<double>& v, std::int64_t c) {
   return static_cast<float>(v.size() == 1 ? v[0] : v[static_cast<std::size_t>(c)]);
 }
@@ -48,8 +64,8 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
     const std::size_t rank = im.shape.size();
     MEDTRT_CHECK(rank == 2 || rank == 3, op, "image ", i, " has ", rank, " dimensions, shape ",
                  shape_str(im.shape), "; expected 2 (H, W) or 3 (H, W, C)");
-    MEDTRT_CHECK(im.dtype == "uint8" || im.dtype == "uint16", op, "image ", i, " has dtype ",
-                 im.dtype, "; expected uint8 or uint16 stored pixels");
+    MEDTRT_CHECK(pixel_type(im.dtype).has_value(), op, "image ", i, " has dtype ", im.dtype,
+                 "; expected uint8, uint16, int16 or float32 pixels");
     MEDTRT_CHECK(im.dtype == dtype0, op, "image ", i, " is ", im.dtype, " but image 0 is ",
                  dtype0, "; expected one dtype per batch (convert before calling)");
     const std::int64_t c = rank == 3 ? im.shape[2] : 1;
@@ -69,7 +85,7 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
   p.out_h = static_cast<std::int32_t>(o.out_h);
   p.out_w = static_cast<std::int32_t>(o.out_w);
   p.out_channels = static_cast<std::int32_t>(o.channels);
-  p.pixel_type = dtype0 == "uint8" ? PixelType::kU8 : PixelType::kU16;
+  p.pixel_type = *pixel_type(dtype0);
   p.out_type = o.dtype == "float32" ? OutType::kF32 : OutType::kF16;
 
   p.rescale_slope = 1.0f;
@@ -94,7 +110,7 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
     p.window_low = static_cast<float>(center - width / 2.0);
     p.window_inv_width = static_cast<float>(1.0 / width);
   } else {
-    const double scale = o.scale ? *o.scale : (dtype0 == "uint8" ? 1.0 / 255.0 : 1.0 / 65535.0);
+    const double scale = o.scale ? *o.scale : default_scale(p.pixel_type);
     MEDTRT_CHECK(std::isfinite(scale), op, "scale must be finite; got ", scale);
     p.use_window = 0;
     p.scale = static_cast<float>(scale);

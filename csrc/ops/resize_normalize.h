@@ -1,11 +1,12 @@
-// resize_normalize: stored pixels (uint8/uint16, 1 or 3 channels, any size) -> network input
+// resize_normalize: stored pixels (uint8/uint16/int16/float32, 1 or 3 channels, any size) -> network input
 // (NCHW float32/float16) in one pass.
 //
 // Per stored pixel, in this order:
 //   1. RGB -> gray (ITU-R BT.601 weights) when the image has 3 channels and the output 1;
 //   2. modality rescale  v = v * slope + intercept              (identity when not given);
 //   3. window            v = clamp((v - (center - width/2)) / width, 0, 1)   or
-//      scale             v = v * scale   (default 1/255 for uint8, 1/65535 for uint16);
+//      scale             v = v * scale   (default 1/255 for uint8, 1/65535 for uint16, 1 for
+//                                         int16 and float32, e.g. DICOM values after rescale);
 // then bilinear resize with half-pixel centres (torch interpolate, align_corners=False,
 // antialias=False; source coordinates exact, see source_tap), then (v - mean[c]) / std[c],
 // then the output cast.
@@ -29,7 +30,7 @@ struct CUstream_st;  // cudaStream_t without including the CUDA headers
 
 namespace medtrt::ops {
 
-enum class PixelType : std::int32_t { kU8 = 0, kU16 = 1 };
+enum class PixelType : std::int32_t { kU8 = 0, kU16 = 1, kI16 = 2, kF32 = 3 };
 enum class OutType : std::int32_t { kF32 = 0, kF16 = 1 };
 
 // One image of a (possibly ragged) batch. Pixels are row-major with channels interleaved

@@ -19,8 +19,12 @@ has_torch = importlib.util.find_spec("torch") is not None
 
 
 def make_image(rng, h, w, c, dtype, high=None):
-    high = high or (256 if dtype == np.uint8 else 65536)
     shape = (h, w) if c == 0 else (h, w, c)
+    if dtype == np.float32:
+        return rng.random(shape, dtype=np.float32)
+    if dtype == np.int16:  # CT-like stored values
+        return rng.integers(-1024, high or 3071, size=shape, dtype=dtype)
+    high = high or (256 if dtype == np.uint8 else 65536)
     return rng.integers(0, high, size=shape, dtype=dtype)
 
 
@@ -49,6 +53,18 @@ def test_window_and_rescale_match_reference(rng, dtype):
     ref = preprocess([img], (224, 192), **kwargs)
     assert (ref == 0).any() and (ref == 1).any() and ((ref > 0) & (ref < 1)).any()
     assert_close(got, ref, atol=ATOL32, name="window")
+
+
+def test_signed_and_float_pixels(rng):
+    # DICOM CT: signed stored values, or float HU after the modality rescale; default scale 1.
+    hu = rng.integers(-1024, 3071, size=(300, 257), dtype=np.int16)
+    got = resize_normalize([hu], 64, window=(40.0, 400.0))
+    assert_close(got, preprocess([hu], (64, 64), window=(40.0, 400.0)), atol=ATOL32, name="int16")
+    raw = resize_normalize([hu], 64, mean=-1024.0, std=4095.0)
+    assert_close(raw, preprocess([hu], (64, 64), mean=-1024.0, std=4095.0), atol=ATOL32)
+    f = (rng.random((3, 70, 3)) * 2 - 0.5).astype(np.float32)  # outside [0, 1] on purpose
+    assert_close(resize_normalize(f, (32, 16), channels=3), preprocess(list(f), (32, 16), channels=3),
+                 atol=ATOL32 * 2, name="float32 RGB")
 
 
 def test_explicit_scale_mean_std_per_channel(rng):
@@ -162,8 +178,9 @@ U8 = np.ones((4, 5), np.uint8)
     (np.zeros((0, 4, 4), np.uint8), {}, r"empty batch"),
     ([np.ones((2, 3, 3, 1), np.uint8)], {}, r"image 0 has 4 dimensions.*expected 2 \(H, W\) or 3"),
     ([U8, np.ones(7, np.uint8)], {}, r"image 1 has 1 dimensions, shape \(7,\)"),
-    ([np.ones((4, 5), np.float32)], {}, r"image 0 has dtype float32; expected uint8 or uint16"),
-    ([np.ones((4, 5), np.int16)], {}, r"dtype int16; expected uint8 or uint16"),
+    ([np.ones((4, 5), np.float64)], {}, r"image 0 has dtype float64; expected uint8, uint16, "
+                                         r"int16 or float32"),
+    ([np.ones((4, 5), np.int32)], {}, r"dtype int32; expected uint8, uint16, int16 or float32"),
     ([U8, np.ones((4, 5), np.uint16)], {}, r"image 1 is uint16 but image 0 is uint8"),
     ([np.ones((4, 5, 4), np.uint8)], {}, r"image 0 has 4 channels.*expected 1 or 3"),
     ([np.ones((4, 5, 2), np.uint8)], {"channels": 3}, r"has 2 channels"),
@@ -211,6 +228,8 @@ CUDA_CASES = [
     ([(512, 512)] * 4, np.uint16, 0, 3, dict(rescale=(1.0, -1024.0), window=(40.0, 400.0))),
     ([(300, 200), (17, 9)], np.uint8, 3, 1, dict(dtype="float16")),
     ([(64, 64)] * 256, np.uint8, 0, 1, {}),
+    ([(300, 257), (512, 512)], np.int16, 0, 1, dict(window=(40.0, 400.0))),
+    ([(70, 3), (129, 65)], np.float32, 3, 3, {}),
 ]
 
 
@@ -251,8 +270,8 @@ def test_cuda_on_side_stream_and_large_batch(rng):
 def test_cuda_errors_match_cpu_errors():
     import torch
 
-    with pytest.raises(ValueError, match=r"image 0 has dtype float32; expected uint8 or uint16"):
-        resize_normalize([torch.ones(4, 5, device="cuda")], 8)
+    with pytest.raises(ValueError, match=r"image 0 has dtype float64; expected uint8, uint16"):
+        resize_normalize([torch.ones(4, 5, dtype=torch.float64, device="cuda")], 8)
     with pytest.raises(ValueError, match=r"std\[0\] is 0"):
         resize_normalize([torch.ones(4, 5, dtype=torch.uint8, device="cuda")], 8, std=0.0)
     with pytest.raises(ValueError, match=r"out must be a contiguous torch.float32 tensor"):

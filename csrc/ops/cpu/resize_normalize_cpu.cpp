@@ -34,8 +34,12 @@ void run(const ResizeNormalizeParams& p) {
 }  // namespace
 
 void resize_normalize_cpu(const ResizeNormalizeParams& params) {
-  if (params.pixel_type == PixelType::kU8) run<std::uint8_t>(params);
-  else run<std::uint16_t>(params);
+  switch (params.pixel_type) {
+    case PixelType::kU8: return run<std::uint8_t>(params);
+    case PixelType::kU16: return run<std::uint16_t>(params);
+    case PixelType::kI16: return run<std::int16_t>(params);
+    case PixelType::kF32: return run<float>(params);
+  }
 }
 
 }  // namespace medtrt::ops

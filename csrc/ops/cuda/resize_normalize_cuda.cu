@@ -37,10 +37,12 @@ void resize_normalize_cuda(const ResizeNormalizeParams& params, const ImageDesc*
   const dim3 grid((p.out_w + kBlockX - 1) / kBlockX,
                   std::min<unsigned>((p.out_h + kBlockY - 1) / kBlockY, kMaxGridYZ),
                   std::min<unsigned>(p.batch, kMaxGridYZ));
-  if (p.pixel_type == PixelType::kU8)
-    resize_normalize_kernel<std::uint8_t><<<grid, block, 0, stream>>>(p);
-  else
-    resize_normalize_kernel<std::uint16_t><<<grid, block, 0, stream>>>(p);
+  switch (p.pixel_type) {
+    case PixelType::kU8: resize_normalize_kernel<std::uint8_t><<<grid, block, 0, stream>>>(p); break;
+    case PixelType::kU16: resize_normalize_kernel<std::uint16_t><<<grid, block, 0, stream>>>(p); break;
+    case PixelType::kI16: resize_normalize_kernel<std::int16_t><<<grid, block, 0, stream>>>(p); break;
+    case PixelType::kF32: resize_normalize_kernel<float><<<grid, block, 0, stream>>>(p); break;
+  }
   MEDTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -32,14 +32,16 @@ def resize_normalize(
     """Resize and normalise a (possibly ragged) batch of stored images.
 
     Args:
-        images: a list of 2-D (H, W) or 3-D (H, W, C) arrays with C in {1, 3}, uint8 or uint16
-            (one dtype per batch), each its own size; or one [B, H, W] / [B, H, W, C] array.
+        images: a list of 2-D (H, W) or 3-D (H, W, C) arrays with C in {1, 3}, uint8, uint16,
+            int16 or float32 (one dtype per batch), each its own size; or one [B, H, W] /
+            [B, H, W, C] array.
             NumPy arrays and CPU tensors run the CPU kernel; CUDA tensors run the CUDA kernel on
             torch's current stream of their device.
         out_size: output (height, width), or one int for a square output.
         channels: output channels, 1 or 3. A gray input is replicated to 3 channels; an RGB
             input becomes gray with ITU-R BT.601 weights when channels=1.
-        scale: multiplier applied after ``rescale``; default 1/255 (uint8) or 1/65535 (uint16).
+        scale: multiplier applied after ``rescale``; default 1/255 (uint8), 1/65535 (uint16),
+            1 (int16, float32: e.g. DICOM values after the modality rescale).
         window: (center, width): maps [center - width/2, center + width/2] to [0, 1] with
             clipping, instead of ``scale`` (CT windowing).
         rescale: (slope, intercept), applied first (DICOM modality LUT).

@@ -56,7 +56,7 @@ def _intensity(
         x = np.clip((x - (center - width / 2)) / width, 0.0, 1.0)
     else:
         if scale is None:
-            scale = 1 / 255 if img.dtype == np.uint8 else 1 / 65535
+            scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(img.dtype, 1.0)
         x = x * scale
     return x
 
