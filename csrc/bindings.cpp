@@ -89,7 +89,8 @@ py::tuple resize_normalize_check(const std::vector<ShapeAndDtype>& images,
 
 void resize_normalize_cuda(const std::vector<DeviceImage>& images,
                            const ops::ResizeNormalizeOptions& o, std::uintptr_t out,
-                           std::uintptr_t device_descs, std::uintptr_t stream) {
+                           std::uintptr_t device_descs, std::uintptr_t stream,
+                           bool upload_descs) {
   std::vector<ops::ImageShape> shapes;
   for (const auto& [ptr, shape, dtype] : images) shapes.push_back({shape, dtype});
   std::vector<ops::ImageDesc> descs;
@@ -99,10 +100,17 @@ void resize_normalize_cuda(const std::vector<DeviceImage>& images,
   p.out = reinterpret_cast<void*>(out);
 #if MEDTRT_WITH_CUDA
   py::gil_scoped_release nogil;
-  ops::resize_normalize_cuda(p, descs.data(), reinterpret_cast<ops::ImageDesc*>(device_descs),
-                             reinterpret_cast<CUstream_st*>(stream));
+  auto* dev = reinterpret_cast<ops::ImageDesc*>(device_descs);
+  auto* s = reinterpret_cast<CUstream_st*>(stream);
+  if (upload_descs) {
+    ops::resize_normalize_cuda(p, descs.data(), dev, s);
+  } else {  // the caller uploaded these exact descriptors before (benchmarks, pipelines)
+    p.images = dev;
+    ops::resize_normalize_cuda_launch(p, s);
+  }
 #else
   (void)stream;
+  (void)upload_descs;
   no_cuda("resize_normalize_cuda");
 #endif
 }
@@ -243,7 +251,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("resize_normalize_check", &resize_normalize_check, py::arg("images"),
         py::arg("options"));
   m.def("resize_normalize_cuda", &resize_normalize_cuda, py::arg("images"), py::arg("options"),
-        py::arg("out"), py::arg("device_descs"), py::arg("stream"));
+        py::arg("out"), py::arg("device_descs"), py::arg("stream"),
+        py::arg("upload_descs") = true);
 
   m.def("topk_cpu", &topk_cpu, py::arg("logits"), py::arg("k"), py::arg("activation"));
   m.def("topk_check", &topk_check, py::arg("shape"), py::arg("dtype"), py::arg("k"),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -28,6 +29,9 @@ def _trt_skip_reason() -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_reason = _gpu_skip_reason() if any("gpu" in i.keywords for i in items) else None
+    if gpu_reason and os.environ.get("MEDTRT_REQUIRE_GPU") == "1":
+        # On a GPU machine a silent skip would read as a pass (tools/gpu_check.sh sets this).
+        raise pytest.UsageError(f"MEDTRT_REQUIRE_GPU=1 but GPU tests cannot run: {gpu_reason}")
     trt_reason = _trt_skip_reason() if any("trt" in i.keywords for i in items) else None
     for item in items:
         if "gpu" in item.keywords and gpu_reason:

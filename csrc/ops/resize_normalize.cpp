@@ -17,7 +17,8 @@ std::string shape_str(const std::vector<std::int64_t>& shape) {
   return s + ")";
 }
 
-constexpr std::int64_t kMaxDim = std::numeric_limits<std::int32_t>::max();
+// Sides up to 2^24 keep every int32 index and grid-stride loop in the kernels far from overflow.
+constexpr std::int64_t kMaxDim = std::int64_t{1} << 24;
 
 std::optional<PixelType> pixel_type(const std::string& dtype) {
   if (dtype == "uint8") return PixelType::kU8;
@@ -48,10 +49,12 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
                                                 std::vector<ImageDesc>* descs) {
   const char* op = "resize_normalize: ";
   MEDTRT_CHECK(!images.empty(), op, "expected at least one image; got an empty batch");
-  MEDTRT_CHECK(static_cast<std::int64_t>(images.size()) <= kMaxDim, op, "batch of ",
-               images.size(), " images exceeds the limit of ", kMaxDim);
-  MEDTRT_CHECK(o.out_h >= 1 && o.out_w >= 1 && o.out_h <= kMaxDim && o.out_w <= kMaxDim, op,
+  MEDTRT_CHECK(static_cast<std::int64_t>(images.size()) <= std::numeric_limits<std::int32_t>::max(),
+               op, "batch of ", images.size(), " images exceeds the limit of 2^31-1");
+  MEDTRT_CHECK(o.out_h >= 1 && o.out_w >= 1, op,
                "out_size must be positive (height, width); got (", o.out_h, ", ", o.out_w, ")");
+  MEDTRT_CHECK(o.out_h <= kMaxDim && o.out_w <= kMaxDim, op, "out_size (", o.out_h, ", ", o.out_w,
+               ") exceeds the limit of 2^24 per side");
   MEDTRT_CHECK(o.channels == 1 || o.channels == 3, op, "channels must be 1 or 3; got ",
                o.channels);
   MEDTRT_CHECK(o.dtype == "float32" || o.dtype == "float16", op,
@@ -74,7 +77,7 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
     MEDTRT_CHECK(im.shape[0] >= 1 && im.shape[1] >= 1, op, "image ", i, " has shape ",
                  shape_str(im.shape), "; expected height and width >= 1");
     MEDTRT_CHECK(im.shape[0] <= kMaxDim && im.shape[1] <= kMaxDim, op, "image ", i,
-                 " has shape ", shape_str(im.shape), "; expected sides below 2^31");
+                 " has shape ", shape_str(im.shape), "; expected sides of at most 2^24");
     (*descs)[i] = ImageDesc{0, static_cast<std::int32_t>(im.shape[0]),
                             static_cast<std::int32_t>(im.shape[1]), static_cast<std::int32_t>(c),
                             0};

@@ -156,7 +156,7 @@ MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, const Imag
   float v = 0.0f;
   // Unrolled over the compile-time bound so mean[c]/inv_std[c] are constant offsets: a runtime
   // index would make nvcc copy the whole params struct to local memory in every thread.
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (std::int32_t c = 0; c < 3; ++c) {
@@ -220,6 +220,9 @@ void resize_normalize_cpu(const ResizeNormalizeParams& params);
 // For the op-level API host_descs may be pageable; the pipeline passes pinned memory.
 void resize_normalize_cuda(const ResizeNormalizeParams& params, const ImageDesc* host_descs,
                            ImageDesc* device_descs, CUstream_st* stream);
+
+// Launch only: params.images must already point to the descriptors in device memory.
+void resize_normalize_cuda_launch(const ResizeNormalizeParams& params, CUstream_st* stream);
 #endif
 
 }  // namespace medtrt::ops

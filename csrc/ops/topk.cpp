@@ -17,9 +17,9 @@ TopkParams validate_topk(const std::vector<std::int64_t>& shape, const std::stri
   MEDTRT_CHECK(shape[0] >= 1, op, "expected at least one row; got an empty batch, shape (", dims,
                ")");
   MEDTRT_CHECK(shape[1] >= 1, op, "expected at least one class; got shape (", dims, ")");
-  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
-  MEDTRT_CHECK(shape[0] <= kMax && shape[1] <= kMax, op, "shape (", dims,
-               ") exceeds the limit of 2^31-1 per dimension");
+  // classes <= 2^30 keeps the kernel's lane loop (c += 32) far from int32 overflow.
+  MEDTRT_CHECK(shape[0] <= std::numeric_limits<std::int32_t>::max() && shape[1] <= (1 << 30), op,
+               "shape (", dims, ") exceeds the limits of 2^31-1 rows and 2^30 classes");
   MEDTRT_CHECK(k >= 1 && k <= shape[1], op, "k must be in [1, classes=", shape[1], "]; got ", k);
 
   TopkParams p{};

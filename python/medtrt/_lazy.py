@@ -11,7 +11,12 @@ __all__ = ["require"]
 
 # module name -> (pip extra, what needs it)
 _EXTRAS = {
-    "torch": ("torch", "torch tensors and the PyTorch reference path"),
+    "torch": ("torch", "torch tensors, models, training and the PyTorch reference path"),
+    "monai": ("torch", "the DenseNet-121 reference models"),
+    "pydicom": ("dicom", "reading DICOM files"),
+    "onnx": ("onnx", "ONNX export"),
+    "onnxruntime": ("onnx", "running ONNX graphs on the CPU"),
+    "onnxscript": ("onnx", "ONNX export with torch's dynamo exporter"),
 }
 
 

@@ -6,7 +6,15 @@ and the fix. Failures of the machine or of a dependency raise the classes below.
 
 from __future__ import annotations
 
-__all__ = ["MedtrtError", "CudaError", "MissingDependencyError", "ExtensionNotBuiltError"]
+__all__ = [
+    "MedtrtError",
+    "CudaError",
+    "MissingDependencyError",
+    "ExtensionNotBuiltError",
+    "ImageReadError",
+    "CheckpointError",
+    "ExportError",
+]
 
 
 class MedtrtError(Exception):
@@ -23,3 +31,23 @@ class MissingDependencyError(MedtrtError, ImportError):
 
 class ExtensionNotBuiltError(MedtrtError, ImportError):
     """The compiled core ``medtrt._C`` is missing (e.g. running from a source checkout)."""
+
+
+class ImageReadError(MedtrtError, ValueError):
+    """An image file could not be read; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
+
+class CheckpointError(MedtrtError, ValueError):
+    """A checkpoint is not a medtrt checkpoint, or its weights do not fit its preset."""
+
+
+class ExportError(MedtrtError, RuntimeError):
+    """An exported graph failed its check against the PyTorch model."""

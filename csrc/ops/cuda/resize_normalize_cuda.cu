@@ -33,6 +33,10 @@ void resize_normalize_cuda(const ResizeNormalizeParams& params, const ImageDesc*
                                     cudaMemcpyHostToDevice, stream));
   ResizeNormalizeParams p = params;
   p.images = device_descs;
+  resize_normalize_cuda_launch(p, stream);
+}
+
+void resize_normalize_cuda_launch(const ResizeNormalizeParams& p, CUstream_st* stream) {
   const dim3 block(kBlockX, kBlockY);
   const dim3 grid((p.out_w + kBlockX - 1) / kBlockX,
                   std::min<unsigned>((p.out_h + kBlockY - 1) / kBlockY, kMaxGridYZ),

@@ -1,0 +1,288 @@
+"""Training a preset's model on a folder data set (the MedNIST layout).
+
+Images are read once, pre-processed with the compiled ``medtrt.ops.resize_normalize`` exactly
+as at inference, and kept in memory; augmentation (small random affine, intensity jitter) runs
+per batch on tensors. AdamW with a one-cycle schedule; per-epoch loss and validation accuracy go
+to a JSON file next to the checkpoint, and the held-out test accuracy is measured at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrt._lazy import require
+from medtrt.data import iter_images, scan_folder, split_folder
+from medtrt.data.folder import ImageFolder
+from medtrt.models.presets import Preset, get_preset
+
+__all__ = ["TrainConfig", "TrainResult", "train", "load_split_arrays", "cached_demo_model",
+           "DemoModel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "mednist"
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    augment: bool = True
+    device: str = "auto"  # "auto": CUDA when torch sees it, else CPU
+    threads: int | None = None  # CPU threads for torch; default: all cores
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    metrics: Path
+    history: list[dict[str, float]]
+    test_accuracy: float
+    seconds: float
+    skipped_files: list[str] = field(default_factory=list)
+
+
+def load_split_arrays(folder: ImageFolder, preset: Preset) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read and pre-process a split: (inputs float32 [N, C, H, W], labels int64 [N], unreadable)."""
+    from medtrt.ops import resize_normalize
+
+    images, labels, bad = [], [], []
+    for result, label in zip(iter_images(folder.paths), folder.labels):
+        if result.ok:
+            images.append(result.image)
+            labels.append(label)
+        else:
+            bad.append(str(result.path))
+    if not images:
+        raise ValueError(f"{folder.root}: none of {len(folder.paths)} images could be read")
+    kwargs = preset.preprocess_kwargs()
+    out_size = kwargs.pop("out_size")
+    by_dtype: dict[Any, list[int]] = {}
+    for i, img in enumerate(images):
+        by_dtype.setdefault(img.dtype, []).append(i)
+    x = np.empty((len(images), preset.in_channels, *out_size), np.float32)
+    for idx in by_dtype.values():  # resize_normalize takes one stored dtype per call
+        for start in range(0, len(idx), 512):
+            part = idx[start:start + 512]
+            x[part] = resize_normalize([images[i] for i in part], out_size, **kwargs)
+    return x, np.asarray(labels, np.int64), bad
+
+
+def _augment(torch: Any, x: Any, gen: Any) -> Any:
+    """Random rotation (±10°), scale (0.9-1.1), shift (±6%) and intensity jitter per image."""
+    F = torch.nn.functional
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * 0.1
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.06
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gain = (1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.1).to(x.device)
+    bias = ((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.05).to(x.device)
+    return x * gain + bias
+
+
+def _evaluate(torch: Any, model: Any, x: Any, y: Any, batch: int) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(x), batch):
+            logits = model(x[s:s + batch])
+            loss += float(torch.nn.functional.cross_entropy(logits, y[s:s + batch], reduction="sum"))
+            correct += int((logits.argmax(1) == y[s:s + batch]).sum())
+    n = max(len(x), 1)
+    return loss / n, correct / n
+
+
+def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
+          config: TrainConfig | dict[str, Any] | None = None, *,
+          progress: bool = True) -> TrainResult:
+    """Train ``config.preset`` on ROOT/<Class>/* images; write OUT (checkpoint) and OUT.json."""
+    torch = require("torch")
+    from medtrt.models import create, save
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
+    preset = get_preset(cfg.preset)
+    if preset.activation != "softmax":
+        raise ValueError(f"train: preset {preset.name!r} is multi-label ({preset.activation}); "
+                         "folder training supports single-label (softmax) presets")
+    t0 = time.perf_counter()
+    found = scan_folder(data_dir)
+    if set(found.classes) == set(preset.labels):
+        folder = scan_folder(data_dir, classes=preset.labels)  # the preset's label order
+    else:
+        folder = found
+        preset = preset.with_labels(found.classes)
+        log.info("labels taken from the data folder: %s", ", ".join(found.classes))
+    split = split_folder(folder, ratios=cfg.split, seed=cfg.seed)
+    if min(len(split.train), len(split.val)) == 0:
+        raise ValueError(f"{data_dir}: split {cfg.split} leaves an empty train or val set "
+                         f"({len(folder)} images)")
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cpu":
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    arrays = {name: load_split_arrays(getattr(split, name), preset) for name in ("train", "val", "test")}
+    skipped = [p for _, _, bad in arrays.values() for p in bad]
+    tensors = {name: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+               for name, (x, y, _) in arrays.items()}
+    x_train, y_train = tensors["train"]
+
+    model = create(preset, seed=cfg.seed).to(device)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, pct_start=0.3,
+                                                total_steps=cfg.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+
+    bar = _progress(progress, cfg.epochs * steps_per_epoch)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        e0 = time.perf_counter()
+        order = torch.randperm(len(x_train), generator=gen).to(device)
+        total, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if cfg.augment:
+                xb = _augment(torch, xb, gen)
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            bar(f"epoch {epoch}/{cfg.epochs} loss {total / seen:.3f}")
+        val_loss, val_acc = _evaluate(torch, model, *tensors["val"], cfg.batch_size * 4)
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
+                        "val_accuracy": val_acc, "seconds": time.perf_counter() - e0})
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch,
+                 total / seen, val_loss, val_acc)
+    bar(None)
+    test_loss, test_acc = _evaluate(torch, model, *tensors["test"], cfg.batch_size * 4)
+    seconds = time.perf_counter() - t0
+
+    out = Path(out)
+    summary = {
+        "preset": preset.name,
+        "labels": list(preset.labels),
+        "config": asdict(cfg),
+        "device": device,
+        "data": {"root": str(Path(data_dir).resolve()), "images": len(folder),
+                 "per_class": folder.counts(), "train": len(split.train), "val": len(split.val),
+                 "test": len(split.test), "split": list(cfg.split), "split_seed": cfg.seed,
+                 "skipped_files": skipped},
+        "history": history,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "seconds": seconds,
+        "torch": torch.__version__,
+    }
+    save(model.cpu(), preset, out, training=summary)
+    metrics = out.parent / (out.stem + ".train.json")
+    metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(out, metrics, history, test_acc, seconds, skipped)
+
+
+def _progress(enabled: bool, total: int) -> Callable[[str | None], None]:
+    """A rich progress bar advanced once per call; ``None`` closes it."""
+    if not enabled:
+        return lambda _desc: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    task = prog.add_task("training", total=total)
+    prog.start()
+
+    def advance(desc: str | None) -> None:
+        if desc is None:
+            prog.stop()
+        else:
+            prog.update(task, advance=1, description=desc)
+
+    return advance
+
+
+# ---- the cached demo/test model ---------------------------------------------------------------
+
+DEMO_SYNTH = {"per_class": 300, "seed": 0}
+DEMO_TRAIN = TrainConfig(preset="mednist", epochs=2, seed=0)
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    root: Path
+    data: Path
+    checkpoint: Path
+    metrics: Path
+    trained_now: bool
+
+
+def _code_key() -> str:
+    """Digest of everything that decides the demo model: generator, training and model code,
+    the settings, and the torch/MONAI versions."""
+    torch = require("torch")
+    monai = require("monai")
+    import medtrt.data.synth as synth_mod
+    import medtrt.models.checkpoint as ckpt_mod
+    import medtrt.models.presets as presets_mod
+
+    h = hashlib.sha256()
+    for mod in (synth_mod, presets_mod, ckpt_mod):
+        h.update(Path(mod.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    h.update(json.dumps([DEMO_SYNTH, asdict(DEMO_TRAIN), torch.__version__, monai.__version__],
+                        sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_demo_model(cache_dir: str | os.PathLike[str] | None = None, *,
+                      progress: bool = True) -> DemoModel:
+    """The synthetic MedNIST set and the model trained on it, made once per code version.
+
+    Lives under ``cache_dir`` (default $MEDTRT_CACHE or ./.cache/medtrt) in a folder named by
+    a digest of the generator/training code and settings; built in a temporary folder and
+    renamed when complete, so an interrupted run never leaves a half-made model behind.
+    """
+    from medtrt.data import synthesize
+
+    cache = Path(cache_dir or os.environ.get("MEDTRT_CACHE") or Path.cwd() / ".cache" / "medtrt")
+    root = cache / f"mednist-demo-{_code_key()}"
+    done = DemoModel(root, root / "data", root / "model.pt", root / "model.train.json", False)
+    if done.checkpoint.is_file() and done.metrics.is_file():
+        return done
+    tmp = cache / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    synthesize(tmp / "data", **DEMO_SYNTH)
+    train(tmp / "data", tmp / "model.pt", DEMO_TRAIN, progress=progress)
+    # The checkpoint records the data root; point it at the final location.
+    summary = json.loads((tmp / "model.train.json").read_text())
+    summary["data"]["root"] = str((root / "data").resolve())
+    (tmp / "model.train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return DemoModel(root, root / "data", root / "model.pt", root / "model.train.json", True)
