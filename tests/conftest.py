@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _gpu_skip_reason() -> str | None:
@@ -48,3 +51,16 @@ def rng(request: pytest.FixtureRequest) -> "object":
     import numpy as np
 
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The synthetic MedNIST set, the DenseNet-121 trained on it (2 epochs) and its verified ONNX.
+
+    Built once per code version (generator, training, model and export code, settings, torch
+    and MONAI versions) under .cache/medtrt or $MEDTRT_CACHE, and reused by every later run.
+    """
+    from medtrt.train import cached_demo_model
+
+    return cached_demo_model(os.environ.get("MEDTRT_CACHE") or REPO / ".cache" / "medtrt",
+                             progress=False)

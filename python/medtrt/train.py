@@ -171,7 +171,7 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             seen += len(idx)
             bar(f"epoch {epoch}/{cfg.epochs} loss {total / seen:.3f}")
         val_loss, val_acc = _evaluate(torch, model, *tensors["val"], cfg.batch_size * 4)
@@ -197,7 +197,7 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
         "test_loss": test_loss,
         "test_accuracy": test_acc,
         "seconds": seconds,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     save(model.cpu(), preset, out, training=summary)
     metrics = out.parent / (out.stem + ".train.json")
@@ -237,6 +237,7 @@ class DemoModel:
     data: Path
     checkpoint: Path
     metrics: Path
+    onnx: Path  # exported with a dynamic batch and verified against PyTorch
     trained_now: bool
 
 
@@ -246,11 +247,12 @@ def _code_key() -> str:
     torch = require("torch")
     monai = require("monai")
     import medtrt.data.synth as synth_mod
+    import medtrt.export as export_mod
     import medtrt.models.checkpoint as ckpt_mod
     import medtrt.models.presets as presets_mod
 
     h = hashlib.sha256()
-    for mod in (synth_mod, presets_mod, ckpt_mod):
+    for mod in (synth_mod, presets_mod, ckpt_mod, export_mod):
         h.update(Path(mod.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
     h.update(json.dumps([DEMO_SYNTH, asdict(DEMO_TRAIN), torch.__version__, monai.__version__],
@@ -260,18 +262,21 @@ def _code_key() -> str:
 
 def cached_demo_model(cache_dir: str | os.PathLike[str] | None = None, *,
                       progress: bool = True) -> DemoModel:
-    """The synthetic MedNIST set and the model trained on it, made once per code version.
+    """The synthetic MedNIST set, the model trained on it and its ONNX export, made once per
+    code version.
 
     Lives under ``cache_dir`` (default $MEDTRT_CACHE or ./.cache/medtrt) in a folder named by
     a digest of the generator/training code and settings; built in a temporary folder and
     renamed when complete, so an interrupted run never leaves a half-made model behind.
     """
     from medtrt.data import synthesize
+    from medtrt.export import export_onnx
 
     cache = Path(cache_dir or os.environ.get("MEDTRT_CACHE") or Path.cwd() / ".cache" / "medtrt")
     root = cache / f"mednist-demo-{_code_key()}"
-    done = DemoModel(root, root / "data", root / "model.pt", root / "model.train.json", False)
-    if done.checkpoint.is_file() and done.metrics.is_file():
+    done = DemoModel(root, root / "data", root / "model.pt", root / "model.train.json",
+                     root / "model.onnx", False)
+    if all(p.is_file() for p in (done.checkpoint, done.metrics, done.onnx)):
         return done
     tmp = cache / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -282,7 +287,9 @@ def cached_demo_model(cache_dir: str | os.PathLike[str] | None = None, *,
     summary = json.loads((tmp / "model.train.json").read_text())
     summary["data"]["root"] = str((root / "data").resolve())
     (tmp / "model.train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    export_onnx(tmp / "model.pt", tmp / "model.onnx")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
-    return DemoModel(root, root / "data", root / "model.pt", root / "model.train.json", True)
+    return DemoModel(root, root / "data", root / "model.pt", root / "model.train.json",
+                     root / "model.onnx", True)

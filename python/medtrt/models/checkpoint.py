@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def save(model: Any, preset: str | Preset, path: str | Path, **info: Any) -> Pat
         "format": CHECKPOINT_FORMAT,
         "preset": get_preset(preset).to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "info": info,
+        # JSON round trip: only plain types reach the pickle, so weights-only loading accepts it
+        # (torch.__version__, for one, is a str subclass the safe unpickler refuses).
+        "info": json.loads(json.dumps(info, default=str)),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
