@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
 SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: demo test test-fast bench-ops clean
+.PHONY: demo test test-fast model bench-ops clean
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
@@ -17,6 +17,10 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
+
+# The synthetic set + trained + exported demo model (cached per code version in .cache/medtrt).
+model: $(VENV)/.installed
+	$(PY) -c "from medtrt.train import cached_demo_model as c; d = c('.cache/medtrt'); print(d.checkpoint); print(d.onnx)"
 
 bench-ops: $(VENV)/.installed
 	$(PY) tools/bench_ops.py
