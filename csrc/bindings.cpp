@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "common/cuda_utils.h"
+#include "ops/entropy.h"
 #include "ops/resize_normalize.h"
 #include "ops/topk.h"
 
@@ -157,6 +158,34 @@ void topk_cuda(std::uintptr_t logits, const std::vector<std::int64_t>& shape,
 #endif
 }
 
+// ---- entropy ---------------------------------------------------------------------------------
+
+const float* float32_data(const py::array& a, const char* what) {
+  MEDTRT_CHECK(dtype_name(a) == "float32", "entropy: ", what, " must be float32; got ",
+               dtype_name(a));
+  MEDTRT_CHECK(a.flags() & py::array::c_style, "entropy: ", what, " must be C-contiguous");
+  return static_cast<const float*>(a.data());
+}
+
+// Fills several histograms from their arrays in parallel (one histogram per task).
+void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::array>>& work) {
+  std::vector<const float*> data;
+  for (const auto& [h, a] : work) data.push_back(float32_data(a, "activation"));
+  py::gil_scoped_release nogil;
+  const auto n = static_cast<std::int64_t>(work.size());
+  std::string error;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::int64_t i = 0; i < n; ++i) {
+    try {
+      work[i].first->add(data[i], static_cast<std::int64_t>(work[i].second.size()));
+    } catch (const std::exception& e) {
+#pragma omp critical
+      error = e.what();
+    }
+  }
+  if (!error.empty()) throw std::invalid_argument(error);
+}
+
 py::dict build_info() {
   py::dict d;
   d["cuda_compiled"] = kCudaCompiled;
@@ -253,6 +282,42 @@ PYBIND11_MODULE(_C, m) {
   m.def("resize_normalize_cuda", &resize_normalize_cuda, py::arg("images"), py::arg("options"),
         py::arg("out"), py::arg("device_descs"), py::arg("stream"),
         py::arg("upload_descs") = true);
+
+  py::class_<ops::AbsHistogram>(m, "AbsHistogram")
+      .def(py::init<std::int64_t>(), py::arg("bins") = 2048)
+      .def("add", [](ops::AbsHistogram& h, const py::array& x) {
+             const float* p = float32_data(x, "activation");
+             py::gil_scoped_release nogil;
+             h.add(p, static_cast<std::int64_t>(x.size()));
+           }, py::arg("x"))
+      .def_property_readonly("counts", [](const ops::AbsHistogram& h) {
+             return py::array_t<std::uint64_t>(static_cast<py::ssize_t>(h.counts().size()),
+                                               h.counts().data());
+           })
+      .def_property_readonly("bins", &ops::AbsHistogram::bins)
+      .def_property_readonly("range", &ops::AbsHistogram::range)
+      .def_property_readonly("bin_width", &ops::AbsHistogram::bin_width)
+      .def_property_readonly("max_abs", &ops::AbsHistogram::max_abs)
+      .def_property_readonly("total", &ops::AbsHistogram::total)
+      .def_property_readonly("nan_count", &ops::AbsHistogram::nan_count)
+      .def_property_readonly("merges", &ops::AbsHistogram::merges)
+      .def_static("from_parts", [](const py::array_t<std::uint64_t>& counts, double range,
+                                   double max_abs, std::uint64_t nan_count, std::uint64_t merges) {
+             return ops::AbsHistogram::from_parts(
+                 std::vector<std::uint64_t>(counts.data(), counts.data() + counts.size()), range,
+                 max_abs, nan_count, merges);
+           }, py::arg("counts"), py::arg("range"), py::arg("max_abs"), py::arg("nan_count") = 0,
+           py::arg("merges") = 0);
+  m.def("histogram_add_many", &histogram_add_many, py::arg("work"),
+        "Fill [(histogram, float32 array), ...] in parallel, GIL released.");
+  m.def("entropy_amax", [](const ops::AbsHistogram& h, std::int64_t start_bin,
+                           std::int64_t quantized_bins) {
+          const ops::EntropyResult r = ops::entropy_amax(h, start_bin, quantized_bins);
+          return py::make_tuple(r.amax, r.bins_kept,
+                                py::array_t<double>(static_cast<py::ssize_t>(r.divergences.size()),
+                                                    r.divergences.data()));
+        }, py::arg("histogram"), py::arg("start_bin") = 128, py::arg("quantized_bins") = 128);
+  m.def("percentile_amax", &ops::percentile_amax, py::arg("histogram"), py::arg("percentile"));
 
   m.def("topk_cpu", &topk_cpu, py::arg("logits"), py::arg("k"), py::arg("activation"));
   m.def("topk_check", &topk_check, py::arg("shape"), py::arg("dtype"), py::arg("k"),

@@ -1,0 +1,240 @@
+"""INT8 calibration: activation statistics of the FP32 graph on calibration images.
+
+The FP32 ONNX runs in ONNX Runtime (CPU) with the tensors to quantize added as graph outputs;
+images are pre-processed exactly as at inference (``medtrt.ops.resize_normalize`` with the
+preset recorded in the ONNX); each batch's activations go straight into per-tensor |x|
+histograms in C++ (``medtrt._C.AbsHistogram``, filled in parallel with the GIL released), so
+memory is one batch of activations plus 2048 counters per tensor, however many images.
+
+Thresholds: "entropy" (TensorRT's KL-divergence method, the default), "max", or "percentile".
+Results are written as a JSON cache and as a TensorRT-format calibration cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrt._lazy import require
+from medtrt._native import native
+
+__all__ = ["CalibrationConfig", "Calibration", "calibrate", "collect_histograms",
+           "compute_amax", "load_images", "read_cache", "write_trt_cache", "CACHE_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "medtrt-calibration/1"
+METHODS = ("entropy", "max", "percentile")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    method: str = "entropy"
+    num_images: int = 512
+    batch_size: int = 16
+    bins: int = 2048
+    start_bin: int = 128
+    quantized_bins: int = 128
+    percentile: float = 99.99
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {METHODS}; got {self.method!r}")
+        if self.num_images < 1 or self.batch_size < 1:
+            raise ValueError(f"num_images and batch_size must be >= 1; got {self.num_images}, "
+                             f"{self.batch_size}")
+
+
+@dataclass
+class Calibration:
+    """Calibrated thresholds (amax = the |x| clipping value; scale = amax / 127)."""
+
+    amax: dict[str, float]
+    config: CalibrationConfig
+    source_onnx_sha256: str
+    images: int
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # tensor -> max_abs, ...
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CACHE_FORMAT,
+            "method": self.config.method,
+            "config": asdict(self.config),
+            "source_onnx_sha256": self.source_onnx_sha256,
+            "images": self.images,
+            "seconds": self.seconds,
+            "tensors": {t: {"amax": a, **self.stats.get(t, {})} for t, a in self.amax.items()},
+        }
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+
+def read_cache(path: str | os.PathLike[str], *, expect_sha256: str | None = None) -> Calibration:
+    """Load a JSON calibration cache; refuse one made from a different ONNX file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"calibration cache {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable calibration cache: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path} is not a medtrt calibration cache (format "
+                         f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
+                         f"{CACHE_FORMAT!r}); the TensorRT text cache is an output, not an input")
+    if expect_sha256 and data["source_onnx_sha256"] != expect_sha256:
+        raise ValueError(f"calibration cache {path} was made from a different ONNX (sha256 "
+                         f"{data['source_onnx_sha256'][:12]}..., this one is {expect_sha256[:12]}...); "
+                         "recalibrate with --calib DIR")
+    tensors = data["tensors"]
+    return Calibration({t: float(v["amax"]) for t, v in tensors.items()},
+                       CalibrationConfig(**data["config"]), data["source_onnx_sha256"],
+                       int(data["images"]),
+                       {t: {k: v for k, v in d.items() if k != "amax"} for t, d in tensors.items()},
+                       float(data.get("seconds", 0.0)))
+
+
+def write_trt_cache(calibration: Calibration, path: str | os.PathLike[str], *,
+                    trt_version: str | None = None) -> Path:
+    """TensorRT's calibration cache text format for TensorRT 10 users: a header
+    ``TRT-<version>-EntropyCalibration2`` and ``tensor: <hex of the float32 scale>`` lines
+    (big-endian IEEE bits; scale = amax / 127). ``trt_version`` like "10.8.0"."""
+    code = 100000
+    if trt_version:
+        parts = [int(p) for p in trt_version.split(".")[:3] if p.isdigit()] + [0, 0, 0]
+        code = parts[0] * 10000 + parts[1] * 100 + parts[2]
+    name = {"entropy": "EntropyCalibration2", "max": "MinMaxCalibration",
+            "percentile": "MinMaxCalibration"}[calibration.config.method]
+    lines = [f"TRT-{code}-{name}"]
+    for tensor, amax in calibration.amax.items():
+        scale = np.float32(amax / 127.0)
+        lines.append(f"{tensor}: {struct.pack('>f', scale).hex()}")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def load_images(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], n: int, *,
+                seed: int = 0) -> list[Path]:
+    """``n`` image paths from a folder (recursively) or a list of paths, chosen
+    deterministically by ``seed`` when there are more."""
+    from medtrt.data import IMAGE_SUFFIXES
+
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(f"calibration folder {root} does not exist")
+        paths = sorted(p for p in root.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        paths = sorted(Path(p) for p in source)
+        root = Path(os.path.commonpath(paths)) if paths else Path(".")
+    if not paths:
+        raise ValueError(f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if len(paths) < n:
+        raise ValueError(f"calibration folder {root} holds {len(paths)} images; {n} were asked "
+                         f"for (pass --calib-images {len(paths)} or add images)")
+    if len(paths) > n:
+        pick = np.random.default_rng(seed).choice(len(paths), size=n, replace=False)
+        paths = [paths[i] for i in sorted(pick)]
+    return paths
+
+
+def _augmented_session(onnx_path: Path, tensors: Sequence[str]) -> Any:
+    onnx = require("onnx")
+    ort = require("onnxruntime")
+    model = onnx.load(str(onnx_path))
+    existing = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def collect_histograms(onnx_path: str | os.PathLike[str], tensors: Sequence[str],
+                       inputs: Callable[[], Any], *, bins: int = 2048,
+                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run the FP32 graph over the batches yielded by ``inputs()`` (float32 NCHW arrays) and
+    accumulate an |x| histogram per tensor."""
+    c = native()
+    session = _augmented_session(Path(onnx_path), tensors)
+    input_name = session.get_inputs()[0].name
+    hists = {t: c.AbsHistogram(bins) for t in tensors}
+    for batch in inputs():
+        outputs = session.run(list(tensors), {input_name: batch})
+        c.histogram_add_many([(hists[t], np.ascontiguousarray(o, dtype=np.float32))
+                              for t, o in zip(tensors, outputs)])
+        if progress:
+            progress(len(batch))
+    return hists
+
+
+def compute_amax(hists: dict[str, Any], config: CalibrationConfig) -> dict[str, float]:
+    c = native()
+    amax = {}
+    for t, h in hists.items():
+        if config.method == "max":
+            amax[t] = float(h.max_abs)
+        elif config.method == "percentile":
+            amax[t] = float(c.percentile_amax(h, config.percentile))
+        else:
+            amax[t] = float(c.entropy_amax(h, config.start_bin, config.quantized_bins)[0])
+    return amax
+
+
+def calibrate(onnx_path: str | os.PathLike[str],
+              source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+              tensors: Sequence[str], config: CalibrationConfig | None = None, *,
+              preset: Any = None, progress: Callable[[int], None] | None = None) -> Calibration:
+    """Calibrate ``tensors`` of the FP32 graph on ``config.num_images`` images from ``source``.
+
+    The pre-processing comes from the preset recorded in the ONNX (``medtrt export``) unless
+    ``preset`` is given. Unreadable images are an error (calibration must see what it says).
+    """
+    from medtrt.data import read_image
+    from medtrt.export import read_metadata, sha256_file
+    from medtrt.ops import resize_normalize
+
+    config = config or CalibrationConfig()
+    onnx_path = Path(onnx_path)
+    if preset is None:
+        preset = read_metadata(onnx_path)[0]
+    paths = load_images(source, config.num_images, seed=config.seed)
+    kwargs = preset.preprocess_kwargs()
+
+    def batches() -> Any:
+        for start in range(0, len(paths), config.batch_size):
+            images = [read_image(p) for p in paths[start:start + config.batch_size]]
+            by_dtype: dict[Any, list[int]] = {}
+            for i, img in enumerate(images):
+                by_dtype.setdefault(img.dtype, []).append(i)
+            x = np.empty((len(images), preset.in_channels, *preset.image_size), np.float32)
+            for idx in by_dtype.values():
+                x[idx] = resize_normalize([images[i] for i in idx], **kwargs)
+            yield x
+
+    t0 = time.perf_counter()
+    hists = collect_histograms(onnx_path, tensors, batches, bins=config.bins, progress=progress)
+    amax = compute_amax(hists, config)
+    stats = {t: {"max_abs": float(h.max_abs), "range": float(h.range), "values": int(h.total),
+                 "merges": int(h.merges)} for t, h in hists.items()}
+    seconds = time.perf_counter() - t0
+    log.info("calibrated %d tensors on %d images in %.1f s", len(amax), len(paths), seconds)
+    return Calibration(amax, config, sha256_file(onnx_path), len(paths), stats, seconds)

@@ -1,0 +1,224 @@
+"""Explicit INT8 quantization: QuantizeLinear/DequantizeLinear nodes written into the ONNX graph.
+
+Placement follows TensorRT's Q/DQ guidance:
+- weights of Conv/Gemm: per-output-channel symmetric INT8 (an INT8 initializer feeding a
+  DequantizeLinear with axis 0);
+- activations: per-tensor symmetric INT8 (zero point 0, scale amax/127) on the inputs of
+  Conv/Gemm/MatMul and of MaxPool/AveragePool (which TensorRT runs in INT8 and fuses);
+- no Q/DQ after weighted layers for their own sake; BatchNormalization and ReLU are left for
+  TensorRT to fuse;
+- Concat (DenseNet's feature reuse): every input is quantized, and by default the inputs of one
+  Concat share one scale (the largest amax among them), so TensorRT can concatenate in INT8
+  without requantizing. ``share_concat_scales=False`` gives each input its own scale;
+  ``quantize_concat=False`` leaves concatenation in floating point.
+Each quantized tensor gets one Q/DQ pair, whatever number of consumers read it through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medtrt._lazy import require
+
+__all__ = ["QdqPlan", "plan_qdq", "insert_qdq", "name_nodes", "ACTIVATION_OPS", "WEIGHTED_OPS"]
+
+log = logging.getLogger(__name__)
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+POOL_OPS = ("MaxPool", "AveragePool")
+ACTIVATION_OPS = WEIGHTED_OPS + POOL_OPS
+
+
+@dataclass(frozen=True)
+class QdqPlan:
+    """Which activation tensors get Q/DQ, and which of them must share one scale."""
+
+    tensors: tuple[str, ...]  # in graph order
+    groups: tuple[tuple[str, ...], ...]  # tensors sharing one scale (singletons included)
+    consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tensor -> node names
+    skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it stays float
+
+    def group_of(self, tensor: str) -> tuple[str, ...]:
+        for g in self.groups:
+            if tensor in g:
+                return g
+        raise KeyError(tensor)
+
+
+def name_nodes(model: Any) -> None:
+    """Give unnamed nodes a stable name (op type and index); plans refer to nodes by name."""
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def plan_qdq(model: Any, *, quantize_concat: bool = True,
+             share_concat_scales: bool = True,
+             exclude_nodes: Iterable[str] = ()) -> QdqPlan:
+    """Decide Q/DQ placement for a float ONNX graph (see the module docstring).
+
+    ``exclude_nodes``: node names whose inputs stay in floating point (e.g. layers kept in
+    FP16 by an accuracy gate); their weights are not quantized either.
+    """
+    name_nodes(model)
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    excluded = set(exclude_nodes)
+    consumers: dict[str, list[str]] = {}
+    order: list[str] = []
+
+    def want(tensor: str, node: Any) -> None:
+        if tensor in initializers or not tensor:
+            return
+        if tensor not in consumers:
+            consumers[tensor] = []
+            order.append(tensor)
+        consumers[tensor].append(node.name)
+
+    parent: dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for node in graph.node:
+        if node.name in excluded:
+            continue
+        if node.op_type in ACTIVATION_OPS:
+            want(node.input[0], node)
+        elif node.op_type == "Concat" and quantize_concat:
+            inputs = [t for t in node.input if t and t not in initializers]
+            for t in inputs:
+                want(t, node)
+            if share_concat_scales:
+                for t in inputs[1:]:
+                    parent[find(t)] = find(inputs[0])
+    groups: dict[str, list[str]] = {}
+    for t in order:
+        groups.setdefault(find(t), []).append(t)
+    return QdqPlan(tuple(order), tuple(tuple(g) for g in groups.values()),
+                   {t: tuple(c) for t, c in consumers.items()})
+
+
+def _weight_qdq(onnx: Any, numpy_helper: Any, w: np.ndarray, name: str,
+                axis: int) -> tuple[list[Any], list[Any]]:
+    """Per-channel symmetric INT8 weights along ``axis``: (initializers, [DequantizeLinear])."""
+    reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    inits = [numpy_helper.from_array(q, f"{name}_int8"),
+             numpy_helper.from_array(scale, f"{name}_scale"),
+             numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point")]
+    dq = onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale",
+                                                    f"{name}_zero_point"], [f"{name}_dequant"],
+                               name=f"{name}_DequantizeLinear", axis=axis)
+    return inits, [dq]
+
+
+def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = None,
+               out: str | os.PathLike[str] | None = None, **plan_kwargs: Any) -> tuple[Any, QdqPlan]:
+    """Return (a copy of ``model`` with Q/DQ nodes, the plan used).
+
+    ``amax`` maps activation tensor names to calibrated thresholds (|x| clipping values); every
+    planned tensor needs one. A tensor whose (shared) amax is 0 -- it was all zeros on the
+    calibration data -- stays in floating point and is listed in ``plan.skipped``.
+    """
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    name_nodes(model)
+    plan = plan or plan_qdq(model, **plan_kwargs)
+    missing = [t for t in plan.tensors if t not in amax]
+    if missing:
+        raise ValueError(f"insert_qdq: no calibrated amax for {len(missing)} tensors, e.g. "
+                         f"{missing[:3]}; calibrate the same FP32 graph first")
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise ValueError(f"insert_qdq: per-channel Q/DQ needs opset >= 13; the graph has {opset}")
+
+    scale_of: dict[str, float] = {}
+    skipped = dict(plan.skipped)
+    for group in plan.groups:
+        shared = max(float(amax[t]) for t in group)
+        for t in group:
+            if shared > 0 and np.isfinite(shared):
+                scale_of[t] = shared / 127.0
+            else:
+                skipped[t] = f"amax {shared} (all zeros on the calibration data)"
+
+    new_inits: list[Any] = []
+    new_nodes: dict[int, list[Any]] = {}  # insert before node index
+    rewire: dict[tuple[str, str], str] = {}  # (node name, tensor) -> dequantized tensor
+    producer_index = {out_name: i for i, n in enumerate(graph.node) for out_name in n.output}
+    for t in plan.tensors:
+        if t not in scale_of:
+            continue
+        s = numpy_helper.from_array(np.array(scale_of[t], np.float32), f"{t}_act_scale")
+        z = numpy_helper.from_array(np.array(0, np.int8), f"{t}_act_zero_point")
+        new_inits += [s, z]
+        q = onnx.helper.make_node("QuantizeLinear", [t, s.name, z.name], [f"{t}_quantized"],
+                                  name=f"{t}_QuantizeLinear")
+        dq = onnx.helper.make_node("DequantizeLinear", [f"{t}_quantized", s.name, z.name],
+                                   [f"{t}_dequantized"], name=f"{t}_DequantizeLinear")
+        at = producer_index.get(t, -1) + 1  # right after the producer (0 for graph inputs)
+        new_nodes.setdefault(at, []).extend([q, dq])
+        for node_name in plan.consumers.get(t, ()):
+            rewire[(node_name, t)] = f"{t}_dequantized"
+
+    planned_nodes = {c for cs in plan.consumers.values() for c in cs}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if (node.name, name) in rewire:
+                node.input[i] = rewire[(node.name, name)]
+    weight_nodes: dict[int, list[Any]] = {}
+    for idx, node in enumerate(graph.node):
+        if node.op_type not in WEIGHTED_OPS or node.name not in planned_nodes:
+            continue  # not weighted, or kept in floating point by the plan
+        if len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        w = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis = 0 if trans_b else 1
+        elif node.op_type == "MatMul":
+            axis = w.ndim - 1
+        else:
+            axis = 0
+        inits, nodes = _weight_qdq(onnx, numpy_helper, w, node.input[1], axis)
+        new_inits += inits
+        weight_nodes.setdefault(idx, []).extend(nodes)
+        node.input[1] = nodes[0].output[0]
+
+    ordered: list[Any] = []
+    for idx, node in enumerate(graph.node):
+        ordered += new_nodes.get(idx, [])
+        ordered += weight_nodes.get(idx, [])
+        ordered.append(node)
+    ordered += new_nodes.get(len(graph.node), [])
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    onnx.checker.check_model(model)
+    final_plan = QdqPlan(plan.tensors, plan.groups, plan.consumers, skipped)
+    if out is not None:
+        onnx.save(model, str(out))
+    return model, final_plan
