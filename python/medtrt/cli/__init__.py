@@ -82,6 +82,52 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medtrt.build import BuildOptions, build
+
+    precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    batch = tuple(_positive_int(b, "--batch") for b in args.batch.split(","))
+    if len(batch) != 3:
+        raise ValueError(f"--batch must be min,opt,max (e.g. 1,32,256); got {args.batch!r}")
+    options = BuildOptions(precision=precision, calib=args.calib, calib_cache=args.calib_cache,
+                           calib_method=args.calib_method, calib_images=args.calib_images,
+                           batch=batch, flavour=args.trt,  # type: ignore[arg-type]
+                           share_concat_scales=not args.no_shared_concat_scales,
+                           optimization_level=args.opt_level, workspace_mib=args.workspace_mib,
+                           compute_capabilities=tuple(args.target or ()))
+    console = Console(stderr=True)
+    with console.status("starting", spinner="dots") as status:
+        result = build(args.onnx, args.out, options,
+                       on_phase=lambda p: status.update(f"{p} ({args.onnx.name}, {precision})"))
+    b = result.bundle
+    acc = b["accuracy_check"]
+    cal = b["calibration"]
+    table = Table(title=f"medtrt build: {args.onnx.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("precision", precision.upper()),
+        ("engine", f"{b['engine']} ({b['engine_bytes'] / 2**20:.1f} MiB)"),
+        ("engine build", f"{b['timings']['engine_build_s']:.1f} s"),
+        ("calibration", "-" if not cal else "reused cache" if cal["reused_cache"] else
+         f"{cal['method']}, {cal['images']} images, {cal['seconds']:.1f} s"),
+        ("vs FP32 (CPU, ORT)", f"top-1 agreement {acc['top1_agreement']:.4f}, max |dprob| "
+                               f"{acc['max_abs_prob_diff']:.2e} on {acc['images']} images"),
+        ("TensorRT", f"{b['tensorrt']['flavour']} {b['tensorrt']['version']}, targets "
+                     f"{', '.join(b['tensorrt']['targets']) or 'build GPU'}"),
+        ("profile", " / ".join(str(b["input"]["profile"][k][0]) for k in ("min", "opt", "max"))),
+    ]
+    for field, value in rows:
+        table.add_row(field, value)
+    Console().print(table)
+    print(f"wrote {result.engine}, {result.bundle_json.name}, {result.precision_onnx.name} "
+          f"(built, not executed: running engines needs a GPU)")
+    return 0
+
+
 def _positive_int(text: str, name: str) -> int:
     try:
         value = int(text)
@@ -135,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", type=Path, help="image folder for the parity check "
                                                   "(default: generated images)")
     export.set_defaults(func=_export)
+
+    b = sub.add_parser("build", help="build a TensorRT engine bundle (FP32, FP16 or INT8) from an "
+                                     "exported ONNX")
+    b.add_argument("onnx", type=Path, help="FP32 ONNX from `medtrt export`")
+    prec = b.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="FP16 graph (FP32 I/O and reductions)")
+    prec.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (needs --calib or --calib-cache)")
+    calib = b.add_mutually_exclusive_group()
+    calib.add_argument("--calib", type=Path, help="calibration image folder")
+    calib.add_argument("--calib-cache", type=Path, help="JSON calibration cache to reuse")
+    b.add_argument("--calib-method", choices=("entropy", "max", "percentile"), default="entropy")
+    b.add_argument("--calib-images", type=int, default=512, help="images used to calibrate (512)")
+    b.add_argument("--no-shared-concat-scales", action="store_true",
+                   help="give each Concat input its own INT8 scale")
+    b.add_argument("--batch", default="1,32,256", help="optimization profile min,opt,max")
+    b.add_argument("--out", type=Path, help="output folder (default: next to the ONNX)")
+    b.add_argument("--trt", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto",
+                   help="TensorRT flavour (auto: tensorrt, else tensorrt_rtx)")
+    b.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0-5")
+    b.add_argument("--workspace-mib", type=int, default=2048)
+    b.add_argument("--target", action="append", help="TensorRT-RTX compute capability target "
+                                                     "(e.g. SM86); repeatable")
+    b.set_defaults(func=_build)
     return parser
 
 

@@ -1,0 +1,232 @@
+"""`medtrt build`: exported ONNX -> precision graph -> TensorRT engine bundle.
+
+    FP32:  the exported graph as it is.
+    FP16:  medtrt.precision.to_fp16 (FP32 I/O, sensitive ops in FP32).
+    INT8:  calibration of the FP32 graph (entropy by default) or a calibration cache, then
+           explicit Q/DQ (medtrt.precision.qdq).
+
+The precision graph is checked on the CPU in ONNX Runtime against the FP32 graph (top-1
+agreement, max |dprob|) before the engine is built. The bundle is ``NAME.engine`` plus
+``NAME.engine.json`` (what the engine expects and produces, how it was built and checked) and
+the precision ONNX it was built from, ``NAME.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medtrt._lazy import require
+
+__all__ = ["BuildOptions", "BuildResult", "build", "BUNDLE_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "medtrt-engine-bundle/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"
+    calib: str | None = None  # folder of calibration images (INT8)
+    calib_cache: str | None = None  # JSON cache from an earlier calibration (INT8)
+    calib_method: str = "entropy"
+    calib_images: int = 512
+    calib_batch: int = 16
+    share_concat_scales: bool = True
+    batch: tuple[int, int, int] = (1, 32, 256)
+    flavour: str = "auto"
+    workspace_mib: int = 2048
+    optimization_level: int = 3
+    compute_capabilities: tuple[str, ...] = ()
+    check_images: int = 64
+    name: str | None = None  # bundle name; default "<onnx stem>.<precision>"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
+        if self.precision == "int8" and not (self.calib or self.calib_cache):
+            raise ValueError("--int8 needs calibration data: pass --calib DIR (images) or "
+                             "--calib-cache FILE (from an earlier build)")
+        if self.precision != "int8" and (self.calib or self.calib_cache):
+            raise ValueError("--calib/--calib-cache only apply to --int8")
+
+
+@dataclass
+class BuildResult:
+    engine: Path
+    bundle_json: Path
+    precision_onnx: Path
+    bundle: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _check_accuracy(fp32: Path, candidate: Path, preset: Any, images: list[np.ndarray]) -> dict[str, Any]:
+    """Top-1 agreement and max |dprob| of the precision graph vs the FP32 graph (ONNX Runtime)."""
+    ort = require("onnxruntime")
+    from medtrt.ops import resize_normalize
+    from medtrt.reference import activate
+
+    x = resize_normalize(images, **preset.preprocess_kwargs())
+    runs = {}
+    for key, path in (("fp32", fp32), ("candidate", candidate)):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs[key] = activate(session.run(None, {session.get_inputs()[0].name: x})[0],
+                             preset.activation)
+    a, b = runs["fp32"], runs["candidate"]
+    return {"images": len(images), "reference": "FP32 ONNX in ONNX Runtime (CPU)",
+            "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+            "max_abs_prob_diff": float(np.abs(a - b).max())}
+
+
+def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
+          options: BuildOptions | None = None, *,
+          on_phase: Callable[[str], None] | None = None) -> BuildResult:
+    """Build an engine bundle from a medtrt-exported FP32 ONNX (see module docstring)."""
+    from medtrt.export import read_metadata, sha256_file, verification_images
+    from medtrt.precision import (CalibrationConfig, calibrate, insert_qdq, plan_qdq, read_cache,
+                                  to_fp16, write_trt_cache)
+    from medtrt.trt import build_engine, import_trt
+
+    opts = options or BuildOptions()
+    phase = on_phase or (lambda _s: None)
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX file {onnx_path} does not exist")
+    import_trt(opts.flavour)  # fail before any work when no TensorRT flavour is installed
+    onnx = require("onnx")
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as exc:
+        raise ValueError(f"{onnx_path} is not an ONNX file: {exc}") from exc
+    preset, props = read_metadata(onnx_path)
+    source_sha = sha256_file(onnx_path)
+    out = Path(out_dir) if out_dir else onnx_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    name = opts.name or f"{onnx_path.stem}.{opts.precision}"
+    precision_onnx = out / f"{name}.onnx"
+    timings: dict[str, float] = {}
+    calibration_info: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None
+
+    t0 = time.perf_counter()
+    if opts.precision == "fp32":
+        if precision_onnx.resolve() != onnx_path.resolve():
+            shutil.copyfile(onnx_path, precision_onnx)
+    elif opts.precision == "fp16":
+        phase("converting to FP16")
+        to_fp16(model, precision_onnx)
+    else:
+        plan = plan_qdq(model, share_concat_scales=opts.share_concat_scales)
+        if opts.calib_cache:
+            phase("reading calibration cache")
+            cal = read_cache(opts.calib_cache, expect_sha256=source_sha)
+            missing = [t for t in plan.tensors if t not in cal.amax]
+            if missing:
+                raise ValueError(f"calibration cache {opts.calib_cache} lacks {len(missing)} "
+                                 f"tensors of this graph (e.g. {missing[0]!r}); recalibrate")
+        else:
+            phase("calibrating")
+            config = CalibrationConfig(method=opts.calib_method, num_images=opts.calib_images,
+                                       batch_size=opts.calib_batch)
+            cal = calibrate(onnx_path, opts.calib, plan.tensors, config, preset=preset)
+            timings["calibration_s"] = cal.seconds
+        cache_json = cal.write(out / f"{name}.calib.json")
+        trt_mod, flavour = import_trt(opts.flavour)
+        # The text cache is for TensorRT 10 users; stamp it with TensorRT's version when that is
+        # the flavour here (TensorRT-RTX numbers its releases differently).
+        trt_cache = write_trt_cache(cal, out / f"{name}.calib.cache",
+                                    trt_version=str(trt_mod.__version__) if flavour == "tensorrt" else None)
+        phase("inserting Q/DQ")
+        _, final_plan = insert_qdq(model, cal.amax, plan=plan, out=precision_onnx)
+        calibration_info = {"method": cal.config.method, "images": cal.images,
+                            "bins": cal.config.bins, "start_bin": cal.config.start_bin,
+                            "quantized_bins": cal.config.quantized_bins,
+                            "percentile": cal.config.percentile if cal.config.method == "percentile" else None,
+                            "seed": cal.config.seed, "reused_cache": bool(opts.calib_cache),
+                            "cache_json": cache_json.name, "trt_cache": trt_cache.name,
+                            "seconds": cal.seconds}
+        quantization = {"activation_tensors": len(final_plan.tensors),
+                        "scale_groups": len(final_plan.groups),
+                        "share_concat_scales": opts.share_concat_scales,
+                        "kept_in_float": final_plan.skipped}
+    timings["precision_s"] = time.perf_counter() - t0
+
+    phase("checking accuracy on the CPU")
+    if opts.calib and opts.precision == "int8":
+        from medtrt.data import read_image
+        from medtrt.precision.calibrate import load_images
+
+        paths = load_images(opts.calib, min(opts.check_images, opts.calib_images), seed=1)
+        check_images = [read_image(p) for p in paths]
+    else:
+        check_images = verification_images(preset, opts.check_images)
+    accuracy = _check_accuracy(onnx_path, precision_onnx, preset, check_images)
+
+    engine_path = out / f"{name}.engine"
+    built = build_engine(precision_onnx, engine_path, batch=opts.batch, flavour=opts.flavour,
+                         workspace_mib=opts.workspace_mib,
+                         optimization_level=opts.optimization_level,
+                         timing_cache_dir=Path(os.environ.get("MEDTRT_CACHE", Path.home() / ".cache" / "medtrt")) / "timing",
+                         compute_capabilities=list(opts.compute_capabilities) or None,
+                         on_phase=phase)
+    timings["engine_build_s"] = built.seconds
+    gpu = _build_gpu()
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "engine": engine_path.name,
+        "engine_bytes": built.engine_bytes,
+        "precision": opts.precision,
+        "precision_onnx": precision_onnx.name,
+        "input": {"name": built.input_name, "dtype": built.input_dtype, "layout": "NCHW",
+                  "channels": preset.in_channels, "size": list(preset.image_size),
+                  "profile": built.profile},
+        "output": {"name": built.output_name, "dtype": built.output_dtype,
+                   "activation": preset.activation, "labels": list(preset.labels),
+                   "threshold": preset.threshold if preset.activation == "sigmoid" else None},
+        "preprocess": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in preset.preprocess_kwargs().items()},
+        "preset": preset.to_dict(),
+        "calibration": calibration_info,
+        "quantization": quantization,
+        "source_onnx": {"name": onnx_path.name, "sha256": source_sha,
+                        "export": json.loads(props.get("medtrt.export", "{}"))},
+        "tensorrt": {"flavour": built.flavour, "version": built.version,
+                     "targets": built.targets, "optimization_level": built.optimization_level,
+                     "workspace_bytes": built.workspace_bytes, "timing_cache": built.timing_cache,
+                     "layers": built.layers, "warnings": built.warnings[-20:]},
+        "build_machine": {"host": platform.node(), **gpu},
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "timings": timings,
+        "accuracy_check": accuracy,
+        "executed": False,  # built here; running engines is the runtime's job (issue #5)
+    }
+    bundle_json = out / f"{name}.engine.json"
+    bundle_json.write_text(json.dumps(bundle, indent=2) + "\n")
+    return BuildResult(engine_path, bundle_json, precision_onnx, bundle, timings)
+
+
+def _build_gpu() -> dict[str, Any]:
+    """The GPU of the build machine, if any (TensorRT-RTX builds ahead of time without one)."""
+    from medtrt._native import native
+
+    c = native()
+    if c.cuda_device_count() == 0:
+        return {"gpu": None, "compute_capability": None, "gpu_status": c.cuda_device_status()}
+    try:
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
+    except Exception as exc:  # torch is optional here
+        return {"gpu": "unknown", "compute_capability": None, "gpu_status": str(exc)}

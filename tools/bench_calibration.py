@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""medtrt's entropy calibration vs ONNX Runtime's (CalibrationMethod.Entropy), same data.
+
+Both calibrate the same activation tensors (the Q/DQ plan's) of the same FP32 ONNX on the same
+pre-processed batches (prepared once, outside the timed region). Bin settings match: medtrt
+keeps 2048 |x| bins with candidates from bin 128 and 128 quantized levels; ONNX Runtime's
+signed histogram gets num_bins=4096 (2048 per sign) and num_quantized_bins=256 (128 per sign),
+so its candidates also start 128 bins from zero. Writes JSON: wall times, their ratio, and
+per-tensor threshold agreement in bin widths. Not a test.
+
+    python tools/bench_calibration.py [--onnx M] [--images DIR] [--n 512] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_ops import machine  # noqa: E402
+
+import onnx  # noqa: E402
+from medtrt.data import read_image  # noqa: E402
+from medtrt.export import read_metadata  # noqa: E402
+from medtrt.ops import resize_normalize  # noqa: E402
+from medtrt.precision.calibrate import CalibrationConfig, collect_histograms, compute_amax, load_images  # noqa: E402
+from medtrt.precision.qdq import plan_qdq  # noqa: E402
+
+
+def ort_entropy(onnx_path: Path, tensors: list[str], batches: list[np.ndarray]) -> tuple[dict, dict, float]:
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.calibrate import EntropyCalibrater
+
+    wanted = set(tensors)
+
+    class Exactly(EntropyCalibrater):
+        def select_tensors_to_calibrate(self, model):  # the same tensors as medtrt, no more
+            found, infos = super().select_tensors_to_calibrate(model)
+            return {t for t in found if t in wanted}, infos
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"image": b}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cal = Exactly(str(onnx_path), op_types_to_calibrate=[], augmented_model_path=f"{tmp}/aug.onnx",
+                      symmetric=True, num_bins=4096, num_quantized_bins=256)
+        cal.augment_graph()
+        cal.create_inference_session()
+        cal.collect_data(Reader())
+        data = cal.compute_data()
+        seconds = time.perf_counter() - t0
+    amax = {t: float(max(abs(float(data[t].range_value[0])), abs(float(data[t].range_value[1]))))
+            for t in tensors if t in data}
+    width = {t: float(h[1][1] - h[1][0]) for t, h in cal.collector.histogram_dict.items()}
+    return amax, width, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx", type=Path, help="FP32 ONNX from medtrt export (default: demo model)")
+    parser.add_argument("--images", type=Path, help="image folder (default: the demo data)")
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tolerance-bins", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_calibration.json")
+    args = parser.parse_args(argv)
+    if args.onnx is None or args.images is None:
+        from medtrt.train import cached_demo_model
+
+        demo = cached_demo_model(ROOT / ".cache" / "medtrt")
+        args.onnx = args.onnx or demo.onnx
+        args.images = args.images or demo.data
+
+    preset = read_metadata(args.onnx)[0]
+    tensors = list(plan_qdq(onnx.load(str(args.onnx))).tensors)
+    paths = load_images(args.images, args.n)
+    kw = preset.preprocess_kwargs()
+    batches = [resize_normalize([read_image(p) for p in paths[i:i + args.batch]], **kw)
+               for i in range(0, len(paths), args.batch)]
+
+    t0 = time.perf_counter()
+    hists = collect_histograms(args.onnx, tensors, lambda: iter(batches))
+    ours = compute_amax(hists, CalibrationConfig(method="entropy"))
+    ours_s = time.perf_counter() - t0
+    theirs, their_width, theirs_s = ort_entropy(args.onnx, tensors, batches)
+
+    rows = []
+    for t in tensors:
+        if t not in theirs:
+            continue
+        width = max(hists[t].bin_width, their_width.get(t, 0.0))
+        diff_bins = abs(ours[t] - theirs[t]) / width if width > 0 else 0.0
+        rows.append({"tensor": t, "medtrt_amax": ours[t], "ort_amax": theirs[t],
+                     "max_abs": float(hists[t].max_abs), "bin_width": width,
+                     "diff_bins": diff_bins, "relu_like": bool(hists[t].counts[0] > 0.3 * hists[t].total)})
+    agree = [r["diff_bins"] <= args.tolerance_bins for r in rows]
+    report = {
+        "tool": "tools/bench_calibration.py", "machine": machine(), "onnx": str(args.onnx),
+        "images": len(paths), "batch": args.batch, "tensors": len(tensors), "compared": len(rows),
+        "medtrt_seconds": ours_s, "ort_seconds": theirs_s, "time_ratio": ours_s / theirs_s,
+        "agreement_tolerance_bins": args.tolerance_bins,
+        "fraction_agreeing": float(np.mean(agree)) if rows else 0.0,
+        "median_abs_rel_diff": statistics.median(abs(r["medtrt_amax"] - r["ort_amax"]) /
+                                                 max(r["ort_amax"], 1e-12) for r in rows),
+        "median_signed_rel_diff": statistics.median((r["medtrt_amax"] - r["ort_amax"]) /
+                                                    max(r["ort_amax"], 1e-12) for r in rows),
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"medtrt {ours_s:.1f} s vs ONNX Runtime {theirs_s:.1f} s (ratio {ours_s / theirs_s:.3f}); "
+          f"{100 * report['fraction_agreeing']:.1f}% of {len(rows)} tensors within "
+          f"{args.tolerance_bins:g} bins; median signed rel. diff "
+          f"{100 * report['median_signed_rel_diff']:+.1f}%")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
