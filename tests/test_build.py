@@ -1,65 +1,168 @@
-"""The build without a CUDA compiler: configure and compile the extension from scratch with nvcc
-hidden, then check that it is CPU-only and that its ops work."""
+"""`medtrt build`: FP32, FP16 and INT8 engine bundles built without a GPU (TensorRT-RTX in CI),
+calibration-cache reuse, and the errors a user can hit."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+import json
+import struct
+from collections import Counter
 
+import numpy as np
+import onnx
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.heldout import held_out
+from medtrt.build import BuildOptions, build
+from medtrt.cli import main
+from medtrt.errors import MissingDependencyError
+from medtrt.trt import BuildError, engine_header_version
 
 
-@pytest.mark.slow
-def test_build_without_nvcc_is_cpu_only(tmp_path):
-    import cmake
-    import ninja
-    import pybind11
+@pytest.fixture(scope="module")
+def calib_dir(demo_model, tmp_path_factory):
+    """A calibration folder of training-split images only (links into the demo data)."""
+    root = tmp_path_factory.mktemp("calib")
+    for i, p in enumerate(held_out(demo_model).train_paths[:300]):
+        (root / f"{i:04d}{p.suffix}").symlink_to(p)
+    return root
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"CUDACXX", "CUDA_PATH", "CUDA_HOME", "CUDAToolkit_ROOT", "CMAKE_ARGS"}}
-    env["PATH"] = os.pathsep.join(
-        d for d in os.environ.get("PATH", "").split(os.pathsep)
-        if d and not os.path.exists(os.path.join(d, "nvcc"))
-    )
-    assert shutil.which("nvcc", path=env["PATH"]) is None
-    build = tmp_path / "build"
-    cmake_bin = str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
-    configure = subprocess.run(
-        [cmake_bin, "-S", str(REPO), "-B", str(build), "-G", "Ninja",
-         f"-DCMAKE_MAKE_PROGRAM={Path(ninja.BIN_DIR) / 'ninja'}",
-         f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert configure.returncode == 0, configure.stdout + configure.stderr
-    assert "no CUDA compiler found; building the CPU-only core" in configure.stdout
-    compile_ = subprocess.run([cmake_bin, "--build", str(build), "-j", "2"], env=env,
-                              capture_output=True, text=True, timeout=900)
-    assert compile_.returncode == 0, compile_.stdout + compile_.stderr
-    assert not list(build.rglob("*.cu.o")), "CUDA objects were built without nvcc"
 
-    # Assemble an importable package from the source tree plus the freshly built extension.
-    pkg = tmp_path / "site" / "medtrt"
-    shutil.copytree(REPO / "python" / "medtrt", pkg)
-    (ext,) = build.glob("_C*.so")
-    shutil.copy2(ext, pkg)
-    code = (
-        "import numpy as np, medtrt\n"
-        "from medtrt._native import native\n"
-        "assert medtrt.__file__.startswith(%r), medtrt.__file__\n"
-        "c = native()\n"
-        "assert c.cuda_compiled() is False and c.cuda_device_count() == 0\n"
-        "x = medtrt.ops.resize_normalize([np.arange(12, dtype=np.uint8).reshape(3, 4)], (3, 4))\n"
-        "assert np.allclose(x[0, 0], np.arange(12).reshape(3, 4) / 255, atol=1e-6)\n"
-        "s, i = medtrt.ops.topk(np.array([[1, 5, 3]], np.float32), 2, activation='none')\n"
-        "assert i.tolist() == [[1, 2]]\n"
-        "print(medtrt.build_info()['cuda_device_status'])\n"
-    ) % str(pkg)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env={**env, "PYTHONPATH": str(pkg.parent)})
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "built without CUDA" in run.stdout
+@pytest.fixture(scope="module")
+def bundles(demo_model, calib_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles")
+    results = {p: build(demo_model.onnx, out, BuildOptions(precision=p, calib=str(calib_dir) if p == "int8" else None,
+                                                            calib_images=256, batch=(1, 8, 64)))
+               for p in ("fp32", "fp16", "int8")}
+    return out, results
+
+
+@pytest.mark.trt
+@pytest.mark.parametrize("precision,ops", [("fp32", {"Conv"}), ("fp16", {"Cast", "Conv"}),
+                                           ("int8", {"QuantizeLinear", "DequantizeLinear"})])
+def test_bundle_contents(bundles, demo_model, precision, ops):
+    out, results = bundles
+    r = results[precision]
+    assert r.engine.stat().st_size > 1_000_000
+    assert engine_header_version(r.engine) == r.bundle["tensorrt"]["version"]
+    b = json.loads(r.bundle_json.read_text())
+    assert b == r.bundle and b["format"] == "medtrt-engine-bundle/1" and b["precision"] == precision
+    assert b["input"]["name"] == "image" and b["input"]["layout"] == "NCHW"
+    assert b["input"]["profile"] == {"min": [1, 1, 64, 64], "opt": [8, 1, 64, 64], "max": [64, 1, 64, 64]}
+    assert b["output"]["labels"][0] == "AbdomenCT" and b["output"]["activation"] == "softmax"
+    assert b["preprocess"]["out_size"] == [64, 64]
+    assert b["source_onnx"]["sha256"] == __import__("medtrt.export", fromlist=["x"]).sha256_file(demo_model.onnx)
+    assert b["tensorrt"]["flavour"] in ("tensorrt", "tensorrt_rtx") and b["executed"] is False
+    assert b["accuracy_check"]["top1_agreement"] >= 0.99
+    graph = onnx.load(str(out / b["precision_onnx"]))
+    present = Counter(n.op_type for n in graph.graph.node)
+    assert ops <= set(present), present
+    if precision == "int8":
+        assert b["calibration"]["method"] == "entropy" and b["calibration"]["images"] == 256
+        assert present["QuantizeLinear"] == b["quantization"]["activation_tensors"] == 241
+    else:
+        assert "QuantizeLinear" not in present and b["calibration"] is None
+
+
+@pytest.mark.trt
+def test_calibration_cache_reuse_gives_identical_scales(bundles, demo_model, tmp_path):
+    out, results = bundles
+    cache = out / "model.int8.calib.json"
+    again = build(demo_model.onnx, tmp_path, BuildOptions(precision="int8", calib_cache=str(cache),
+                                                          batch=(1, 8, 64)))
+    assert again.bundle["calibration"]["reused_cache"] is True
+    assert "calibration_s" not in again.timings  # no data pass
+
+    def scales(path):
+        g = onnx.load(str(path)).graph
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+        return {n.input[0]: inits[n.input[1]].item() for n in g.node if n.op_type == "QuantizeLinear"}
+
+    assert scales(again.precision_onnx) == scales(results["int8"].precision_onnx)
+
+
+@pytest.mark.trt
+def test_trt_text_cache_format(bundles):
+    out, _ = bundles
+    lines = (out / "model.int8.calib.cache").read_text().splitlines()
+    assert lines[0].startswith("TRT-") and lines[0].endswith("-EntropyCalibration2")
+    amax = {t: v["amax"] for t, v in json.loads((out / "model.int8.calib.json").read_text())["tensors"].items()}
+    assert len(lines) - 1 == len(amax)
+    for line in lines[1:]:
+        name, hexed = line.rsplit(": ", 1)
+        (scale,) = struct.unpack(">f", bytes.fromhex(hexed))
+        assert scale == np.float32(amax[name] / 127)
+
+
+@pytest.mark.trt
+def test_cache_from_another_onnx_is_refused(bundles, demo_model, tmp_path):
+    out, _ = bundles
+    data = json.loads((out / "model.int8.calib.json").read_text())
+    data["source_onnx_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"was made from a different ONNX .* recalibrate with --calib DIR"):
+        build(demo_model.onnx, tmp_path, BuildOptions(precision="int8", calib_cache=str(tmp_path / "other.json")))
+
+
+@pytest.mark.trt
+def test_cli_build_prints_summary(demo_model, tmp_path, capsys):
+    assert main(["build", str(demo_model.onnx), "--fp16", "--out", str(tmp_path), "--batch", "1,4,16"]) == 0
+    printed = capsys.readouterr().out
+    assert "FP16" in printed and "built, not executed" in printed
+    assert (tmp_path / "model.fp16.engine").is_file() and (tmp_path / "model.fp16.engine.json").is_file()
+
+
+@pytest.mark.trt
+def test_unsupported_op_names_the_node(tmp_path, demo_model):
+    from medtrt.export import read_metadata
+
+    preset, props = read_metadata(demo_model.onnx)
+    x = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 1, 64, 64])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 6])
+    node = onnx.helper.make_node("FancyPool", ["image"], ["logits"], name="my_fancy_pool",
+                                 domain="com.example")
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x], [y]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                  onnx.helper.make_opsetid("com.example", 1)])
+    for key in ("medtrt.format", "medtrt.preset"):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, props[key]
+    onnx.save(model, str(tmp_path / "fancy.onnx"))
+    from medtrt.trt import build_engine
+
+    with pytest.raises(BuildError, match=r"cannot parse .*fancy.onnx:\n  node 'my_fancy_pool' \(FancyPool\)"):
+        build_engine(tmp_path / "fancy.onnx", tmp_path / "fancy.engine")
+
+
+def test_no_tensorrt_flavour_names_both_packages(monkeypatch, demo_model, tmp_path):
+    import sys
+
+    for name in ("tensorrt", "tensorrt_rtx"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` fail
+    with pytest.raises(MissingDependencyError, match=r"tensorrt-cu13 .* tensorrt-rtx-cu13"):
+        build(demo_model.onnx, tmp_path, BuildOptions())
+    assert not list(tmp_path.iterdir())  # failed before doing any work
+
+
+def test_build_argument_errors(demo_model, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.onnx").write_text("not a model")
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in held_out(demo_model).train_paths[:3]:
+        (few / p.name).symlink_to(p)
+    cases = [
+        (["build", str(demo_model.onnx), "--int8"], "--int8 needs calibration data: pass --calib DIR"),
+        (["build", str(demo_model.onnx), "--int8", "--calib", str(tmp_path / "empty")],
+         "holds no images"),
+        (["build", str(demo_model.onnx), "--int8", "--calib", str(tmp_path / "absent")],
+         "does not exist"),
+        (["build", str(demo_model.onnx), "--int8", "--calib", str(few), "--calib-images", "10"],
+         "holds 3 images; 10 were asked for"),
+        (["build", str(tmp_path / "notes.onnx")], "is not an ONNX file"),
+        (["build", str(demo_model.onnx), "--fp16", "--calib", str(few)], "only apply to --int8"),
+        (["build", str(demo_model.onnx), "--batch", "8,4,16"], "1 <= min <= opt <= max"),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--out", str(tmp_path / "o")]) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)

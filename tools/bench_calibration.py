@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,42 +31,9 @@ import onnx  # noqa: E402
 from medtrt.data import read_image  # noqa: E402
 from medtrt.export import read_metadata  # noqa: E402
 from medtrt.ops import resize_normalize  # noqa: E402
-from medtrt.precision.calibrate import CalibrationConfig, collect_histograms, compute_amax, load_images  # noqa: E402
+from medtrt.precision.calibrate import (CalibrationConfig, collect_histograms, compute_amax,  # noqa: E402
+                                        load_images, onnxruntime_entropy)
 from medtrt.precision.qdq import plan_qdq  # noqa: E402
-
-
-def ort_entropy(onnx_path: Path, tensors: list[str], batches: list[np.ndarray]) -> tuple[dict, dict, float]:
-    from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization.calibrate import EntropyCalibrater
-
-    wanted = set(tensors)
-
-    class Exactly(EntropyCalibrater):
-        def select_tensors_to_calibrate(self, model):  # the same tensors as medtrt, no more
-            found, infos = super().select_tensors_to_calibrate(model)
-            return {t for t in found if t in wanted}, infos
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(batches)
-
-        def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {"image": b}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        cal = Exactly(str(onnx_path), op_types_to_calibrate=[], augmented_model_path=f"{tmp}/aug.onnx",
-                      symmetric=True, num_bins=4096, num_quantized_bins=256)
-        cal.augment_graph()
-        cal.create_inference_session()
-        cal.collect_data(Reader())
-        data = cal.compute_data()
-        seconds = time.perf_counter() - t0
-    amax = {t: float(max(abs(float(data[t].range_value[0])), abs(float(data[t].range_value[1]))))
-            for t in tensors if t in data}
-    width = {t: float(h[1][1] - h[1][0]) for t, h in cal.collector.histogram_dict.items()}
-    return amax, width, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     hists = collect_histograms(args.onnx, tensors, lambda: iter(batches))
     ours = compute_amax(hists, CalibrationConfig(method="entropy"))
     ours_s = time.perf_counter() - t0
-    theirs, their_width, theirs_s = ort_entropy(args.onnx, tensors, batches)
+    theirs, their_width, theirs_s = onnxruntime_entropy(args.onnx, tensors, batches)
 
     rows = []
     for t in tensors:

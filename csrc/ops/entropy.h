@@ -13,8 +13,9 @@
 //                    kept bins, P = bins[0:i] with the outliers folded into bin i-1, Q = the
 //                    same bins merged into `quantized_bins` groups and spread evenly over each
 //                    group's non-empty bins; amax = upper edge of the i minimising KL(P || Q)
-//                    (the last minimum on ties). bins[0] is replaced by bins[1] first, so the
-//                    mass of exact zeros after ReLU does not dominate.
+//                    (the last minimum on ties), capped at the largest |x| seen. bins[0] is
+//                    replaced by bins[1] first, so the mass of exact zeros after ReLU does not
+//                    dominate.
 //   percentile_amax  upper edge of the bin where the cumulative count reaches the percentile.
 //   max              the largest |x| seen (AbsHistogram::max_abs).
 // CPU only: the work is a pass over activations that ONNX Runtime already produced on the CPU.

@@ -62,10 +62,10 @@ def test_entropy_matches_the_reference_algorithm(rng, shape):
     h = C.AbsHistogram(n)
     h.add(x.astype(np.float32))
     amax, kept, div = C.entropy_amax(h, 32, 32)
-    expected = ref_entropy_amax(h.counts, h.bin_width, 32, 32)
+    expected = min(ref_entropy_amax(h.counts, h.bin_width, 32, 32), h.max_abs)
     assert amax == pytest.approx(expected, rel=1e-12)
-    assert len(div) == n - 32 + 1 and kept * h.bin_width == pytest.approx(amax)
-    assert 0 < amax <= h.range
+    assert len(div) == n - 32 + 1 and amax == pytest.approx(min(kept * h.bin_width, h.max_abs))
+    assert 0 < amax <= h.max_abs
 
 
 def test_entropy_clips_outliers_and_percentile_and_max(rng):
@@ -96,3 +96,12 @@ def test_parallel_fill_equals_serial_fill(rng):
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a.counts, b.counts)
         assert a.range == b.range and a.merges == b.merges
+
+
+def test_threshold_never_exceeds_the_largest_value_after_merges(rng):
+    h = C.AbsHistogram(2048)
+    h.add(rng.normal(0, 1, 1000).astype(np.float32))
+    h.add(np.array([h.range * 1.01], np.float32))  # doubles the range; top half now empty
+    assert h.range > 1.9 * h.max_abs
+    amax, kept, _ = C.entropy_amax(h)
+    assert amax <= h.max_abs

@@ -1,4 +1,5 @@
 // CPU implementation of the entropy op (see ops/entropy.h).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -129,7 +130,9 @@ EntropyResult entropy_amax(const AbsHistogram& h, std::int64_t start_bin,
     }
   }
   result.bins_kept = best_i;
-  result.amax = static_cast<double>(best_i) * h.bin_width();
+  // After range doublings the top bins can lie above every value seen; a threshold there only
+  // wastes INT8 resolution, so it is capped at the largest |x| observed.
+  result.amax = std::min(static_cast<double>(best_i) * h.bin_width(), h.max_abs());
   return result;
 }
 
