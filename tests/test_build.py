@@ -150,6 +150,11 @@ def test_build_argument_errors(demo_model, tmp_path, capsys):
     few.mkdir()
     for p in held_out(demo_model).train_paths[:3]:
         (few / p.name).symlink_to(p)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in held_out(demo_model).train_paths[:3]:
+        (bad / p.name).symlink_to(p)
+    (bad / "zzz_broken.jpeg").write_bytes(b"")
     cases = [
         (["build", str(demo_model.onnx), "--int8"], "--int8 needs calibration data: pass --calib DIR"),
         (["build", str(demo_model.onnx), "--int8", "--calib", str(tmp_path / "empty")],
@@ -161,6 +166,8 @@ def test_build_argument_errors(demo_model, tmp_path, capsys):
         (["build", str(tmp_path / "notes.onnx")], "is not an ONNX file"),
         (["build", str(demo_model.onnx), "--fp16", "--calib", str(few)], "only apply to --int8"),
         (["build", str(demo_model.onnx), "--batch", "8,4,16"], "1 <= min <= opt <= max"),
+        (["build", str(demo_model.onnx), "--int8", "--calib", str(bad), "--calib-images", "4"],
+         "cannot read image"),
     ]
     for argv, message in cases:
         assert main(argv + ["--out", str(tmp_path / "o")]) == 1, argv

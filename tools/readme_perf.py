@@ -37,10 +37,31 @@ def table(path: Path) -> list[str]:
     return lines
 
 
+def calibration(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    m = r["machine"]
+    return [
+        f"**Calibration: medtrt vs ONNX Runtime's entropy calibrator** — {m['cpu']} "
+        f"({m['cores']} cores), {m['date'][:10]}, commit `{m['commit'][:10]}`; source "
+        f"`{path.relative_to(ROOT)}`",
+        "",
+        "| images | tensors | medtrt | ONNX Runtime | time ratio | thresholds within "
+        f"{r['agreement_tolerance_bins']:g} bins | median signed rel. diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['images']} | {r['compared']} | {r['medtrt_seconds']:.1f} s | {r['ort_seconds']:.1f} s "
+        f"| {r['time_ratio']:.3f} | {100 * r['fraction_agreeing']:.1f} % | "
+        f"{100 * r['median_signed_rel_diff']:+.1f} % |",
+        "",
+    ]
+
+
 def main() -> int:
     body: list[str] = []
     for path in sorted((ROOT / "benchmarks" / "results").glob("bench_ops_*.json")):
         body += table(path)
+    cal = ROOT / "benchmarks" / "results" / "bench_calibration.json"
+    if cal.is_file():
+        body += calibration(cal)
     readme = ROOT / "README.md"
     text = readme.read_text()
     block = "\n".join([BEGIN, "", *body, END])
