@@ -15,6 +15,7 @@ from helpers.heldout import held_out
 from medtrt.build import BuildOptions, build
 from medtrt.cli import main
 from medtrt.errors import MissingDependencyError
+from medtrt.precision import CalibrationConfig
 from medtrt.trt import BuildError, engine_header_version
 
 
@@ -30,9 +31,9 @@ def calib_dir(demo_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundles(demo_model, calib_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles")
-    results = {p: build(demo_model.onnx, out, BuildOptions(precision=p, calib=str(calib_dir) if p == "int8" else None,
-                                                            calib_images=256, batch=(1, 8, 64)))
-               for p in ("fp32", "fp16", "int8")}
+    results = {p: build(demo_model.onnx, out, BuildOptions(
+        precision=p, calib=str(calib_dir) if p == "int8" else None,
+        calibration=CalibrationConfig(num_images=256), batch=(1, 8, 64))) for p in ("fp32", "fp16", "int8")}
     return out, results
 
 

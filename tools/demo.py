@@ -115,8 +115,7 @@ def build_section(demo, split, images, labels, ref) -> bool:
         out = demo.root / "engines"
         onnx_path = out / f"model.{precision}.onnx"
         if have_trt:
-            options = BuildOptions(precision=precision, calib=str(calib) if precision == "int8" else None,
-                                   calib_images=512)
+            options = BuildOptions(precision=precision, calib=str(calib) if precision == "int8" else None)
             result = build(demo.onnx, out, options)
             engine = f"{result.engine.name} {result.bundle['engine_bytes'] / 2**20:.0f} MiB " \
                      f"({result.bundle['tensorrt']['flavour']} {result.bundle['tensorrt']['version']})"

@@ -19,7 +19,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,9 +40,7 @@ class BuildOptions:
     precision: str = "fp32"
     calib: str | None = None  # folder of calibration images (INT8)
     calib_cache: str | None = None  # JSON cache from an earlier calibration (INT8)
-    calib_method: str = "entropy"
-    calib_images: int = 512
-    calib_batch: int = 16
+    calibration: Any = None  # medtrt.precision.CalibrationConfig; default: entropy, 512 images
     share_concat_scales: bool = True
     batch: tuple[int, int, int] = (1, 32, 256)
     flavour: str = "auto"
@@ -137,8 +135,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                                  f"tensors of this graph (e.g. {missing[0]!r}); recalibrate")
         else:
             phase("calibrating")
-            config = CalibrationConfig(method=opts.calib_method, num_images=opts.calib_images,
-                                       batch_size=opts.calib_batch)
+            config = opts.calibration or CalibrationConfig()
             cal = calibrate(onnx_path, opts.calib, plan.tensors, config, preset=preset)
             timings["calibration_s"] = cal.seconds
         cache_json = cal.write(out / f"{name}.calib.json")
@@ -167,7 +164,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         from medtrt.data import read_image
         from medtrt.precision.calibrate import load_images
 
-        paths = load_images(opts.calib, min(opts.check_images, opts.calib_images), seed=1)
+        paths = load_images(opts.calib, min(opts.check_images, cal.images), seed=1)
         check_images = [read_image(p) for p in paths]
     else:
         check_images = verification_images(preset, opts.check_images)

@@ -59,7 +59,7 @@ class TrainResult:
 
 def load_split_arrays(folder: ImageFolder, preset: Preset) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read and pre-process a split: (inputs float32 [N, C, H, W], labels int64 [N], unreadable)."""
-    from medtrt.ops import resize_normalize
+    from medtrt.ops import resize_normalize_mixed
 
     images, labels, bad = [], [], []
     for result, label in zip(iter_images(folder.paths), folder.labels):
@@ -70,16 +70,7 @@ def load_split_arrays(folder: ImageFolder, preset: Preset) -> tuple[np.ndarray, 
             bad.append(str(result.path))
     if not images:
         raise ValueError(f"{folder.root}: none of {len(folder.paths)} images could be read")
-    kwargs = preset.preprocess_kwargs()
-    out_size = kwargs.pop("out_size")
-    by_dtype: dict[Any, list[int]] = {}
-    for i, img in enumerate(images):
-        by_dtype.setdefault(img.dtype, []).append(i)
-    x = np.empty((len(images), preset.in_channels, *out_size), np.float32)
-    for idx in by_dtype.values():  # resize_normalize takes one stored dtype per call
-        for start in range(0, len(idx), 512):
-            part = idx[start:start + 512]
-            x[part] = resize_normalize([images[i] for i in part], out_size, **kwargs)
+    x = resize_normalize_mixed(images, **preset.preprocess_kwargs())
     return x, np.asarray(labels, np.int64), bad
 
 

@@ -280,3 +280,16 @@ def test_cuda_errors_match_cpu_errors():
                          out=torch.empty(1, 1, 8, 9, device="cuda"))
     with pytest.raises(ValueError, match=r"expected every item in one place"):
         resize_normalize([torch.ones(4, 5, dtype=torch.uint8, device="cuda"), U8], 8)
+
+
+def test_mixed_dtype_batches_keep_order(rng):
+    from medtrt.ops import resize_normalize_mixed
+
+    images = [make_image(rng, 20, 30, 0, np.uint8), make_image(rng, 9, 7, 0, np.uint16),
+              make_image(rng, 40, 10, 0, np.uint8), make_image(rng, 5, 5, 0, np.int16)]
+    got = resize_normalize_mixed(images, (8, 8), chunk=1)
+    assert got.shape == (4, 1, 8, 8) and got.dtype == np.float32
+    for i, img in enumerate(images):
+        np.testing.assert_array_equal(got[i], resize_normalize([img], (8, 8))[0])
+    with pytest.raises(ValueError, match=r"empty batch"):
+        resize_normalize_mixed([], 8)

@@ -3,7 +3,6 @@ the PyTorch FP32 reference on the held-out set (calibrated on the training split
 
 from __future__ import annotations
 
-from collections import defaultdict
 
 import numpy as np
 import onnx

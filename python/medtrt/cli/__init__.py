@@ -92,8 +92,11 @@ def _build(args: argparse.Namespace) -> int:
     batch = tuple(_positive_int(b, "--batch") for b in args.batch.split(","))
     if len(batch) != 3:
         raise ValueError(f"--batch must be min,opt,max (e.g. 1,32,256); got {args.batch!r}")
+    from medtrt.precision import CalibrationConfig
+
     options = BuildOptions(precision=precision, calib=args.calib, calib_cache=args.calib_cache,
-                           calib_method=args.calib_method, calib_images=args.calib_images,
+                           calibration=CalibrationConfig(method=args.calib_method,
+                                                         num_images=args.calib_images),
                            batch=batch, flavour=args.trt,  # type: ignore[arg-type]
                            share_concat_scales=not args.no_shared_concat_scales,
                            optimization_level=args.opt_level, workspace_mib=args.workspace_mib,

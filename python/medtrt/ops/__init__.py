@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medtrt.ops.resize_normalize import resize_normalize
+from medtrt.ops.resize_normalize import resize_normalize, resize_normalize_mixed
 from medtrt.ops.topk import topk
 
-__all__ = ["resize_normalize", "topk"]
+__all__ = ["resize_normalize", "resize_normalize_mixed", "topk"]

@@ -11,7 +11,7 @@ from medtrt._lazy import require
 from medtrt._native import native
 from medtrt.ops._common import cuda_stream, dtype_name, is_tensor, placement, require_cuda
 
-__all__ = ["resize_normalize"]
+__all__ = ["resize_normalize", "resize_normalize_mixed"]
 
 _OP = "resize_normalize"
 
@@ -77,6 +77,28 @@ def resize_normalize(
         torch = require("torch")
         return torch.from_numpy(native().resize_normalize_cpu([t.numpy() for t in items], options))
     return native().resize_normalize_cpu(items, options)
+
+
+def resize_normalize_mixed(images: Sequence[np.ndarray], out_size: int | Sequence[int], *,
+                           chunk: int = 512, **kwargs: Any) -> np.ndarray:
+    """``resize_normalize`` for NumPy images that differ in stored dtype (8-bit JPEGs next to
+    16-bit PNGs, say): one call per dtype, in chunks of ``chunk`` images, results in input order.
+    Same keyword arguments; the default scale still follows each image's own dtype."""
+    if len(images) == 0:
+        return resize_normalize([], out_size, **kwargs)  # raises the usual empty-batch error
+    groups: dict[np.dtype, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(np.asarray(img).dtype, []).append(i)
+    out: np.ndarray | None = None
+    for idx in groups.values():
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            y = resize_normalize([images[i] for i in part], out_size, **kwargs)
+            if out is None:
+                out = np.empty((len(images), *y.shape[1:]), y.dtype)
+            out[part] = y
+    assert out is not None
+    return out
 
 
 def _resize_normalize_cuda(items: list[Any], options: Any, out_dtype_name: str, out: Any) -> Any:

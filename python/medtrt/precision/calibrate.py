@@ -211,7 +211,7 @@ def calibrate(onnx_path: str | os.PathLike[str],
     """
     from medtrt.data import read_image
     from medtrt.export import read_metadata, sha256_file
-    from medtrt.ops import resize_normalize
+    from medtrt.ops import resize_normalize_mixed
 
     config = config or CalibrationConfig()
     onnx_path = Path(onnx_path)
@@ -222,14 +222,8 @@ def calibrate(onnx_path: str | os.PathLike[str],
 
     def batches() -> Any:
         for start in range(0, len(paths), config.batch_size):
-            images = [read_image(p) for p in paths[start:start + config.batch_size]]
-            by_dtype: dict[Any, list[int]] = {}
-            for i, img in enumerate(images):
-                by_dtype.setdefault(img.dtype, []).append(i)
-            x = np.empty((len(images), preset.in_channels, *preset.image_size), np.float32)
-            for idx in by_dtype.values():
-                x[idx] = resize_normalize([images[i] for i in idx], **kwargs)
-            yield x
+            yield resize_normalize_mixed(
+                [read_image(p) for p in paths[start:start + config.batch_size]], **kwargs)
 
     t0 = time.perf_counter()
     hists = collect_histograms(onnx_path, tensors, batches, bins=config.bins, progress=progress)

@@ -122,7 +122,7 @@ def _dtype_name(dt: Any) -> str:
     return {"float": "float32", "half": "float16", "bf16": "bfloat16"}.get(raw, raw)
 
 
-def _gpu_key(trt_name: str) -> str:
+def _gpu_key() -> str:
     """Name of the build GPU for the timing-cache key ('nogpu' when none is visible)."""
     try:
         from medtrt._native import native
@@ -213,7 +213,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     cache_path = None
     cache = None
     if name == "tensorrt" and timing_cache_dir is not None:
-        cache_path = Path(timing_cache_dir) / f"timing-{name}-{version}-{_gpu_key(name)}.cache"
+        cache_path = Path(timing_cache_dir) / f"timing-{name}-{version}-{_gpu_key()}.cache"
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
