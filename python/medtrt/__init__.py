@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from medtrt import errors, ops
 from medtrt._native import build_info
+from medtrt.runtime import Engine, Results
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_info", "errors", "ops"]
+__all__ = ["Engine", "Results", "__version__", "build_info", "errors", "ops"]

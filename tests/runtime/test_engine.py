@@ -1,0 +1,154 @@
+"""medtrt.Engine on the CPU: ONNX Runtime and torch backends vs the PyTorch reference, input
+forms, per-item errors, split/pad, threads, bundle checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.heldout import held_out
+from medtrt import Engine
+from medtrt.build import BuildOptions, build
+from medtrt.precision import CalibrationConfig, calibrate, insert_qdq, plan_qdq, to_fp16
+from medtrt.runtime import BundleError
+
+
+@pytest.fixture(scope="module")
+def data(demo_model):
+    return held_out(demo_model)
+
+
+@pytest.fixture(scope="module")
+def graphs(demo_model, data, tmp_path_factory):
+    import onnx
+
+    root = tmp_path_factory.mktemp("graphs")
+    to_fp16(demo_model.onnx, root / "m.fp16.onnx")
+    model = onnx.load(str(demo_model.onnx))
+    plan = plan_qdq(model)
+    cal = calibrate(demo_model.onnx, data.train_paths, plan.tensors, CalibrationConfig(num_images=128))
+    insert_qdq(model, cal.amax, plan=plan, out=root / "m.int8.onnx")
+    shutil.copy(demo_model.onnx, root / "m.fp32.onnx")
+    return root
+
+
+@pytest.mark.parametrize("precision,agreement", [("fp32", 0.999), ("fp16", 0.995), ("int8", 0.99)])
+def test_onnxruntime_backend_vs_pytorch_reference(graphs, data, precision, agreement):
+    with Engine(graphs / f"m.{precision}.onnx") as engine:
+        assert engine.backend == "onnxruntime" and engine.precision == precision
+        r = engine.infer(data.images, k=2, return_probs=True)
+    assert np.mean(r.top1 == data.reference_probs.argmax(1)) >= agreement
+    assert r.indices.shape == (len(data.images), 2) and r.indices.dtype == np.int32
+    np.testing.assert_allclose(r.probs.sum(axis=1), 1.0, atol=1e-5)
+    tol = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.1}[precision]
+    assert np.abs(r.probs - data.reference_probs).max() <= tol
+
+
+def test_torch_backend_matches_reference(demo_model, data):
+    engine = Engine(demo_model.checkpoint, device="cpu")
+    r = engine.infer(data.images[:20], return_probs=True)
+    assert engine.backend == "torch"
+    np.testing.assert_allclose(r.probs, data.reference_probs[:20], atol=1e-5)
+
+
+def test_every_input_form_gives_the_same_answer(demo_model, data):
+    engine = Engine(demo_model.onnx)
+    folder_paths = data.train_paths[:6]
+    from medtrt.data import read_image
+
+    arrays = [read_image(p) for p in folder_paths]
+    expected = engine.infer(folder_paths).indices
+    for form in (arrays, np.stack(arrays), torch.from_numpy(np.stack(arrays)),
+                 [torch.from_numpy(a.copy()) for a in arrays], [a.astype(np.float32) / 255 for a in arrays]):
+        np.testing.assert_array_equal(engine.infer(form).indices, expected)
+    assert engine.infer(folder_paths)[0].source == str(folder_paths[0])
+
+
+def test_ragged_batch_and_split_pad_equivalence(demo_model, data, rng):
+    engine = Engine(demo_model.onnx)
+    ragged = [data.images[0], np.asarray(rng.integers(0, 256, (100, 37)), np.uint8),
+              np.repeat(data.images[1][..., None], 3, 2), data.images[2][:40, :50]]
+    whole = engine.infer(ragged, return_probs=True)
+    one_by_one = np.concatenate([engine.infer([x], return_probs=True).probs for x in ragged])
+    np.testing.assert_allclose(whole.probs, one_by_one, atol=1e-6)
+    split = Engine(demo_model.onnx, max_batch=3)
+    np.testing.assert_allclose(split.infer(data.images[:10], return_probs=True).probs,
+                               engine.infer(data.images[:10], return_probs=True).probs, atol=1e-6)
+    split.min_batch = 4  # as a bundle whose profile starts at 4: a batch of 1 is padded
+    np.testing.assert_allclose(split.infer(data.images[:1], return_probs=True).probs,
+                               engine.infer(data.images[:1], return_probs=True).probs, atol=1e-6)
+
+
+def test_unreadable_item_does_not_sink_the_batch(demo_model, data, tmp_path):
+    (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff garbage")
+    paths = [data.train_paths[0], tmp_path / "broken.jpeg", data.train_paths[1]]
+    r = Engine(demo_model.onnx).infer(paths)
+    assert list(r.ok) == [True, False, True] and len(r.errors) == 1
+    assert "broken.jpeg" in str(r[1].error) and r[1].labels == ()
+    assert (r.indices[1] == -1).all() and np.isnan(r.scores[1]).all()
+    assert r[0].label and r[2].label
+
+
+def test_threads_share_one_engine(demo_model, data):
+    engine = Engine(demo_model.onnx)
+    batches = [data.images[i:i + 9] for i in range(0, 72, 9)]
+    serial = [engine.infer(b).indices for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda b: engine.infer(b).indices, batches))
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_infer_many_keeps_order(demo_model, data):
+    engine = Engine(demo_model.onnx)
+    out = list(engine.infer_many(data.images[:25], batch_size=10))
+    assert [len(r) for r in out] == [10, 10, 5]
+    np.testing.assert_array_equal(np.concatenate([r.indices for r in out]),
+                                  engine.infer(data.images[:25]).indices)
+
+
+def test_input_errors(demo_model, data):
+    engine = Engine(demo_model.onnx)
+    with pytest.raises(ValueError, match=r"empty batch"):
+        engine.infer([])
+    with pytest.raises(ValueError, match=r"item 0 contains NaN or Inf"):
+        engine.infer([np.full((8, 8), np.nan, np.float32)])
+    with pytest.raises(ValueError, match=r"item 1 has shape \(8, 8, 4\).*C in \(1, 3\)"):
+        engine.infer([data.images[0], np.zeros((8, 8, 4), np.uint8)])
+    with pytest.raises(ValueError, match=r"k must be in \[1, 6\]"):
+        engine.infer(data.images[:1], k=9)
+    with pytest.raises(TypeError, match=r"single path"):
+        engine.infer(str(data.train_paths[0]))
+    engine.close()
+    with pytest.raises(RuntimeError, match=r"closed"):
+        engine.infer(data.images[:1])
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        Engine(demo_model.onnx, backend="cuda")
+
+
+@pytest.mark.trt
+def test_bundle_checks(demo_model, data, tmp_path):
+    result = build(demo_model.onnx, tmp_path, BuildOptions(precision="fp32", batch=(1, 8, 32)))
+    auto = Engine(result.engine)  # no GPU here: the bundle's precision ONNX in ONNX Runtime
+    assert auto.backend == "onnxruntime" and auto.max_batch == 32
+    assert auto.infer(data.images[:5]).indices.shape == (5, 5)
+    assert "Engine('model.fp32.engine', backend=onnxruntime, precision=fp32" in repr(auto)
+    with pytest.raises(BundleError, match=r"needs a CUDA GPU|not implemented yet"):
+        Engine(result.engine, backend="tensorrt")
+    meta = json.loads(result.bundle_json.read_text())
+    meta["tensorrt"]["version"] = "0.0.1"
+    result.bundle_json.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"built with tensorrt_rtx 0.0.1 but .* is installed; rebuild"):
+        Engine(result.engine, backend="tensorrt")
+    with open(result.engine, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(BundleError, match=r"is 1000 bytes but its bundle says .* \(truncated"):
+        Engine(result.engine)
+    result.bundle_json.unlink()
+    with pytest.raises(BundleError, match=r"engine.json is missing"):
+        Engine(result.engine)
