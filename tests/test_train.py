@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from medtrt.data import scan_folder, split_folder
 from medtrt.models import load
 from medtrt.reference import predict
+from medtrt.train import training_split
 
 
 def test_demo_model_reaches_95_percent_on_held_out_images(demo_model):
@@ -20,8 +20,8 @@ def test_demo_model_reaches_95_percent_on_held_out_images(demo_model):
         assert {"train_loss", "val_loss", "val_accuracy", "seconds"} <= h.keys()
     assert summary["test_accuracy"] >= 0.95
     # Re-measure independently: the PyTorch reference path on the held-out files.
-    split = split_folder(scan_folder(demo_model.data, classes=tuple(summary["labels"])),
-                         ratios=tuple(summary["data"]["split"]), seed=summary["data"]["split_seed"])
+    split = training_split(demo_model.metrics)
+    assert split.test.root == demo_model.data
     assert len(split.test) == summary["data"]["test"] >= 150
     pred = predict(demo_model.checkpoint, list(split.test.paths), k=1)
     accuracy = float(np.mean(pred.top1 == np.asarray(split.test.labels)))

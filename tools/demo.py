@@ -45,10 +45,9 @@ def model_section() -> bool:
 
     import onnxruntime as ort
 
-    from medtrt.data import read_image, scan_folder, split_folder
-    from medtrt.models import load_checkpoint
+    from medtrt.data import read_image
     from medtrt.reference import activate, predict
-    from medtrt.train import cached_demo_model
+    from medtrt.train import cached_demo_model, training_split
 
     demo = cached_demo_model(ROOT / ".cache" / "medtrt")
     summary = json.loads(demo.metrics.read_text())
@@ -60,9 +59,7 @@ def model_section() -> bool:
               f"{h['val_accuracy']:.4f} ({h['seconds']:.0f} s)")
     print(f"  training took {summary['seconds']:.0f} s on {summary['device']}; "
           f"ONNX: {demo.onnx}")
-    preset = load_checkpoint(demo.checkpoint)["preset"]
-    split = split_folder(scan_folder(demo.data, classes=tuple(preset["labels"])),
-                         ratios=tuple(summary["data"]["split"]), seed=summary["data"]["split_seed"])
+    split = training_split(demo.metrics)
     labels = np.asarray(split.test.labels)
     images = [read_image(p) for p in split.test.paths]
 
@@ -146,16 +143,11 @@ def build_section(demo, split, images, labels, ref) -> bool:
 
 def engine_section() -> bool:
     """Engine(...).infer(...) on the held-out images, for each backend this machine can run."""
-    import json
-
     from medtrt import Engine
-    from medtrt.data import scan_folder, split_folder
-    from medtrt.train import cached_demo_model
+    from medtrt.train import cached_demo_model, training_split
 
     demo = cached_demo_model(ROOT / ".cache" / "medtrt", progress=False)
-    summary = json.loads(demo.metrics.read_text())
-    split = split_folder(scan_folder(demo.data, classes=tuple(summary["labels"])),
-                         ratios=tuple(summary["data"]["split"]), seed=summary["data"]["split_seed"])
+    split = training_split(demo.metrics)
     paths, labels = list(split.test.paths), np.asarray(split.test.labels)
     candidates = [(demo.checkpoint, {"device": "cpu"}), (demo.onnx, {})]
     for precision in ("fp16", "int8"):

@@ -24,11 +24,11 @@ import numpy as np
 
 from medtrt._lazy import require
 from medtrt.data import iter_images, scan_folder, split_folder
-from medtrt.data.folder import ImageFolder
+from medtrt.data.folder import ImageFolder, Split
 from medtrt.models.presets import Preset, get_preset
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_split_arrays", "cached_demo_model",
-           "DemoModel"]
+__all__ = ["TrainConfig", "TrainResult", "train", "training_split", "load_split_arrays",
+           "cached_demo_model", "DemoModel"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ def load_split_arrays(folder: ImageFolder, preset: Preset) -> tuple[np.ndarray, 
         raise ValueError(f"{folder.root}: none of {len(folder.paths)} images could be read")
     x = resize_normalize_mixed(images, **preset.preprocess_kwargs())
     return x, np.asarray(labels, np.int64), bad
+
+
+def training_split(metrics: str | os.PathLike[str]) -> Split:
+    """The train/val/test split a training run used, rebuilt from its ``<name>.train.json``
+    (data root, labels, ratios and seed are recorded there)."""
+    summary = json.loads(Path(metrics).read_text())
+    data = summary["data"]
+    return split_folder(scan_folder(data["root"], classes=tuple(summary["labels"])),
+                        ratios=tuple(data["split"]), seed=data["split_seed"])
 
 
 def _augment(torch: Any, x: Any, gen: Any) -> Any:

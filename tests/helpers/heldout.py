@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medtrt.data import read_image, scan_folder, split_folder
+from medtrt.data import read_image
 from medtrt.reference import predict
+from medtrt.train import training_split
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,7 @@ class HeldOut:
 
 
 def held_out(demo_model) -> HeldOut:
-    summary = json.loads(demo_model.metrics.read_text())
-    split = split_folder(scan_folder(demo_model.data, classes=tuple(summary["labels"])),
-                         ratios=tuple(summary["data"]["split"]), seed=summary["data"]["split_seed"])
+    split = training_split(demo_model.metrics)
     images = [read_image(p) for p in split.test.paths]
     ref = predict(demo_model.checkpoint, images)
     return HeldOut(list(split.train.paths), images, np.asarray(split.test.labels), ref.probs)
