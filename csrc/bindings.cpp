@@ -16,6 +16,7 @@
 #include "ops/entropy.h"
 #include "ops/resize_normalize.h"
 #include "ops/topk.h"
+#include "runtime/pipeline.h"
 
 namespace py = pybind11;
 
@@ -186,6 +187,127 @@ void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::arra
   if (!error.empty()) throw std::invalid_argument(error);
 }
 
+
+// ---- pipeline --------------------------------------------------------------------------------
+
+std::unique_ptr<runtime::Device> make_device(const py::object& device) {
+  if (py::isinstance<py::str>(device)) {
+    const auto name = device.cast<std::string>();
+    if (name == "cpu") return runtime::make_host_device();
+    MEDTRT_CHECK(name.rfind("cuda", 0) == 0, "Pipeline: device must be 'cpu', 'cuda', 'cuda:N' or "
+                 "an int; got '", name, "'");
+    const int ordinal = name.size() > 5 ? std::stoi(name.substr(5)) : 0;
+    return make_device(py::int_(ordinal));
+  }
+  const int ordinal = device.cast<int>();
+#if MEDTRT_WITH_CUDA
+  return runtime::make_cuda_device(ordinal);
+#else
+  (void)ordinal;
+  no_cuda("Pipeline(device=cuda)");
+#endif
+}
+
+py::dict times_dict(const runtime::StageTimes& t) {
+  py::dict d;
+  d["staging"] = t.staging;
+  d["h2d"] = t.h2d;
+  d["preprocess"] = t.preprocess;
+  d["compute"] = t.compute;
+  d["postprocess"] = t.postprocess;
+  d["d2h"] = t.d2h;
+  d["total"] = t.total;
+  return d;
+}
+
+// The binding owns the NumPy arrays while their pixels are copied into staging.
+struct HostBatch {
+  std::vector<py::array> arrays;
+  std::vector<runtime::HostImage> images;
+};
+
+HostBatch host_batch(const py::list& images) {
+  HostBatch b;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    if (!py::isinstance<py::array>(images[i]))
+      throw py::type_error(detail::concat("Pipeline: image ", i, " is a ",
+                                          py::str(py::type::of(images[i])).cast<std::string>(),
+                                          "; expected a NumPy array"));
+    py::array a = py::array::ensure(images[i], py::array::c_style);  // contiguous, same dtype
+    b.images.push_back({a.data(), static_cast<std::size_t>(a.nbytes()),
+                        ops::ImageShape{array_shape(a), dtype_name(a)}});
+    b.arrays.push_back(std::move(a));
+  }
+  return b;
+}
+
+runtime::SlotView stage_in(runtime::Pipeline& p, std::int32_t slot, const py::list& images) {
+  HostBatch b = host_batch(images);
+  py::gil_scoped_release nogil;
+  return p.stage_in(slot, b.images);
+}
+
+// acquire -> stage_in -> compute(view) (GIL held: the compute stage is Python) -> stage_out.
+// `slot` >= 0: a slot the caller already acquired. On any error the slot is given back.
+std::int32_t submit(runtime::Pipeline& p, const py::list& images, const py::function& compute,
+                    bool want_logits, std::int32_t slot) {
+  HostBatch b;
+  try {
+    b = host_batch(images);
+  } catch (...) {
+    if (slot >= 0) p.release(slot);
+    throw;
+  }
+  if (slot < 0) {
+    py::gil_scoped_release nogil;
+    slot = p.acquire();
+  }
+  try {
+    runtime::SlotView view;
+    {
+      py::gil_scoped_release nogil;
+      view = p.stage_in(slot, b.images);
+    }
+    compute(view);
+    p.stage_out(slot, want_logits);
+  } catch (...) {
+    py::gil_scoped_release nogil;
+    p.release(slot);
+    throw;
+  }
+  return slot;
+}
+
+py::tuple wait(runtime::Pipeline& p, std::int32_t slot) {
+  runtime::Collected r;
+  {
+    py::gil_scoped_release nogil;
+    r = p.wait(slot);
+  }
+  const std::vector<py::ssize_t> shape{r.batch, r.classes};
+  py::array_t<float> scores(shape, r.scores.data());
+  py::array_t<std::int32_t> indices(shape, r.indices.data());
+  py::object logits = py::none();
+  if (!r.logits.empty()) logits = py::array_t<float>(shape, r.logits.data());
+  return py::make_tuple(scores, indices, logits, times_dict(r.times));
+}
+
+// NumPy views of a host-device slot's input and logits, kept alive by the pipeline object.
+py::array host_view(const py::object& self, const runtime::SlotView& v, bool input) {
+  auto& p = self.cast<runtime::Pipeline&>();
+  MEDTRT_CHECK(p.device().is_host(), "Pipeline: host views exist only on the cpu device; this "
+               "pipeline runs on ", p.device().name());
+  const auto& c = p.config();
+  if (input) {
+    const auto& o = c.preprocess;
+    return py::array(py::dtype(o.dtype),
+                     std::vector<py::ssize_t>{v.batch, o.channels, o.out_h, o.out_w},
+                     reinterpret_cast<void*>(v.input), self);
+  }
+  return py::array(py::dtype(c.logits_dtype), std::vector<py::ssize_t>{v.batch, c.classes},
+                   reinterpret_cast<void*>(v.logits), self);
+}
+
 py::dict build_info() {
   py::dict d;
   d["cuda_compiled"] = kCudaCompiled;
@@ -318,6 +440,74 @@ PYBIND11_MODULE(_C, m) {
                                                     r.divergences.data()));
         }, py::arg("histogram"), py::arg("start_bin") = 128, py::arg("quantized_bins") = 128);
   m.def("percentile_amax", &ops::percentile_amax, py::arg("histogram"), py::arg("percentile"));
+
+
+  py::class_<runtime::SlotView>(m, "SlotView")
+      .def_readonly("slot", &runtime::SlotView::slot)
+      .def_readonly("batch", &runtime::SlotView::batch)
+      .def_readonly("stream", &runtime::SlotView::stream)
+      .def_readonly("input", &runtime::SlotView::input)
+      .def_readonly("logits", &runtime::SlotView::logits)
+      .def("__repr__", [](const runtime::SlotView& v) {
+        return detail::concat("SlotView(slot=", v.slot, ", batch=", v.batch, ", stream=0x",
+                              std::hex, v.stream, ", input=0x", v.input, ", logits=0x", v.logits,
+                              ")");
+      });
+
+  py::class_<runtime::Pipeline>(m, "Pipeline")
+      .def(py::init([](std::int32_t slots, std::int32_t classes,
+                       const ops::ResizeNormalizeOptions& preprocess, std::string logits_dtype,
+                       std::string activation, const py::object& device) {
+             runtime::PipelineConfig c;
+             c.slots = slots;
+             c.classes = classes;
+             c.preprocess = preprocess;
+             c.logits_dtype = std::move(logits_dtype);
+             c.activation = std::move(activation);
+             return std::make_unique<runtime::Pipeline>(std::move(c), make_device(device));
+           }),
+           py::kw_only(), py::arg("slots"), py::arg("classes"), py::arg("preprocess"),
+           py::arg("logits_dtype") = "float32", py::arg("activation") = "softmax",
+           py::arg("device") = "cpu")
+      .def("acquire", &runtime::Pipeline::acquire, py::call_guard<py::gil_scoped_release>())
+      .def("try_acquire", &runtime::Pipeline::try_acquire)
+      .def("stage_in", &stage_in, py::arg("slot"), py::arg("images"))
+      .def("stage_out", &runtime::Pipeline::stage_out, py::arg("slot"),
+           py::arg("want_logits") = false, py::call_guard<py::gil_scoped_release>())
+      .def("release", &runtime::Pipeline::release, py::arg("slot"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("submit", &submit, py::arg("images"), py::arg("compute"),
+           py::arg("want_logits") = false, py::arg("slot") = -1)
+      .def("wait", &wait, py::arg("slot"))
+      .def("reserve", &runtime::Pipeline::reserve, py::arg("batch"), py::arg("raw_bytes"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("memory", [](const runtime::Pipeline& p) {
+             const runtime::MemoryUse u = p.memory();
+             py::dict d;
+             d["pinned"] = u.pinned;
+             d["device"] = u.device;
+             d["grows"] = u.grows;
+             return d;
+           })
+      .def("host_input", [](const py::object& self, const runtime::SlotView& v) {
+             return host_view(self, v, true);
+           }, py::arg("view"))
+      .def("host_logits", [](const py::object& self, const runtime::SlotView& v) {
+             return host_view(self, v, false);
+           }, py::arg("view"))
+      .def_property_readonly("slots", [](const runtime::Pipeline& p) { return p.config().slots; })
+      .def_property_readonly("classes", [](const runtime::Pipeline& p) { return p.config().classes; })
+      .def_property_readonly("device", [](const runtime::Pipeline& p) { return p.device().name(); })
+      .def_property_readonly("input_dtype", [](const runtime::Pipeline& p) {
+             return p.config().preprocess.dtype;
+           })
+      .def_property_readonly("logits_dtype", [](const runtime::Pipeline& p) {
+             return p.config().logits_dtype;
+           })
+      .def_property_readonly("input_shape", [](const runtime::Pipeline& p) {
+             const auto& o = p.config().preprocess;
+             return py::make_tuple(o.channels, o.out_h, o.out_w);
+           });
 
   m.def("topk_cpu", &topk_cpu, py::arg("logits"), py::arg("k"), py::arg("activation"));
   m.def("topk_check", &topk_check, py::arg("shape"), py::arg("dtype"), py::arg("k"),

@@ -80,7 +80,7 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
                  " has shape ", shape_str(im.shape), "; expected sides of at most 2^24");
     (*descs)[i] = ImageDesc{0, static_cast<std::int32_t>(im.shape[0]),
                             static_cast<std::int32_t>(im.shape[1]), static_cast<std::int32_t>(c),
-                            0};
+                            static_cast<std::int32_t>(i)};
   }
 
   ResizeNormalizeParams p{};

@@ -40,7 +40,7 @@ struct ImageDesc {
   std::int32_t height;
   std::int32_t width;
   std::int32_t channels;  // 1 or 3
-  std::int32_t reserved;
+  std::int32_t out_row;   // image index in the output batch (lets one batch mix pixel types)
 };
 static_assert(sizeof(ImageDesc) == 24, "ImageDesc is copied to the device as raw bytes");
 
@@ -143,13 +143,14 @@ MEDTRT_HD void store_output(const ResizeNormalizeParams& p, std::int64_t index, 
   }
 }
 
-// Computes every output channel of output pixel (y, x) of image b, given its taps.
+// Computes every output channel of output pixel (y, x) of image d (output row d.out_row),
+// given its taps.
 template <typename Pixel>
 MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, const ImageDesc& d,
-                                      std::int32_t b, std::int32_t y, std::int32_t x,
-                                      const Tap& ty, const Tap& tx) {
+                                      std::int32_t y, std::int32_t x, const Tap& ty,
+                                      const Tap& tx) {
   const std::int64_t plane = static_cast<std::int64_t>(p.out_h) * p.out_w;
-  const std::int64_t base = static_cast<std::int64_t>(b) * p.out_channels * plane +
+  const std::int64_t base = static_cast<std::int64_t>(d.out_row) * p.out_channels * plane +
                             static_cast<std::int64_t>(y) * p.out_w + x;
   // A grayscale source gives the same interpolated value for every output channel.
   const std::int32_t distinct = (d.channels == 3 && p.out_channels == 3) ? 3 : 1;
@@ -178,7 +179,7 @@ template <typename Pixel>
 MEDTRT_HD void resize_normalize_pixel(const ResizeNormalizeParams& p, std::int32_t b,
                                       std::int32_t y, std::int32_t x) {
   const ImageDesc& d = p.images[b];
-  resize_normalize_pixel<Pixel>(p, d, b, y, x, source_tap(y, d.height, p.out_h),
+  resize_normalize_pixel<Pixel>(p, d, y, x, source_tap(y, d.height, p.out_h),
                                 source_tap(x, d.width, p.out_w));
 }
 
@@ -203,7 +204,7 @@ struct ResizeNormalizeOptions {
 };
 
 // Checks a batch and its options; returns params with every field but `images`/`out` filled,
-// and the per-image descriptors with `src` left 0. Throws std::invalid_argument stating the
+// and the per-image descriptors with `src` left 0 and `out_row` = the image's index. Throws std::invalid_argument stating the
 // expected and the actual value. CPU and CUDA entry points both call this first.
 ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& images,
                                                 const ResizeNormalizeOptions& options,

@@ -104,6 +104,48 @@ def test_threads_share_one_engine(demo_model, data):
         np.testing.assert_array_equal(a, b)
 
 
+def test_more_chunks_than_slots_from_many_threads_never_deadlock(demo_model, data):
+    reference = Engine(demo_model.onnx).infer(data.images[:40]).indices
+    engine = Engine(demo_model.onnx, slots=1, max_batch=3)  # 10 images: 4 chunks, 1 slot
+    batches = [data.images[i:i + 10] for i in range(0, 40, 10)]
+    with ThreadPoolExecutor(4) as pool:
+        out = list(pool.map(lambda b: engine.infer(b).indices, batches * 3))
+    for i, got in enumerate(out):
+        np.testing.assert_array_equal(got, reference[(i % 4) * 10:(i % 4) * 10 + 10])
+    many = list(Engine(demo_model.onnx, slots=2, max_batch=3).infer_many(batches))
+    np.testing.assert_array_equal(np.concatenate([r.indices for r in many]), reference)
+
+
+def test_mixed_dtypes_in_one_batch(demo_model, data):
+    engine = Engine(demo_model.onnx)
+    img = data.images[0]
+    forms = [img, img.astype(np.uint16) * 257, img.astype(np.float32) / 255, data.images[1]]
+    whole = engine.infer(forms, return_probs=True)
+    one_by_one = np.concatenate([engine.infer([x], return_probs=True).probs for x in forms])
+    np.testing.assert_array_equal(whole.probs, one_by_one)
+    np.testing.assert_allclose(whole.probs[:3], np.repeat(whole.probs[:1], 3, 0), atol=1e-5)
+
+
+def test_pipeline_memory_is_flat_for_repeated_batches(demo_model, data):
+    engine = Engine(demo_model.onnx, slots=2)
+    engine.infer(data.images[:16])
+    engine.infer(data.images[16:32])
+    settled = engine.memory()
+    for i in range(6):
+        engine.infer(data.images[i * 16:(i + 1) * 16])
+    assert engine.memory() == settled
+    assert engine.last_stage_times and engine.last_stage_times[0]["compute"] > 0
+
+
+def test_torch_only_options_are_refused_elsewhere(demo_model):
+    with pytest.raises(ValueError, match=r"apply to the torch backend"):
+        Engine(demo_model.onnx, precision="fp16")
+    with pytest.raises(ValueError, match=r"FP16 on a CUDA GPU only"):
+        Engine(demo_model.checkpoint, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match=r"precision must be 'fp32' or 'fp16'"):
+        Engine(demo_model.checkpoint, device="cpu", precision="int8")
+
+
 def test_infer_many_keeps_order(demo_model, data):
     engine = Engine(demo_model.onnx)
     out = list(engine.infer_many(data.images[:25], batch_size=10))
@@ -138,7 +180,7 @@ def test_bundle_checks(demo_model, data, tmp_path):
     assert auto.backend == "onnxruntime" and auto.max_batch == 32
     assert auto.infer(data.images[:5]).indices.shape == (5, 5)
     assert "Engine('model.fp32.engine', backend=onnxruntime, precision=fp32" in repr(auto)
-    with pytest.raises(BundleError, match=r"needs a CUDA GPU|not implemented yet"):
+    with pytest.raises(BundleError, match=r"needs a CUDA GPU: .*use backend='onnxruntime'"):
         Engine(result.engine, backend="tensorrt")
     meta = json.loads(result.bundle_json.read_text())
     meta["tensorrt"]["version"] = "0.0.1"

@@ -26,7 +26,7 @@ void run(const ResizeNormalizeParams& p) {
       }
       const Tap ty = source_tap(y, d.height, p.out_h);
       for (std::int32_t x = 0; x < p.out_w; ++x)
-        resize_normalize_pixel<Pixel>(p, d, b, y, x, ty, column_taps[x]);
+        resize_normalize_pixel<Pixel>(p, d, y, x, ty, column_taps[x]);
     }
   }
 }

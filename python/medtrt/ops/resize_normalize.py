@@ -58,16 +58,8 @@ def resize_normalize(
     """
     items = _as_image_list(images)
     out_dtype = dtype_name(dtype)
-    options = native().ResizeNormalizeOptions(
-        out_size=_size_pair(out_size),
-        channels=channels,
-        scale=None if scale is None else float(scale),
-        window=_pair(window, "window", "(center, width)"),
-        rescale=_pair(rescale, "rescale", "(slope, intercept)"),
-        mean=_values(mean),
-        std=_values(std),
-        dtype=out_dtype,
-    )
+    options = make_options(out_size, channels=channels, scale=scale, window=window,
+                           rescale=rescale, mean=mean, std=std, dtype=out_dtype)
     where = placement(items, _OP)
     if where.startswith("torch-cuda"):
         return _resize_normalize_cuda(items, options, out_dtype, out)
@@ -77,6 +69,24 @@ def resize_normalize(
         torch = require("torch")
         return torch.from_numpy(native().resize_normalize_cpu([t.numpy() for t in items], options))
     return native().resize_normalize_cpu(items, options)
+
+
+def make_options(out_size: int | Sequence[int], *, channels: int = 1,
+                 scale: float | None = None, window: Sequence[float] | None = None,
+                 rescale: Sequence[float] | None = None, mean: float | Sequence[float] = 0.0,
+                 std: float | Sequence[float] = 1.0, dtype: Any = "float32") -> Any:
+    """The compiled options object for ``resize_normalize``'s keyword arguments (the C++
+    validator checks the values when it is used)."""
+    return native().ResizeNormalizeOptions(
+        out_size=_size_pair(out_size),
+        channels=channels,
+        scale=None if scale is None else float(scale),
+        window=_pair(window, "window", "(center, width)"),
+        rescale=_pair(rescale, "rescale", "(slope, intercept)"),
+        mean=_values(mean),
+        std=_values(std),
+        dtype=dtype_name(dtype),
+    )
 
 
 def resize_normalize_mixed(images: Sequence[np.ndarray], out_size: int | Sequence[int], *,

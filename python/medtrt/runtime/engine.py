@@ -1,19 +1,20 @@
 """medtrt.Engine: images in, top-k out, from a bundle, an ONNX file or a checkpoint.
 
-This is the CPU slice of the runtime: pre-processing (``resize_normalize``) and post-processing
-(``topk``) run through the compiled CPU twins, and the compute stage is ONNX Runtime (CPU) or
-the PyTorch model. The pinned, double-buffered GPU pipeline (C++ ``Pipeline``) and the
-TensorRT execution stage are not built yet: a bundle is validated (files, TensorRT flavour and
-version, GPU) and, where TensorRT cannot run it, its precision ONNX runs in ONNX Runtime.
+Every backend runs through the compiled ``medtrt._C.Pipeline`` (csrc/runtime): on a GPU, N slots
+with pinned staging, their own CUDA streams and buffers (H2D -> resize_normalize -> compute ->
+topk -> D2H); on the CPU the same slot logic with the CPU twins. Compute stages live in
+``medtrt.runtime.stages``. A bundle is validated (files, TensorRT flavour and version, GPU) and,
+where TensorRT cannot run it, its precision ONNX runs in ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from medtrt._lazy import require
 from medtrt.errors import ImageReadError, MedtrtError
 from medtrt.models.presets import Preset
 from medtrt.runtime.results import Result, Results, failed
+from medtrt.runtime.stages import OnnxRuntimeStage, TensorRTStage, TorchStage
 
 __all__ = ["Engine", "BundleError"]
 
@@ -79,84 +81,145 @@ def check_bundle_runnable(bundle: dict[str, Any]) -> str:
     return flavour
 
 
-class _OnnxRuntime:
-    name = "onnxruntime"
+def _cuda_index(device: Any) -> int:
+    """GPU ordinal from 0, "cuda", "cuda:1" or a torch.device."""
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise ValueError(f"device must be a GPU index, 'cuda', 'cuda:N' or 'cpu'; got {device!r}")
 
-    def __init__(self, onnx_path: Path) -> None:
-        ort = require("onnxruntime")
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.device = "cpu"
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0].astype(np.float32)
+def _torch_device(device: Any) -> str:
+    """'cpu' or 'cuda:N' for the torch backend (the CPU when no GPU is usable)."""
+    if str(device) == "cpu":
+        return "cpu"
+    index = _cuda_index(device)
+    torch = require("torch")
+    return f"cuda:{index}" if torch.cuda.is_available() else "cpu"
 
 
-class _Torch:
-    name = "torch"
+class _Flight:
+    """Chunks of one caller in flight through the pipeline, oldest first.
 
-    def __init__(self, checkpoint: Path, device: Any) -> None:
-        torch = require("torch")
-        from medtrt.models import load
+    Deadlock-free slot use with any number of callers: a caller that already has chunks in
+    flight never blocks on acquire() (it collects its own oldest chunk to free a slot); only a
+    caller with nothing in flight blocks, and every in-flight chunk belongs to a caller that
+    will collect it."""
 
-        self.torch = torch
-        model, _ = load(checkpoint)
-        self.device = str(device if torch.cuda.is_available() else "cpu") if device != "cpu" else "cpu"
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            self.device = f"cuda:{self.device}"
-        self.model = model.to(self.device).eval()
-        self.lock = threading.Lock()  # one module, many threads: serialise forward passes
+    def __init__(self, engine: Engine, want_logits: bool) -> None:
+        self.engine, self.want_logits = engine, want_logits
+        self.pending: deque[tuple[int, int, int]] = deque()  # (slot, real rows, tag)
+        self.done: dict[int, list[tuple[Any, ...]]] = {}
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        t = self.torch.from_numpy(x).to(self.device)
-        with self.lock, self.torch.inference_mode():
-            return self.model(t).float().cpu().numpy()
+    def launch(self, images: list[np.ndarray], tag: int) -> None:
+        e = self.engine
+        pipe = e._pipeline
+        for start in range(0, len(images), e.max_batch):
+            chunk = images[start:start + e.max_batch]
+            n = len(chunk)
+            if n < e.min_batch:  # pad to the profile minimum; padded rows are dropped
+                chunk = chunk + [chunk[-1]] * (e.min_batch - n)
+            slot = pipe.try_acquire()
+            while slot < 0 and self.pending:
+                self._collect_oldest()
+                slot = pipe.try_acquire()
+            if slot < 0:
+                slot = pipe.acquire()
+            pipe.submit(chunk, e._stage, self.want_logits, slot)
+            self.pending.append((slot, n, tag))
+
+    def collect(self, tag: int) -> list[tuple[Any, ...]]:
+        while any(t == tag for _, _, t in self.pending):
+            self._collect_oldest()
+        return self.done.pop(tag, [])
+
+    def drain(self) -> None:
+        """Waits for everything in flight (after an error), dropping the results."""
+        while self.pending:
+            slot, _, _ = self.pending.popleft()
+            try:
+                self.engine._pipeline.wait(slot)
+            except Exception:  # noqa: BLE001 - the first error is the one being raised
+                pass
+
+    def _collect_oldest(self) -> None:
+        slot, n, tag = self.pending.popleft()
+        scores, indices, logits, times = self.engine._pipeline.wait(slot)
+        self.done.setdefault(tag, []).append(
+            (scores[:n], indices[:n], None if logits is None else logits[:n], times))
 
 
 class Engine:
     """Inference on a (possibly ragged) batch of images; see ``infer``.
 
+    Every backend runs through the compiled ``Pipeline``: images are packed into a slot's
+    (pinned) staging, pre-processed by ``resize_normalize``, run by the compute stage, ranked by
+    ``topk``, and copied back. On a GPU the slots have their own CUDA streams, so one batch
+    uploads while another computes; on the CPU the same code runs the CPU twins.
+
     Args:
         path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file from
             ``medtrt export``/``build``, or a checkpoint (``.pt``, torch backend).
-        device: GPU index for GPU backends ("cpu" for the torch backend on the CPU).
-        slots: pipeline slots (for the GPU pipeline; the CPU backends run one batch at a time).
-        backend: "auto" (TensorRT for a bundle on a GPU, else ONNX Runtime; torch for a
-            checkpoint), "tensorrt", "torch" or "onnxruntime".
+        device: GPU index (or "cuda:N") for GPU backends; "cpu" runs the torch backend on the CPU.
+        slots: pipeline slots, i.e. batches in flight at once (default 2: double buffering).
+        backend: "auto" (TensorRT for a bundle on a GPU that can run it, else ONNX Runtime;
+            torch for a checkpoint), "tensorrt", "torch" or "onnxruntime".
         max_batch: largest batch per compute call; bigger batches are split (default: the
             bundle's profile max, else 64). Batches below the profile minimum are padded.
+        precision: torch backend only: "fp32" (default) or "fp16" (GPU).
+        cuda_graphs: torch backend on a GPU: replay a CUDA graph per (slot, batch size).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, device: Any = 0, slots: int = 2,
-                 backend: str = "auto", max_batch: int | None = None) -> None:
+                 backend: str = "auto", max_batch: int | None = None,
+                 precision: str | None = None, cuda_graphs: bool = False) -> None:
+        from medtrt._native import native
+        from medtrt.ops.resize_normalize import make_options
+
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-        if slots < 1:
-            raise ValueError(f"slots must be >= 1; got {slots}")
+        if not 1 <= slots <= 16:
+            raise ValueError(f"slots must be in [1, 16]; got {slots}")
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
         self.path, self.slots = path, slots
         self.bundle: dict[str, Any] | None = None
         min_batch, profile_max = 1, None
+        if precision is not None and precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16'; got {precision!r}")
+        if (precision or cuda_graphs) and (backend not in ("auto", "torch") or
+                                           path.suffix in (".onnx", ".engine", ".json")):
+            raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
+                             "an ONNX file or bundle has its precision built in")
         if path.name.endswith((".engine", ".engine.json")):
             self.bundle, engine_file = _read_bundle(path)
             self.preset = Preset.from_dict(self.bundle["preset"])
             self.precision = self.bundle["precision"]
             profile = self.bundle["input"]["profile"]
+            min_batch, profile_max = profile["min"][0], profile["max"][0]
+            stage: Any = None
             if backend in ("auto", "tensorrt"):
                 try:
-                    check_bundle_runnable(self.bundle)
-                    raise BundleError("the TensorRT execution stage is not implemented yet (issue #5: "
-                                      "pipeline); use backend='onnxruntime'")
+                    flavour = check_bundle_runnable(self.bundle)
                 except BundleError:
                     if backend == "tensorrt":
                         raise
-                backend = "onnxruntime"  # auto on a machine where TensorRT cannot run it
-            if backend != "onnxruntime":
-                raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
-            min_batch, profile_max = profile["min"][0], profile["max"][0]
-            self._backend: Any = _OnnxRuntime(engine_file.with_name(self.bundle["precision_onnx"]))
+                else:
+                    from medtrt.trt import import_trt
+
+                    trt, _ = import_trt(flavour)
+                    stage = TensorRTStage(trt, engine_file, slots, _cuda_index(device))
+            if stage is None:
+                if backend not in ("auto", "onnxruntime"):
+                    raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; "
+                                     f"got {backend!r}")
+                # Where TensorRT cannot run it: the bundle's precision ONNX in ONNX Runtime.
+                stage = OnnxRuntimeStage(engine_file.with_name(self.bundle["precision_onnx"]))
         elif path.suffix == ".onnx":
             from medtrt.export import read_metadata
 
@@ -164,20 +227,33 @@ class Engine:
                 raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
             self.preset, _ = read_metadata(path)
             self.precision = _onnx_precision(path)
-            self._backend = _OnnxRuntime(path)
+            stage = OnnxRuntimeStage(path)
         else:
             if backend not in ("auto", "torch"):
                 raise ValueError(f"a checkpoint runs with backend 'torch'; got {backend!r}")
-            from medtrt.models import load_checkpoint
+            from medtrt.models import load
 
-            self.preset = Preset.from_dict(load_checkpoint(path)["preset"])
-            self.precision = "fp32"
-            self._backend = _Torch(path, device)
-        self.backend = self._backend.name
+            model, self.preset = load(path)
+            self.precision = precision or "fp32"
+            stage = TorchStage(model, _torch_device(device), half=self.precision == "fp16",
+                               cuda_graphs=cuda_graphs)
+        self._stage = stage
+        self.backend = stage.name
+        self.device = stage.device
         self.min_batch = min_batch
         self.max_batch = max_batch or profile_max or 64
         if self.max_batch < min_batch:
             raise ValueError(f"max_batch {self.max_batch} is below the engine's minimum batch {min_batch}")
+        if profile_max and self.max_batch > profile_max:
+            raise ValueError(f"max_batch {self.max_batch} exceeds the engine's profile maximum "
+                             f"{profile_max}; rebuild with a larger --batch max")
+        options = make_options(**self.preset.preprocess_kwargs(), dtype=stage.input_dtype)
+        self._pipeline = native().Pipeline(
+            slots=slots, classes=self.preset.num_classes, preprocess=options,
+            logits_dtype=stage.logits_dtype, activation=self.preset.activation,
+            device="cpu" if self.device == "cpu" else _cuda_index(self.device))
+        stage.bind(self._pipeline)
+        self.last_stage_times: list[dict[str, float]] = []  # per chunk of the latest infer()
         self._closed = False
 
     # -- public API -----------------------------------------------------------------------------
@@ -186,67 +262,59 @@ class Engine:
         """Top-k for each item of ``batch``.
 
         ``batch``: a list of file paths, a list of arrays (H x W or H x W x C; uint8, uint16,
-        int16 or float32; ragged sizes allowed), one [B, H, W] / [B, H, W, C] array, or a torch
-        tensor. Pre-processing comes from the model's preset. An unreadable file gives that
-        item an ``error`` and the rest of the batch goes on; a malformed array raises.
+        int16 or float32; ragged sizes allowed; dtypes may differ), one [B, H, W] /
+        [B, H, W, C] array, or a torch tensor (CPU or CUDA; copied to the host first).
+        Pre-processing comes from the model's preset. An unreadable file gives that item an
+        ``error`` and the rest of the batch goes on; a malformed array raises.
         """
         self._check_open()
-        items, sources = _as_items(batch)
-        if not items:
-            raise ValueError("infer: expected at least one image; got an empty batch")
-        k = min(5, self.preset.num_classes) if k is None else k
-        if not 1 <= k <= self.preset.num_classes:
-            raise ValueError(f"infer: k must be in [1, {self.preset.num_classes}]; got {k}")
-        images: list[np.ndarray] = []
-        where: list[int] = []
-        results: list[Result | None] = [None] * len(items)
-        for i, item in enumerate(items):
-            try:
-                images.append(self._load(item, i))
-                where.append(i)
-            except ImageReadError as exc:
-                results[i] = failed(i, exc, sources[i])
-        n, c = len(items), self.preset.num_classes
-        scores = np.full((n, k), np.nan, np.float32)
-        indices = np.full((n, k), -1, np.int32)
-        probs_all = np.full((n, c), np.nan, np.float32) if return_probs else None
-        logits_all = np.full((n, c), np.nan, np.float32) if return_probs else None
-        if images:
-            logits = self._compute(self._preprocess(images))
-            s, idx, probs = self._postprocess(logits, k)
-            scores[where], indices[where] = s, idx
-            if return_probs:
-                probs_all[where], logits_all[where] = probs, logits
-            for row, i in enumerate(where):
-                labels = tuple(self.preset.labels[j] for j in idx[row])
-                positives = None
-                if self.preset.activation == "sigmoid":
-                    positives = tuple(self.preset.labels[j] for j in np.flatnonzero(
-                        probs[row] > self.preset.threshold))
-                results[i] = Result(i, idx[row], s[row], labels,
-                                    probs[row] if return_probs else None,
-                                    logits[row] if return_probs else None, positives, None, sources[i])
-        return Results([r for r in results if r is not None], scores, indices, probs_all, logits_all)
+        prepared = self._prepare(batch, k)
+        flight = _Flight(self, return_probs)
+        try:
+            flight.launch(prepared.images, 0)
+            return self._results(prepared, flight.collect(0), return_probs)
+        finally:
+            flight.drain()
 
     def infer_many(self, batches: Iterable[Any], *, batch_size: int | None = None,
                    k: int | None = None, return_probs: bool = False) -> Iterator[Results]:
         """Results for each batch of an iterable (of batches, or of single items when
-        ``batch_size`` is given), preparing batch i+1 in a worker while batch i computes."""
+        ``batch_size`` is given). Batch i+1 is read in a worker thread and submitted before
+        batch i is collected, so the slots stay busy."""
         self._check_open()
         source = _chunks(batches, batch_size) if batch_size else iter(batches)
+        flight = _Flight(self, return_probs)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = None
-            for b in source:
-                nxt = pool.submit(self.infer, b, k=k, return_probs=return_probs)
-                if pending is not None:
-                    yield pending.result()
-                pending = nxt
-            if pending is not None:
-                yield pending.result()
+            try:
+                first = next(source, None)
+                if first is None:
+                    return
+                reading = pool.submit(self._prepare, first, k)
+                previous: tuple[int, _Prepared] | None = None
+                tag = 0
+                while reading is not None:
+                    prepared = reading.result()
+                    nxt = next(source, None)
+                    reading = pool.submit(self._prepare, nxt, k) if nxt is not None else None
+                    flight.launch(prepared.images, tag)
+                    if previous is not None:
+                        yield self._results(previous[1], flight.collect(previous[0]), return_probs)
+                    previous = (tag, prepared)
+                    tag += 1
+                if previous is not None:
+                    yield self._results(previous[1], flight.collect(previous[0]), return_probs)
+            finally:
+                flight.drain()
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of pinned host and device memory the pipeline holds, and how often it grew."""
+        self._check_open()
+        return dict(self._pipeline.memory())
 
     def close(self) -> None:
         self._closed = True
-        self._backend = None
+        self._pipeline = None
+        self._stage = None
 
     def __enter__(self) -> Engine:
         return self
@@ -256,16 +324,64 @@ class Engine:
 
     def __repr__(self) -> str:
         h, w = self.preset.image_size
-        device = getattr(self._backend, "device", "closed") if self._backend else "closed"
+        device = "closed" if self._closed else self.device
         return (f"Engine({self.path.name!r}, backend={self.backend}, precision={self.precision}, "
-                f"device={device}, input={self.preset.in_channels}x{h}x{w}, "
-                f"labels={self.preset.num_classes}, max_batch={self.max_batch})")
+                f"device={device}, slots={self.slots}, "
+                f"input={self.preset.in_channels}x{h}x{w}, labels={self.preset.num_classes}, "
+                f"max_batch={self.max_batch})")
 
     # -- internals --------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Engine is closed")
+
+    def _prepare(self, batch: Any, k: int | None) -> _Prepared:
+        items, sources = _as_items(batch)
+        if not items:
+            raise ValueError("infer: expected at least one image; got an empty batch")
+        k = min(5, self.preset.num_classes) if k is None else k
+        if not 1 <= k <= self.preset.num_classes:
+            raise ValueError(f"infer: k must be in [1, {self.preset.num_classes}]; got {k}")
+        prepared = _Prepared(len(items), sources, k)
+        for i, item in enumerate(items):
+            try:
+                prepared.images.append(self._load(item, i))
+                prepared.where.append(i)
+            except ImageReadError as exc:
+                prepared.failures[i] = failed(i, exc, sources[i])
+        return prepared
+
+    def _results(self, p: _Prepared, parts: list[tuple[Any, ...]], return_probs: bool) -> Results:
+        n, c, k = p.count, self.preset.num_classes, p.k
+        scores = np.full((n, k), np.nan, np.float32)
+        indices = np.full((n, k), -1, np.int32)
+        probs_all = np.full((n, c), np.nan, np.float32) if return_probs else None
+        logits_all = np.full((n, c), np.nan, np.float32) if return_probs else None
+        results: list[Result | None] = [p.failures.get(i) for i in range(n)]
+        self.last_stage_times = [part[3] for part in parts]
+        if p.where:
+            ranked = np.concatenate([part[0] for part in parts])
+            order = np.concatenate([part[1] for part in parts])
+            probs = np.empty_like(ranked)  # back to class order
+            np.put_along_axis(probs, order.astype(np.int64), ranked, axis=1)
+            where = np.asarray(p.where)
+            scores[where], indices[where] = ranked[:, :k], order[:, :k]
+            logits = np.concatenate([part[2] for part in parts]) if return_probs else None
+            if return_probs:
+                probs_all[where], logits_all[where] = probs, logits
+            for row, i in enumerate(p.where):
+                idx = order[row, :k].copy()
+                labels = tuple(self.preset.labels[j] for j in idx)
+                positives = None
+                if self.preset.activation == "sigmoid":
+                    positives = tuple(self.preset.labels[j] for j in np.flatnonzero(
+                        probs[row] > self.preset.threshold))
+                results[i] = Result(i, idx, ranked[row, :k].copy(), labels,
+                                    probs[row] if return_probs else None,
+                                    logits[row] if logits is not None else None, positives, None,
+                                    p.sources[i])
+        return Results([r for r in results if r is not None], scores, indices, probs_all, logits_all)
 
     def _load(self, item: Any, index: int) -> np.ndarray:
         if isinstance(item, (str, os.PathLike)):
@@ -284,31 +400,19 @@ class Engine:
             raise ValueError(f"infer: item {index} has shape {arr.shape}; this model expects "
                              f"H x W or H x W x C images with C in (1, 3) "
                              f"(it takes {self.preset.in_channels}-channel input; gray/RGB convert)")
-        return arr
+        return np.ascontiguousarray(arr)
 
-    def _preprocess(self, images: list[np.ndarray]) -> np.ndarray:
-        from medtrt.ops import resize_normalize_mixed
 
-        return resize_normalize_mixed(images, **self.preset.preprocess_kwargs())
+@dataclass
+class _Prepared:
+    """One batch after reading: the images that could be read and the failures."""
 
-    def _compute(self, x: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(x), self.max_batch):
-            part = x[start:start + self.max_batch]
-            n = len(part)
-            if n < self.min_batch:  # pad to the profile minimum; padded rows are dropped
-                part = np.concatenate([part, np.repeat(part[-1:], self.min_batch - n, axis=0)])
-            out.append(self._backend.run(np.ascontiguousarray(part))[:n])
-        return np.concatenate(out)
-
-    def _postprocess(self, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from medtrt.ops import topk
-
-        ranked, order = topk(np.ascontiguousarray(logits, np.float32), self.preset.num_classes,
-                             activation=self.preset.activation)
-        probs = np.empty_like(ranked)  # back to class order
-        np.put_along_axis(probs, order.astype(np.int64), ranked, axis=1)
-        return ranked[:, :k].copy(), order[:, :k].copy(), probs
+    count: int
+    sources: list[str | None]
+    k: int
+    images: list[np.ndarray] = field(default_factory=list)
+    where: list[int] = field(default_factory=list)
+    failures: dict[int, Result] = field(default_factory=dict)
 
 
 def _onnx_precision(path: Path) -> str:

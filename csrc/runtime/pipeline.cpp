@@ -1,0 +1,428 @@
+// Pipeline slot logic (device independent) and the host Device.
+#include "runtime/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <new>
+#include <numeric>
+
+#include "common/check.h"
+#include "common/half.h"
+
+namespace medtrt::runtime {
+namespace {
+
+constexpr std::int32_t kMaxSlots = 16;
+constexpr std::size_t kImageAlign = 16;  // every packed image starts 16-byte aligned
+
+std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+std::size_t pixel_bytes(const std::string& dtype) {
+  if (dtype == "uint8") return 1;
+  if (dtype == "uint16" || dtype == "int16") return 2;
+  if (dtype == "float32") return 4;
+  return 0;  // the validator names the accepted dtypes
+}
+
+// Room for `need` bytes with headroom, so batches that vary in size do not regrow every time.
+std::size_t grown_size(std::size_t have, std::size_t need) {
+  return std::max(need, have + have / 2);
+}
+
+using Clock = std::chrono::steady_clock;
+
+float ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<float, std::milli>(b - a).count();
+}
+
+// ---- host device ---------------------------------------------------------------------------------
+
+class HostDevice final : public Device {
+ public:
+  std::string name() const override { return "cpu"; }
+  bool is_host() const override { return true; }
+  void activate() const override {}
+  void* alloc_pinned(std::size_t bytes) override { return allocate(bytes); }
+  void free_pinned(void* p) noexcept override { std::free(p); }
+  void* alloc_device(std::size_t bytes, void*) override { return allocate(bytes); }
+  void free_device(void* p, void*) noexcept override { std::free(p); }
+  void* create_stream() override { return nullptr; }
+  void destroy_stream(void*) noexcept override {}
+  void* create_event() override { return new Clock::time_point(); }
+  void destroy_event(void* e) noexcept override { delete static_cast<Clock::time_point*>(e); }
+  void copy_to_device(void* dst, const void* src, std::size_t bytes, void*) override {
+    if (dst != src) std::memcpy(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, std::size_t bytes, void*) override {
+    if (dst != src) std::memcpy(dst, src, bytes);
+  }
+  void resize_normalize(const ops::ResizeNormalizeParams& params, void*) override {
+    ops::resize_normalize_cpu(params);
+  }
+  void topk(const ops::TopkParams& params, void*) override { ops::topk_cpu(params); }
+  void record(void* event, void*) override { *static_cast<Clock::time_point*>(event) = Clock::now(); }
+  void wait_event(void*) override {}
+  void wait_stream(void*) override {}
+  float elapsed_ms(void* start, void* end) override {
+    return ms_between(*static_cast<Clock::time_point*>(start), *static_cast<Clock::time_point*>(end));
+  }
+
+ private:
+  static void* allocate(std::size_t bytes) {
+    void* p = std::aligned_alloc(64, align_up(std::max<std::size_t>(bytes, 1), 64));
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Device> make_host_device() { return std::make_unique<HostDevice>(); }
+
+// ---- pipeline --------------------------------------------------------------------------------------
+
+Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
+    : config_(std::move(config)), device_(std::move(device)) {
+  const char* op = "Pipeline: ";
+  MEDTRT_CHECK(device_ != nullptr, op, "no device");
+  MEDTRT_CHECK(config_.slots >= 1 && config_.slots <= kMaxSlots, op, "slots must be in [1, ",
+               kMaxSlots, "]; got ", config_.slots);
+  MEDTRT_CHECK(config_.classes >= 1, op, "classes must be >= 1; got ", config_.classes);
+  // The op validators check the rest, with their own messages.
+  ops::validate_topk({1, config_.classes}, config_.logits_dtype, config_.classes,
+                     config_.activation);
+  std::vector<ops::ImageDesc> probe;
+  ops::validate_resize_normalize({ops::ImageShape{{1, 1}, "uint8"}}, config_.preprocess, &probe);
+  logit_bytes_ = config_.logits_dtype == "float32" ? 4 : 2;
+
+  device_->activate();
+  slots_.resize(static_cast<std::size_t>(config_.slots));
+  try {
+    for (Slot& s : slots_) {
+      s.stream = device_->create_stream();
+      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done})
+        *e = device_->create_event();
+    }
+  } catch (...) {
+    for (Slot& s : slots_) destroy(s);
+    throw;
+  }
+}
+
+Pipeline::~Pipeline() {
+  device_->activate();
+  for (Slot& s : slots_) {
+    try {
+      device_->wait_stream(s.stream);
+    } catch (...) {  // a failed device cannot be waited on; free what can be freed
+    }
+    destroy(s);
+  }
+}
+
+void Pipeline::destroy(Slot& s) noexcept {
+  for (Buffer* b : {&s.raw, &s.descs, &s.input, &s.logits, &s.scores, &s.indices})
+    if (b->ptr) device_->free_device(b->ptr, s.stream), *b = Buffer{};
+  for (Buffer* b : {&s.staging, &s.descs_host, &s.scores_host, &s.indices_host, &s.logits_host})
+    if (b->ptr) device_->free_pinned(b->ptr), *b = Buffer{};
+  for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done})
+    if (*e) device_->destroy_event(*e), *e = nullptr;
+  if (s.stream) device_->destroy_stream(s.stream), s.stream = nullptr;
+}
+
+void Pipeline::check_slot(std::int32_t slot, State expected, const char* what) const {
+  MEDTRT_CHECK(slot >= 0 && slot < config_.slots, "Pipeline.", what, ": slot ", slot,
+               " does not exist (slots: ", config_.slots, ")");
+  std::lock_guard<std::mutex> lock(mutex_);
+  const State st = slots_[static_cast<std::size_t>(slot)].state;
+  if (st == expected) return;
+  const char* now = st == State::kFree ? "free (acquire() it first)"
+                    : st == State::kTaken ? "taken but not submitted (stage_out() first)"
+                                          : "in flight (wait() for it first)";
+  MEDTRT_CHECK(false, "Pipeline.", what, ": slot ", slot, " is ", now);
+}
+
+std::int32_t Pipeline::acquire() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  std::int32_t found = -1;
+  freed_.wait(lock, [&] {
+    for (std::int32_t i = 0; i < config_.slots; ++i) {
+      const std::int32_t j = (next_ + i) % config_.slots;
+      if (slots_[static_cast<std::size_t>(j)].state == State::kFree) {
+        found = j;
+        return true;
+      }
+    }
+    return false;
+  });
+  slots_[static_cast<std::size_t>(found)].state = State::kTaken;
+  next_ = (found + 1) % config_.slots;
+  return found;
+}
+
+std::int32_t Pipeline::try_acquire() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (std::int32_t i = 0; i < config_.slots; ++i) {
+    const std::int32_t j = (next_ + i) % config_.slots;
+    Slot& s = slots_[static_cast<std::size_t>(j)];
+    if (s.state == State::kFree) {
+      s.state = State::kTaken;
+      next_ = (j + 1) % config_.slots;
+      return j;
+    }
+  }
+  return -1;
+}
+
+void Pipeline::grow_pinned(Buffer& b, std::size_t bytes) {
+  if (b.bytes >= bytes) return;
+  const std::size_t size = grown_size(b.bytes, bytes);
+  void* p = device_->alloc_pinned(size);
+  if (b.ptr) device_->free_pinned(b.ptr);
+  b = Buffer{p, size};
+  ++grows_;
+}
+
+void Pipeline::grow_device(Buffer& b, std::size_t bytes, void* stream) {
+  if (b.bytes >= bytes) return;
+  const std::size_t size = grown_size(b.bytes, bytes);
+  void* p = device_->alloc_device(size, stream);
+  if (b.ptr) device_->free_device(b.ptr, stream);
+  b = Buffer{p, size};
+  ++grows_;
+}
+
+std::size_t Pipeline::input_bytes_per_image() const {
+  const auto& o = config_.preprocess;
+  return static_cast<std::size_t>(o.channels * o.out_h * o.out_w) *
+         (o.dtype == "float32" ? 4 : 2);
+}
+
+void Pipeline::ensure(Slot& s, std::int32_t batch, std::size_t raw_bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);  // memory() may read the sizes from another thread
+  const auto n = static_cast<std::size_t>(batch);
+  const auto c = static_cast<std::size_t>(config_.classes);
+  grow_pinned(s.staging, raw_bytes);
+  grow_pinned(s.descs_host, n * sizeof(ops::ImageDesc));
+  grow_pinned(s.scores_host, n * c * sizeof(float));
+  grow_pinned(s.indices_host, n * c * sizeof(std::int32_t));
+  grow_pinned(s.logits_host, n * c * logit_bytes_);
+  if (!device_->is_host()) {  // on the host the staging buffers are read in place
+    grow_device(s.raw, raw_bytes, s.stream);
+    grow_device(s.descs, n * sizeof(ops::ImageDesc), s.stream);
+  }
+  grow_device(s.input, n * input_bytes_per_image(), s.stream);
+  grow_device(s.logits, n * c * logit_bytes_, s.stream);
+  grow_device(s.scores, n * c * sizeof(float), s.stream);
+  grow_device(s.indices, n * c * sizeof(std::int32_t), s.stream);
+}
+
+void Pipeline::reserve(std::int32_t batch, std::size_t raw_bytes) {
+  MEDTRT_CHECK(batch >= 1, "Pipeline.reserve: batch must be >= 1; got ", batch);
+  device_->activate();
+  std::vector<std::int32_t> taken;
+  try {
+    for (std::int32_t i = 0; i < config_.slots; ++i) taken.push_back(acquire());
+    for (std::int32_t i : taken) ensure(slots_[static_cast<std::size_t>(i)], batch, raw_bytes);
+  } catch (...) {
+    for (std::int32_t i : taken) release(i);
+    throw;
+  }
+  for (std::int32_t i : taken) release(i);
+}
+
+SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& images) {
+  check_slot(slot, State::kTaken, "stage_in");
+  Slot& s = slots_[static_cast<std::size_t>(slot)];
+  const std::string op = "Pipeline.stage_in: ";
+  MEDTRT_CHECK(!images.empty(), op, "expected at least one image; got an empty batch");
+  const auto batch = static_cast<std::int32_t>(images.size());
+
+  // Each image on its own first, so an error names its batch position.
+  for (std::int32_t i = 0; i < batch; ++i) {
+    std::vector<ops::ImageDesc> one;
+    try {
+      ops::validate_resize_normalize({images[i].shape}, config_.preprocess, &one);
+    } catch (const std::invalid_argument& e) {
+      std::string msg = e.what();
+      const std::string at = "image 0 ";
+      if (const auto pos = msg.find(at); pos != std::string::npos)
+        msg.replace(pos, at.size(), detail::concat("image ", i, " "));
+      throw std::invalid_argument(op + msg);
+    }
+  }
+  // One resize_normalize launch per pixel type; out_row puts every image in its batch position.
+  std::map<std::string, std::vector<std::int32_t>> groups;
+  for (std::int32_t i = 0; i < batch; ++i) groups[images[i].shape.dtype].push_back(i);
+  struct Launch {
+    ops::ResizeNormalizeParams params;
+    std::size_t first_desc;
+  };
+  std::vector<Launch> launches;
+  std::vector<ops::ImageDesc> descs(images.size());
+  std::vector<std::size_t> offsets(images.size());
+  std::size_t raw_bytes = 0, at = 0;
+  for (const auto& [dtype, members] : groups) {
+    std::vector<ops::ImageShape> shapes;
+    for (std::int32_t i : members) shapes.push_back(images[i].shape);
+    std::vector<ops::ImageDesc> group_descs;
+    const ops::ResizeNormalizeParams p =
+        ops::validate_resize_normalize(shapes, config_.preprocess, &group_descs);
+    launches.push_back({p, at});
+    for (std::size_t g = 0; g < members.size(); ++g) {
+      const std::int32_t i = members[g];
+      const HostImage& im = images[static_cast<std::size_t>(i)];
+      std::size_t expect = pixel_bytes(dtype);
+      for (std::int64_t d : im.shape.shape) expect *= static_cast<std::size_t>(d);
+      MEDTRT_CHECK(im.bytes == expect && im.data != nullptr, op, "image ", i, " has ", im.bytes,
+                   " bytes; its shape and dtype need ", expect);
+      group_descs[g].out_row = i;
+      descs[at++] = group_descs[g];
+      offsets[static_cast<std::size_t>(i)] = raw_bytes;
+      raw_bytes += align_up(im.bytes, kImageAlign);
+    }
+  }
+
+  device_->activate();
+  ensure(s, batch, raw_bytes);
+
+  // Pack the pixels into pinned staging (host time, not on the stream).
+  const auto t0 = Clock::now();
+  auto* staging = static_cast<unsigned char*>(s.staging.ptr);
+  for (std::size_t i = 0; i < images.size(); ++i)
+    std::memcpy(staging + offsets[i], images[i].data, images[i].bytes);
+  s.staging_ms = ms_between(t0, Clock::now());
+
+  const bool host = device_->is_host();
+  const auto raw_base = reinterpret_cast<std::uintptr_t>(host ? s.staging.ptr : s.raw.ptr);
+  auto* descs_host = static_cast<ops::ImageDesc*>(s.descs_host.ptr);
+  for (std::size_t j = 0; j < descs.size(); ++j) {
+    descs[j].src = raw_base + offsets[static_cast<std::size_t>(descs[j].out_row)];
+    descs_host[j] = descs[j];
+  }
+  auto* descs_dev = static_cast<ops::ImageDesc*>(host ? s.descs_host.ptr : s.descs.ptr);
+
+  device_->record(s.ev_start, s.stream);
+  if (!host) {
+    device_->copy_to_device(s.raw.ptr, s.staging.ptr, raw_bytes, s.stream);
+    device_->copy_to_device(s.descs.ptr, s.descs_host.ptr, descs.size() * sizeof(ops::ImageDesc),
+                            s.stream);
+  }
+  device_->record(s.ev_h2d, s.stream);
+  for (Launch& l : launches) {
+    l.params.images = descs_dev + l.first_desc;
+    l.params.out = s.input.ptr;
+    device_->resize_normalize(l.params, s.stream);
+  }
+  device_->record(s.ev_pre, s.stream);
+  s.batch = batch;
+
+  SlotView v;
+  v.slot = slot;
+  v.batch = batch;
+  v.stream = reinterpret_cast<std::uintptr_t>(s.stream);
+  v.input = reinterpret_cast<std::uintptr_t>(s.input.ptr);
+  v.logits = reinterpret_cast<std::uintptr_t>(s.logits.ptr);
+  return v;
+}
+
+void Pipeline::stage_out(std::int32_t slot, bool want_logits) {
+  check_slot(slot, State::kTaken, "stage_out");
+  Slot& s = slots_[static_cast<std::size_t>(slot)];
+  MEDTRT_CHECK(s.batch >= 1, "Pipeline.stage_out: slot ", slot, " has no batch (stage_in() first)");
+  device_->activate();
+  device_->record(s.ev_compute, s.stream);
+  ops::TopkParams p = ops::validate_topk({s.batch, config_.classes}, config_.logits_dtype,
+                                         config_.classes, config_.activation);
+  p.logits = s.logits.ptr;
+  p.scores = static_cast<float*>(s.scores.ptr);
+  p.indices = static_cast<std::int32_t*>(s.indices.ptr);
+  device_->topk(p, s.stream);
+  device_->record(s.ev_post, s.stream);
+  const auto n = static_cast<std::size_t>(s.batch) * static_cast<std::size_t>(config_.classes);
+  device_->copy_to_host(s.scores_host.ptr, s.scores.ptr, n * sizeof(float), s.stream);
+  device_->copy_to_host(s.indices_host.ptr, s.indices.ptr, n * sizeof(std::int32_t), s.stream);
+  if (want_logits) device_->copy_to_host(s.logits_host.ptr, s.logits.ptr, n * logit_bytes_, s.stream);
+  device_->record(s.ev_done, s.stream);
+  s.want_logits = want_logits;
+  std::lock_guard<std::mutex> lock(mutex_);
+  s.state = State::kInFlight;
+}
+
+Collected Pipeline::wait(std::int32_t slot) {
+  check_slot(slot, State::kInFlight, "wait");
+  Slot& s = slots_[static_cast<std::size_t>(slot)];
+  device_->activate();
+  Collected r;
+  try {
+    device_->wait_event(s.ev_done);
+    r.batch = s.batch;
+    r.classes = config_.classes;
+    const auto n = static_cast<std::size_t>(s.batch) * static_cast<std::size_t>(config_.classes);
+    const auto* scores = static_cast<const float*>(s.scores_host.ptr);
+    const auto* indices = static_cast<const std::int32_t*>(s.indices_host.ptr);
+    r.scores.assign(scores, scores + n);
+    r.indices.assign(indices, indices + n);
+    if (s.want_logits) {
+      r.logits.resize(n);
+      if (logit_bytes_ == 4) {
+        std::memcpy(r.logits.data(), s.logits_host.ptr, n * sizeof(float));
+      } else {
+        const auto* h = static_cast<const std::uint16_t*>(s.logits_host.ptr);
+        for (std::size_t i = 0; i < n; ++i) r.logits[i] = half_bits_to_float(h[i]);
+      }
+    }
+    StageTimes& t = r.times;
+    t.staging = s.staging_ms;
+    t.h2d = device_->elapsed_ms(s.ev_start, s.ev_h2d);
+    t.preprocess = device_->elapsed_ms(s.ev_h2d, s.ev_pre);
+    t.compute = device_->elapsed_ms(s.ev_pre, s.ev_compute);
+    t.postprocess = device_->elapsed_ms(s.ev_compute, s.ev_post);
+    t.d2h = device_->elapsed_ms(s.ev_post, s.ev_done);
+    t.total = device_->elapsed_ms(s.ev_start, s.ev_done);
+  } catch (...) {
+    release(slot);
+    throw;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    s.state = State::kFree;
+    s.batch = 0;
+  }
+  freed_.notify_one();
+  return r;
+}
+
+void Pipeline::release(std::int32_t slot) noexcept {
+  if (slot < 0 || slot >= config_.slots) return;
+  Slot& s = slots_[static_cast<std::size_t>(slot)];
+  try {
+    device_->activate();
+    device_->wait_stream(s.stream);
+  } catch (...) {
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    s.state = State::kFree;
+    s.batch = 0;
+  }
+  freed_.notify_one();
+}
+
+MemoryUse Pipeline::memory() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  MemoryUse m;
+  for (const Slot& s : slots_) {
+    for (const Buffer* b : {&s.staging, &s.descs_host, &s.scores_host, &s.indices_host, &s.logits_host})
+      m.pinned += b->bytes;
+    for (const Buffer* b : {&s.raw, &s.descs, &s.input, &s.logits, &s.scores, &s.indices})
+      m.device += b->bytes;
+  }
+  m.grows = grows_;
+  return m;
+}
+
+}  // namespace medtrt::runtime

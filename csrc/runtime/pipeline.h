@@ -1,0 +1,174 @@
+// Pipeline: batches in flight through N slots. Each slot owns everything one batch needs on its
+// way from host pixels to host top-k: pinned staging for the packed raw pixels and their
+// descriptors, the device copies of both, the device network input, the device logits, the
+// device top-k, pinned result buffers, a stream and its events.
+//
+//   acquire()            blocks until a slot is free, marks it taken (try_acquire: -1 if none)
+//   stage_in(slot, ...)  packs the images into the slot's pinned staging (host memcpy), then
+//                        enqueues H2D -> resize_normalize on the slot's stream and returns the
+//                        addresses the compute stage reads and writes
+//   (compute stage)      the caller enqueues the network on the slot's stream: input -> logits
+//   stage_out(slot, ..)  enqueues topk (all classes, sorted) -> D2H of the results and returns
+//   wait(slot)           blocks on the slot's done event, copies the results out, frees the slot
+//
+// A slot is refilled only after wait() has seen its previous batch finish, so its staging is never
+// overwritten while a copy from it may still be running. Buffers grow when a larger batch arrives
+// and never shrink. Nothing here synchronizes the device; waiting is per slot, on an event.
+//
+// Where the work runs is a Device: CUDA (streams, pinned memory, the CUDA kernels) or the host
+// (plain memory, the CPU twins, work done at enqueue time). The host Device runs the same slot
+// logic, packing and descriptor code on every CI machine.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ops/resize_normalize.h"
+#include "ops/topk.h"
+
+namespace medtrt::runtime {
+
+// What the pipeline needs from the place it runs on. Handles are opaque pointers.
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual std::string name() const = 0;
+  virtual bool is_host() const = 0;     // true: device memory is host memory, work is synchronous
+  virtual void activate() const = 0;    // make this device current for the calling thread
+  virtual void* alloc_pinned(std::size_t bytes) = 0;
+  virtual void free_pinned(void* p) noexcept = 0;
+  virtual void* alloc_device(std::size_t bytes, void* stream) = 0;  // stream-ordered on CUDA
+  virtual void free_device(void* p, void* stream) noexcept = 0;
+  virtual void* create_stream() = 0;
+  virtual void destroy_stream(void* s) noexcept = 0;
+  virtual void* create_event() = 0;
+  virtual void destroy_event(void* e) noexcept = 0;
+  virtual void copy_to_device(void* dst, const void* src, std::size_t bytes, void* stream) = 0;
+  virtual void copy_to_host(void* dst, const void* src, std::size_t bytes, void* stream) = 0;
+  // params.images is a device address; launches asynchronously on `stream`.
+  virtual void resize_normalize(const ops::ResizeNormalizeParams& params, void* stream) = 0;
+  virtual void topk(const ops::TopkParams& params, void* stream) = 0;
+  virtual void record(void* event, void* stream) = 0;
+  virtual void wait_event(void* event) = 0;      // blocks the calling host thread
+  virtual void wait_stream(void* stream) = 0;    // blocks the calling host thread
+  virtual float elapsed_ms(void* start, void* end) = 0;
+};
+
+std::unique_ptr<Device> make_host_device();
+#if MEDTRT_WITH_CUDA
+std::unique_ptr<Device> make_cuda_device(int ordinal);
+#endif
+
+// One host image: contiguous H x W[ x C] pixels. The pointer must stay valid during stage_in.
+struct HostImage {
+  const void* data;
+  std::size_t bytes;
+  ops::ImageShape shape;
+};
+
+struct PipelineConfig {
+  std::int32_t slots = 2;
+  std::int32_t classes = 0;
+  ops::ResizeNormalizeOptions preprocess;  // network input size, channels, mean/std, dtype
+  std::string logits_dtype = "float32";    // what the compute stage writes: float32 or float16
+  std::string activation = "softmax";      // softmax | sigmoid | none
+};
+
+// Addresses the compute stage works with, for one slot and one batch.
+struct SlotView {
+  std::int32_t slot = 0;
+  std::int32_t batch = 0;
+  std::uintptr_t stream = 0;  // cudaStream_t (0 on the host device)
+  std::uintptr_t input = 0;   // [batch, C, H, W] of preprocess.dtype
+  std::uintptr_t logits = 0;  // [batch, classes] of logits_dtype
+};
+
+// Milliseconds per stage of one batch. staging: host memcpy into pinned memory (host clock);
+// the others from events on the slot's stream (device clock on CUDA, host clock on the host).
+struct StageTimes {
+  float staging = 0, h2d = 0, preprocess = 0, compute = 0, postprocess = 0, d2h = 0, total = 0;
+};
+
+struct Collected {
+  std::int32_t batch = 0;
+  std::int32_t classes = 0;
+  std::vector<float> scores;            // [batch, classes], sorted per row
+  std::vector<std::int32_t> indices;    // [batch, classes]
+  std::vector<float> logits;            // [batch, classes] as float32, when asked for
+  StageTimes times;
+};
+
+// Bytes held, for checking that memory stays flat.
+struct MemoryUse {
+  std::size_t pinned = 0;
+  std::size_t device = 0;
+  std::int64_t grows = 0;
+};
+
+class Pipeline {
+ public:
+  Pipeline(PipelineConfig config, std::unique_ptr<Device> device);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  std::int32_t acquire();
+  std::int32_t try_acquire();  // -1 when every slot is taken or in flight
+  SlotView stage_in(std::int32_t slot, const std::vector<HostImage>& images);
+  void stage_out(std::int32_t slot, bool want_logits);
+  Collected wait(std::int32_t slot);
+  // Gives a taken slot back without results (after an error between acquire and wait); waits for
+  // whatever was already enqueued on it.
+  void release(std::int32_t slot) noexcept;
+  // Grows every slot to hold `batch` images of `raw_bytes` packed pixels, so later batches up to
+  // that size allocate nothing.
+  void reserve(std::int32_t batch, std::size_t raw_bytes);
+
+  const PipelineConfig& config() const { return config_; }
+  const Device& device() const { return *device_; }
+  MemoryUse memory() const;
+  std::size_t input_bytes_per_image() const;
+
+ private:
+  struct Buffer {
+    void* ptr = nullptr;
+    std::size_t bytes = 0;
+  };
+  enum class State { kFree, kTaken, kInFlight };
+  struct Slot {
+    void* stream = nullptr;
+    void* ev_start = nullptr;
+    void* ev_h2d = nullptr;
+    void* ev_pre = nullptr;
+    void* ev_compute = nullptr;
+    void* ev_post = nullptr;
+    void* ev_done = nullptr;
+    Buffer staging, descs_host, scores_host, indices_host, logits_host;      // pinned
+    Buffer raw, descs, input, logits, scores, indices;                       // device
+    State state = State::kFree;
+    std::int32_t batch = 0;
+    bool want_logits = false;
+    float staging_ms = 0;
+  };
+
+  void check_slot(std::int32_t slot, State expected, const char* what) const;
+  void grow_pinned(Buffer& b, std::size_t bytes);
+  void grow_device(Buffer& b, std::size_t bytes, void* stream);
+  void ensure(Slot& s, std::int32_t batch, std::size_t raw_bytes);
+  void destroy(Slot& s) noexcept;
+
+  PipelineConfig config_;
+  std::unique_ptr<Device> device_;
+  std::vector<Slot> slots_;
+  std::size_t logit_bytes_ = 4;
+  mutable std::mutex mutex_;
+  std::condition_variable freed_;
+  std::int32_t next_ = 0;  // round-robin start for acquire()
+  std::int64_t grows_ = 0;
+};
+
+}  // namespace medtrt::runtime

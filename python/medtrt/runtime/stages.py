@@ -1,0 +1,186 @@
+"""Compute stages of the pipeline: network input -> logits for one slot's batch.
+
+A stage is called with a ``SlotView`` (slot index, batch size, the slot's stream handle and the
+addresses of its network input and logits buffers) after the pipeline has enqueued the upload
+and ``resize_normalize`` on that stream. It enqueues the network on the same stream, reading
+``view.input`` and writing ``view.logits`` in place, and returns without waiting.
+
+- ``OnnxRuntimeStage``: CPU; the slot buffers are host memory (NumPy views).
+- ``TorchStage``: the PyTorch model on the CPU (host views) or on a CUDA GPU, where it runs on
+  the slot's stream (``torch.cuda.ExternalStream``) over tensors that alias the slot's buffers;
+  FP32 or FP16; optional CUDA graph per (slot, batch size).
+- ``TensorRTStage``: one execution context per slot; ``set_input_shape``,
+  ``set_tensor_address`` on the slot's buffers, ``execute_async_v3`` on the slot's stream.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrt._lazy import require
+
+__all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage"]
+
+_TYPESTR = {"float32": "<f4", "float16": "<f2"}
+
+
+class OnnxRuntimeStage:
+    """ONNX Runtime on the CPU for an ONNX file (FP32, FP16 or Q/DQ INT8)."""
+
+    name = "onnxruntime"
+    device = "cpu"
+
+    def __init__(self, onnx_path: str | Path) -> None:
+        ort = require("onnxruntime")
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = "float16" if inp.type == "tensor(float16)" else "float32"
+        self.logits_dtype = "float16" if out.type == "tensor(float16)" else "float32"
+        self.pipeline: Any = None
+
+    def bind(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, view: Any) -> None:
+        x = self.pipeline.host_input(view)
+        self.pipeline.host_logits(view)[...] = self.session.run(None, {self.input_name: x})[0]
+
+
+class TorchStage:
+    """The PyTorch reference model as the compute stage (CPU, or CUDA on the slot's stream)."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, device: str, *, half: bool = False,
+                 cuda_graphs: bool = False) -> None:
+        self.torch = require("torch")
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        if half and not self.cuda:
+            raise ValueError("the torch backend runs FP16 on a CUDA GPU only; use precision='fp32' "
+                             "on the CPU")
+        if cuda_graphs and not self.cuda:
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        self.model = model.to(device).eval()
+        if half:
+            self.model = self.model.half()
+        self.input_dtype = self.logits_dtype = "float16" if half else "float32"
+        self.cuda_graphs = cuda_graphs
+        self.pipeline: Any = None
+        self.shape: tuple[int, int, int] = (1, 1, 1)
+        self.classes = 0
+        self._graphs: dict[tuple[int, int, int, int], tuple[Any, Any]] = {}
+        self._lock = threading.Lock()  # CPU: one forward at a time (intra-op threads do the rest)
+
+    def bind(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.shape = tuple(pipeline.input_shape)
+        self.classes = pipeline.classes
+
+    def __call__(self, view: Any) -> None:
+        torch = self.torch
+        if not self.cuda:
+            x = torch.from_numpy(self.pipeline.host_input(view))
+            with self._lock, torch.inference_mode():
+                y = self.model(x)
+            self.pipeline.host_logits(view)[...] = y.numpy()
+            return
+        x = self._alias(view.input, (view.batch, *self.shape), self.input_dtype)
+        out = self._alias(view.logits, (view.batch, self.classes), self.logits_dtype)
+        stream = torch.cuda.ExternalStream(view.stream, device=self.device)
+        if self.cuda_graphs:
+            self._replay(view, x, out, stream)
+            return
+        with torch.cuda.stream(stream), torch.inference_mode():
+            out.copy_(self.model(x))
+
+    def _alias(self, address: int, shape: tuple[int, ...], dtype: str) -> Any:
+        """A tensor over the slot's device buffer (no copy; the pipeline owns the memory)."""
+
+        class _Buffer:
+            __cuda_array_interface__ = {"data": (address, False), "shape": shape,
+                                        "typestr": _TYPESTR[dtype], "version": 2}
+
+        return self.torch.as_tensor(_Buffer(), device=self.device)
+
+    def _replay(self, view: Any, x: Any, out: Any, stream: Any) -> None:
+        torch = self.torch
+        key = (view.slot, view.batch, view.input, view.logits)
+        entry = self._graphs.get(key)
+        if entry is None:
+            # Capture on a side stream that first waits for this slot's pre-processing; warm-up
+            # runs first (cuDNN picks its algorithms outside the capture).
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(stream)
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):
+                    out.copy_(self.model(x))
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
+                static_out = self.model(x)
+                out.copy_(static_out)
+            stream.wait_stream(side)
+            entry = self._graphs[key] = (graph, static_out)
+        with torch.cuda.stream(stream):
+            entry[0].replay()
+
+
+class TensorRTStage:
+    """A TensorRT engine, one execution context per pipeline slot.
+
+    Written against the TensorRT 10/11 Python API (name-based tensors, ``execute_async_v3``);
+    the same calls exist in TensorRT-RTX. Not executed on any machine this project has run on
+    (see README, "What has been run where").
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, trt: Any, engine_path: str | Path, slots: int, device: int) -> None:
+        self.trt = trt
+        self.device = f"cuda:{device}"
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {engine_path} (see the TensorRT "
+                               "log above); rebuild it with `medtrt build` on this machine")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise RuntimeError(f"expected an engine with one input and one output; got inputs "
+                               f"{inputs} and outputs {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = self._dtype(self.engine.get_tensor_dtype(self.input_name))
+        self.logits_dtype = self._dtype(self.engine.get_tensor_dtype(self.output_name))
+        self.contexts = [self.engine.create_execution_context() for _ in range(slots)]
+        if any(c is None for c in self.contexts):
+            raise RuntimeError("TensorRT could not create an execution context per slot "
+                               "(out of GPU memory?); use fewer slots")
+        self.shape: tuple[int, int, int] = (1, 1, 1)
+
+    def bind(self, pipeline: Any) -> None:
+        self.shape = tuple(pipeline.input_shape)
+
+    def _dtype(self, dt: Any) -> str:
+        if dt == self.trt.DataType.FLOAT:
+            return "float32"
+        if dt == self.trt.DataType.HALF:
+            return "float16"
+        raise RuntimeError(f"engine I/O tensor of type {dt}; medtrt feeds float32 or float16")
+
+    def __call__(self, view: Any) -> None:
+        ctx = self.contexts[view.slot]
+        if not ctx.set_input_shape(self.input_name, (view.batch, *self.shape)):
+            raise RuntimeError(f"TensorRT refused input shape {(view.batch, *self.shape)} "
+                               "(outside the engine's optimization profile)")
+        ctx.set_tensor_address(self.input_name, view.input)
+        ctx.set_tensor_address(self.output_name, view.logits)
+        if not ctx.execute_async_v3(view.stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+

@@ -1,0 +1,237 @@
+"""medtrt._C.Pipeline on the host device: the slot logic, packing, descriptors, growth and error
+paths the CUDA pipeline shares, against the op-level kernels (resize_normalize, topk)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from medtrt._native import cuda_ready, native
+from medtrt.ops import resize_normalize_mixed, topk
+from medtrt.ops.resize_normalize import make_options
+
+C = native()
+OUT = (24, 20)
+
+
+def make_pipeline(slots=2, classes=5, dtype="float32", logits_dtype="float32",
+                  activation="softmax", channels=1):
+    opts = make_options(OUT, channels=channels, mean=[0.25] * channels, std=[0.5] * channels,
+                        dtype=dtype)
+    return C.Pipeline(slots=slots, classes=classes, preprocess=opts, logits_dtype=logits_dtype,
+                      activation=activation, device="cpu")
+
+
+class LinearStage:
+    """A deterministic compute stage: logits = flatten(input) @ W (+ a per-call record)."""
+
+    def __init__(self, pipe, rng):
+        c, h, w = pipe.input_shape
+        self.pipe = pipe
+        self.w = rng.standard_normal((c * h * w, pipe.classes)).astype(np.float32) * 0.05
+        self.views = []
+
+    def logits(self, x):
+        return x.reshape(len(x), -1).astype(np.float32) @ self.w
+
+    def __call__(self, view):
+        self.views.append((view.slot, view.batch))
+        x = self.pipe.host_input(view)
+        self.pipe.host_logits(view)[...] = self.logits(x)
+
+
+def random_images(rng, n, dtypes=("uint8",), channels=(1,)):
+    out = []
+    for _ in range(n):
+        dtype = dtypes[rng.integers(len(dtypes))]
+        h, w = rng.integers(1, 70, 2)
+        shape = (h, w) if (c := channels[rng.integers(len(channels))]) == 1 else (h, w, c)
+        if dtype == "float32":
+            out.append(rng.uniform(0, 1, shape).astype(np.float32))
+        else:
+            info = np.iinfo(dtype)
+            out.append(rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype))
+    return out
+
+
+def expected(stage, images, **kw):
+    x = resize_normalize_mixed(images, OUT, mean=0.25, std=0.5, **kw)
+    logits = stage.logits(x)
+    scores, indices = topk(logits, logits.shape[1], activation="softmax")
+    return x, logits, scores, indices
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mixed_ragged_batch_matches_the_ops(rng, channels):
+    pipe = make_pipeline(channels=channels)
+    stage = LinearStage(pipe, rng)
+    images = random_images(rng, 37, ("uint8", "uint16", "int16", "float32"), (1, 3))
+    slot = pipe.submit(images, stage, True)
+    scores, indices, logits, times = pipe.wait(slot)
+    _, ref_logits, ref_scores, ref_indices = expected(stage, images, channels=channels)
+    # Same kernels, same inputs in the same batch positions: identical bits.
+    np.testing.assert_array_equal(logits, ref_logits)
+    np.testing.assert_array_equal(indices, ref_indices)
+    np.testing.assert_array_equal(scores, ref_scores)
+    assert set(times) == {"staging", "h2d", "preprocess", "compute", "postprocess", "d2h", "total"}
+    assert all(v >= 0 for v in times.values()) and times["compute"] > 0
+
+
+def test_float16_input_and_logits(rng):
+    pipe = make_pipeline(dtype="float16", logits_dtype="float16", classes=3)
+    seen = {}
+
+    def stage(view):
+        x = pipe.host_input(view)
+        seen["dtype"], seen["shape"] = x.dtype, x.shape
+        pipe.host_logits(view)[...] = x.reshape(len(x), -1)[:, :3]
+
+    images = random_images(rng, 5, ("uint8",))
+    scores, indices, logits, _ = pipe.wait(pipe.submit(images, stage, True))
+    assert seen == {"dtype": np.float16, "shape": (5, 1, *OUT)}
+    x = resize_normalize_mixed(images, OUT, mean=0.25, std=0.5, dtype="float16")
+    np.testing.assert_array_equal(logits, x.reshape(5, -1)[:, :3].astype(np.float32))
+    ref_scores, ref_indices = topk(x.reshape(5, -1)[:, :3].copy(), 3, activation="softmax")
+    np.testing.assert_array_equal(indices, ref_indices)
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_slots_rotate_and_every_batch_is_checked(rng):
+    pipe = make_pipeline(slots=3)
+    stage = LinearStage(pipe, rng)
+    batches = [random_images(rng, int(rng.integers(1, 12)), ("uint8", "uint16")) for _ in range(40)]
+    in_flight = []
+    for images in batches:  # keep two batches in flight, collect the oldest
+        in_flight.append((pipe.submit(images, stage, False), images))
+        if len(in_flight) == 2:
+            slot, imgs = in_flight.pop(0)
+            scores, indices, logits, _ = pipe.wait(slot)
+            assert logits is None
+            _, _, ref_scores, ref_indices = expected(stage, imgs)
+            np.testing.assert_array_equal(indices, ref_indices)
+            np.testing.assert_array_equal(scores, ref_scores)
+    for slot, _ in in_flight:
+        pipe.wait(slot)
+    assert {s for s, _ in stage.views} == {0, 1, 2}
+
+
+def test_buffers_grow_only_for_a_larger_batch(rng):
+    pipe = make_pipeline(slots=2)
+    stage = LinearStage(pipe, rng)
+    small = [rng.integers(0, 255, (64, 64), dtype=np.uint8) for _ in range(8)]
+    for _ in range(4):
+        pipe.wait(pipe.submit(small, stage))
+    settled = pipe.memory()
+    for _ in range(20):
+        pipe.wait(pipe.submit(small, stage))
+    assert pipe.memory() == settled  # same size again and again: nothing allocated
+    pipe.wait(pipe.submit(small * 4, stage))
+    grown = pipe.memory()
+    assert grown["grows"] > settled["grows"] and grown["device"] > settled["device"]
+    pipe.wait(pipe.submit(small[:2], stage))
+    assert pipe.memory() == grown  # never shrinks
+
+
+def test_reserve_preallocates_every_slot(rng):
+    pipe = make_pipeline(slots=3)
+    stage = LinearStage(pipe, rng)
+    pipe.reserve(32, 32 * 64 * 64)
+    reserved = pipe.memory()
+    assert reserved["grows"] > 0 and reserved["pinned"] >= 3 * 32 * 64 * 64
+    for n in (1, 32, 7):
+        pipe.wait(pipe.submit([rng.integers(0, 255, (64, 64), dtype=np.uint8)] * n, stage))
+    assert pipe.memory() == reserved
+
+
+def test_slot_state_errors_name_the_fix(rng):
+    pipe = make_pipeline(slots=2)
+    img = [rng.integers(0, 255, (8, 8), dtype=np.uint8)]
+    with pytest.raises(ValueError, match=r"slot 0 is free \(acquire\(\) it first\)"):
+        pipe.stage_in(0, img)
+    with pytest.raises(ValueError, match=r"slot 0 is free"):
+        pipe.wait(0)
+    with pytest.raises(ValueError, match=r"slot 5 does not exist \(slots: 2\)"):
+        pipe.wait(5)
+    slot = pipe.acquire()
+    with pytest.raises(ValueError, match=r"has no batch \(stage_in\(\) first\)"):
+        pipe.stage_out(slot)
+    with pytest.raises(ValueError, match=r"taken but not submitted"):
+        pipe.wait(slot)
+    pipe.stage_in(slot, img)
+    pipe.stage_out(slot)
+    with pytest.raises(ValueError, match=r"in flight \(wait\(\) for it first\)"):
+        pipe.stage_in(slot, img)
+    pipe.wait(slot)
+
+
+def test_a_failing_compute_stage_gives_its_slot_back(rng):
+    pipe = make_pipeline(slots=1)
+    img = [rng.integers(0, 255, (8, 8), dtype=np.uint8)]
+
+    def broken(view):
+        raise RuntimeError("compute stage exploded")
+
+    with pytest.raises(RuntimeError, match="compute stage exploded"):
+        pipe.submit(img, broken)
+    slot = pipe.try_acquire()  # the only slot is free again
+    assert slot == 0
+    assert pipe.try_acquire() == -1
+    pipe.release(slot)
+    stage = LinearStage(pipe, rng)
+    pipe.wait(pipe.submit(img, stage))
+
+
+def test_bad_images_are_refused_with_their_batch_position(rng):
+    pipe = make_pipeline()
+    stage = LinearStage(pipe, rng)
+    good = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"Pipeline.stage_in: resize_normalize: image 1 has 4 channels"):
+        pipe.submit([good, rng.integers(0, 255, (8, 8, 4), dtype=np.uint8)], stage)
+    with pytest.raises(ValueError, match=r"image 2 has dtype int64"):
+        pipe.submit([good, good, np.ones((8, 8), np.int64)], stage)
+    with pytest.raises(ValueError, match="empty batch"):
+        pipe.submit([], stage)
+    with pytest.raises(TypeError, match="image 1 is a <class 'str'>; expected a NumPy array"):
+        pipe.submit([good, "not an image"], stage)
+    assert pipe.try_acquire() >= 0  # every failure gave its slot back
+
+
+def test_config_errors():
+    opts = make_options(OUT)
+    with pytest.raises(ValueError, match=r"slots must be in \[1, 16\]; got 0"):
+        C.Pipeline(slots=0, classes=3, preprocess=opts)
+    with pytest.raises(ValueError, match="classes must be >= 1"):
+        C.Pipeline(slots=2, classes=0, preprocess=opts)
+    with pytest.raises(ValueError, match="activation"):
+        C.Pipeline(slots=2, classes=3, preprocess=opts, activation="relu")
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        C.Pipeline(slots=2, classes=3, preprocess=make_options(OUT, channels=2))
+    with pytest.raises(ValueError, match="device must be 'cpu'"):
+        C.Pipeline(slots=2, classes=3, preprocess=opts, device="tpu")
+
+
+@pytest.mark.skipif(cuda_ready()[0], reason="checks the error on a machine without a usable GPU")
+def test_cuda_device_without_a_gpu_says_why():
+    from medtrt.errors import CudaError
+
+    with pytest.raises((CudaError, RuntimeError), match="cuda|CUDA"):
+        C.Pipeline(slots=2, classes=3, preprocess=make_options(OUT), device=0)
+
+
+def test_acquire_blocks_until_a_slot_is_collected(rng):
+    pipe = make_pipeline(slots=1)
+    stage = LinearStage(pipe, rng)
+    img = [rng.integers(0, 255, (8, 8), dtype=np.uint8)]
+    first = pipe.submit(img, stage)
+    got = []
+    t = threading.Thread(target=lambda: got.append(pipe.acquire()))
+    t.start()
+    time.sleep(0.2)
+    assert not got  # still blocked (and not holding the GIL: this thread runs)
+    pipe.wait(first)
+    t.join(timeout=10)
+    assert got == [0]
+    pipe.release(0)
