@@ -214,7 +214,8 @@ def machine() -> dict[str, Any]:
                 break
     info = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": run(["git", "rev-parse", "HEAD"]),
+        # MEDTRT_COMMIT: set by tools/gpu_check.sh, whose copy of the tree has no .git
+        "commit": os.environ.get("MEDTRT_COMMIT") or run(["git", "rev-parse", "HEAD"]),
         "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
         "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
         "python": platform.python_version(), "numpy": np.__version__,

@@ -1,48 +1,76 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (see ../.library/device): build the extension there, run the
-# gpu-marked tests (a skip is a failure here), compute-sanitizer over them, and the op benchmark.
-# Results land in $OUT (default ./gpu_check_out), at most 6 files; the last lines are a summary.
-#   usage (device tool): bash tools/gpu_check.sh
+# GPU checks on a lent machine (see ../.library/device), in phases that each fit one call:
+#   test      build the extension there; the gpu-marked tests of tests/ops and tests/runtime
+#             (a skip is a failure here; the demo model is trained there, on the GPU)
+#   sanitize  compute-sanitizer memcheck/synccheck/initcheck/racecheck over the op tests and a
+#             short run of the pipeline tests
+#   bench     tools/bench_ops.py --gpu-only and tools/bench_pipeline.py (FP16, batch 256)
+# Default: all three (may not fit 10 minutes; then call once per phase: the build is reused).
+# MONAI is not on that machine: carry it as a wheel, prepared here once with
+#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
+#     --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl monai==1.6.1
+# and call with carry [".whl"]. Pass the commit, since that copy has no .git:
+#   MEDTRT_COMMIT=<sha> bash tools/gpu_check.sh test
+# Results land in $OUT (default ./gpu_check_out); the last lines are a summary.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MEDTRT_REQUIRE_GPU=1
-export PATH="/usr/local/cuda/bin:$PATH"
+export PATH="/usr/local/cuda/bin:$PATH" MEDTRT_CACHE=${MEDTRT_CACHE:-/tmp/medtrt-cache}
 PY=${PY:-python3}
+PHASES=${*:-test sanitize bench}
 status=()
 
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -2
-  $PY -c "import sysconfig, os; h = sysconfig.get_paths()['include']; print('Python.h:', os.path.exists(h + '/Python.h'))"
-} 2>&1 | tee "$OUT/env.txt"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || { echo "WHEELS FAILED"; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 
-# Build for the GPU at hand only (faster than the five default architectures).
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -2
+  echo "commit: ${MEDTRT_COMMIT:-unknown}"
+} 2>&1 | tee -a "$OUT/env.txt"
+
+# Build for the GPU at hand only (faster than the five default architectures); incremental.
 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${MEDTRT_CUDA_ARCHITECTURES:-90}" \
   timeout 300 $PY -m pip install -q --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
-$PY -m medtrt info --json | tee -a "$OUT/env.txt"
 $PY - <<'PYEOF' || { echo "CUDA NOT USABLE: stopping"; exit 1; }
 import medtrt
 info = medtrt.build_info()
 assert info["cuda_compiled"], "extension built without CUDA"
 assert info["cuda_device_count"] > 0, info["cuda_device_status"]
+print(info)
 PYEOF
 
-timeout 240 $PY -m pytest -m gpu -p no:cacheprovider -q -rs tests/ops 2>&1 | tee "$OUT/pytest_gpu.log"
-status+=("pytest -m gpu: rc=${PIPESTATUS[0]}")
-
-# The caching allocator hides overruns inside its blocks from memcheck: turn it off here.
-for tool in memcheck synccheck initcheck racecheck; do
-  echo "==== $tool" >>"$OUT/sanitizer.log"
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 compute-sanitizer --tool "$tool" \
-    --target-processes all --error-exitcode 99 --print-limit 50 \
-    $PY -m pytest -m gpu -p no:cacheprovider -q -x -k "not large_batch" tests/ops \
-    >>"$OUT/sanitizer.log" 2>&1
-  status+=("compute-sanitizer $tool: rc=$?")
+for phase in $PHASES; do
+  case $phase in
+    test)
+      timeout 420 $PY -m pytest -m gpu -p no:cacheprovider -q -rs --durations=10 \
+        tests/ops tests/runtime 2>&1 | tee "$OUT/pytest_gpu.log"
+      status+=("pytest -m gpu: rc=${PIPESTATUS[0]}") ;;
+    sanitize)
+      # The caching allocator hides overruns inside its blocks from memcheck: turn it off here.
+      # MEDTRT_SANITIZER shortens the pipeline tests (fewer batches) under the tools' slowdown.
+      for tool in memcheck synccheck initcheck racecheck; do
+        echo "==== $tool" >>"$OUT/sanitizer.log"
+        MEDTRT_SANITIZER=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 140 compute-sanitizer \
+          --tool "$tool" --target-processes all --error-exitcode 99 --print-limit 50 \
+          $PY -m pytest -m gpu -p no:cacheprovider -q -x -k "not large_batch and not overlap \
+            and not 10000 and not engine" tests/ops tests/runtime/test_pipeline_gpu.py \
+          >>"$OUT/sanitizer.log" 2>&1
+        status+=("compute-sanitizer $tool: rc=$?")
+      done
+      tail -c 8000000 "$OUT/sanitizer.log" >"$OUT/sanitizer.tail" && mv "$OUT/sanitizer.tail" "$OUT/sanitizer.log" ;;
+    bench)
+      timeout 200 $PY tools/bench_ops.py --gpu-only --out "$OUT/bench_ops_gpu.json" 2>&1 | tee "$OUT/bench_ops.log"
+      status+=("bench_ops: rc=${PIPESTATUS[0]}")
+      timeout 300 $PY tools/bench_pipeline.py --device cuda:0 --precision fp16 --batch 256 \
+        --graphs --out "$OUT/bench_pipeline_gpu.json" 2>&1 | tee "$OUT/bench_pipeline.log"
+      status+=("bench_pipeline: rc=${PIPESTATUS[0]}") ;;
+    *) echo "unknown phase $phase (test | sanitize | bench)"; exit 2 ;;
+  esac
 done
-tail -c 8000000 "$OUT/sanitizer.log" >"$OUT/sanitizer.tail" && mv "$OUT/sanitizer.tail" "$OUT/sanitizer.log"
-
-timeout 300 $PY tools/bench_ops.py --gpu-only --out "$OUT/bench_ops_gpu.json" 2>&1 | tee "$OUT/bench_ops.log"
-status+=("bench_ops: rc=${PIPESTATUS[0]}")
 
 echo "==== summary"
 printf '%s\n' "${status[@]}"

@@ -1,0 +1,202 @@
+"""The CUDA pipeline (marked gpu): every batch checked against the host twin, slot reuse, stage
+overlap, flat memory, the torch GPU stage (eager and CUDA graphs) vs the PyTorch reference, and
+TensorRT engines where full TensorRT and a GPU exist (marked trt)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from medtrt._native import native
+from medtrt.ops.resize_normalize import make_options
+
+pytestmark = pytest.mark.gpu
+
+C = native()
+OUT = (64, 64)
+CLASSES = 16
+# Under compute-sanitizer (tools/gpu_check.sh sanitize) the slot-reuse run is shortened.
+REUSE_BATCHES = 40 if os.environ.get("MEDTRT_SANITIZER") else 1000
+
+
+def make(device, slots=2, dtype="float32"):
+    opts = make_options(OUT, mean=0.5, std=0.25, dtype=dtype)
+    return C.Pipeline(slots=slots, classes=CLASSES, preprocess=opts, logits_dtype=dtype,
+                      activation="softmax", device=device)
+
+
+class Probe:
+    """Compute stage whose logits are CLASSES chosen input values: a pure copy, so the CUDA
+    pipeline must equal the host twin bit for bit (resize_normalize is exact between them)."""
+
+    def __init__(self, pipe, rng, cuda):
+        self.pipe, self.cuda = pipe, cuda
+        self.where = rng.choice(OUT[0] * OUT[1], CLASSES, replace=False)
+        if cuda:
+            import torch
+
+            self.torch = torch
+            self.index = torch.as_tensor(self.where, device="cuda")
+
+    def __call__(self, view):
+        if not self.cuda:
+            x = self.pipe.host_input(view).reshape(view.batch, -1)
+            self.pipe.host_logits(view)[...] = x[:, self.where]
+            return
+        from medtrt.runtime.stages import _TYPESTR
+
+        torch = self.torch
+
+        def alias(address, shape):
+            class B:
+                __cuda_array_interface__ = {"data": (address, False), "shape": shape,
+                                            "typestr": _TYPESTR["float32"], "version": 2}
+            return torch.as_tensor(B(), device="cuda")
+
+        x = alias(view.input, (view.batch, OUT[0] * OUT[1]))
+        out = alias(view.logits, (view.batch, CLASSES))
+        with torch.cuda.stream(torch.cuda.ExternalStream(view.stream)):
+            torch.index_select(x, 1, self.index, out=out)
+
+
+def batch_of(rng, n):
+    out = []
+    for _ in range(n):
+        h, w = rng.integers(8, 160, 2)
+        if rng.random() < 0.5:
+            out.append(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        else:
+            out.append(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    return out
+
+
+@pytest.mark.parametrize("slots", [2, 3])
+def test_slot_reuse_over_1000_batches_matches_the_host_twin(rng, slots):
+    gpu, host = make(0, slots), make("cpu", 1)
+    probe = Probe(gpu, rng, cuda=True)
+    twin = Probe(host, rng, cuda=False)
+    twin.where = probe.where
+    in_flight = []
+    for i in range(REUSE_BATCHES):
+        images = batch_of(rng, int(rng.integers(1, 33)))
+        in_flight.append((gpu.submit(images, probe, True), images, i))
+        if len(in_flight) == slots:
+            slot, imgs, j = in_flight.pop(0)
+            got = gpu.wait(slot)
+            want = host.wait(host.submit(imgs, twin, True))
+            for name, a, b in zip(("scores", "indices", "logits"), got[:3], want[:3]):
+                assert np.array_equal(a, b), f"batch {j} (slot {slot}): {name} differ"
+    for slot, _, _ in in_flight:
+        gpu.wait(slot)
+
+
+def test_memory_is_flat_over_10000_batches(rng):
+    import torch
+
+    gpu = make(0, 2)
+    probe = Probe(gpu, rng, cuda=True)
+    images = batch_of(rng, 16)
+
+    def run(n):
+        pending = []
+        for _ in range(n):
+            pending.append(gpu.submit(images, probe))
+            if len(pending) == 2:
+                gpu.wait(pending.pop(0))
+        for s in pending:
+            gpu.wait(s)
+
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+    run(200)
+    torch.cuda.synchronize()
+    before = (gpu.memory(), torch.cuda.memory_allocated(), torch.cuda.mem_get_info()[0], rss())
+    run(10_000)
+    torch.cuda.synchronize()
+    after = (gpu.memory(), torch.cuda.memory_allocated(), torch.cuda.mem_get_info()[0], rss())
+    assert after[0] == before[0], "the pipeline allocated after warm-up"
+    assert after[1] == before[1], "torch allocations grew"
+    assert abs(after[2] - before[2]) <= 16 << 20, f"device free memory moved {before[2] - after[2]} B"
+    assert after[3] - before[3] <= 32 << 20, f"host RSS grew {(after[3] - before[3]) >> 20} MiB"
+
+
+def test_stages_overlap_in_steady_state(rng):
+    """Time per batch <= 1.15 x the slowest stage: host submission, H2D, GPU work, D2H."""
+    import torch
+
+    from medtrt.runtime.stages import TorchStage
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, CLASSES))
+    gpu = make(0, 2, dtype="float16")
+    stage = TorchStage(model, "cuda:0", half=True)
+    stage.bind(gpu)
+    images = [rng.integers(0, 256, (512, 512), dtype=np.uint8) for _ in range(64)]
+
+    def run(n):
+        pending, submit_s, stages = [], [], []
+        t0 = time.perf_counter()
+        for _ in range(n):
+            s = time.perf_counter()
+            pending.append(gpu.submit(images, stage))
+            submit_s.append(time.perf_counter() - s)
+            if len(pending) == 2:
+                stages.append(gpu.wait(pending.pop(0))[3])
+        for slot in pending:
+            stages.append(gpu.wait(slot)[3])
+        return (time.perf_counter() - t0) / n, submit_s, stages
+
+    run(20)
+    per_batch, submit_s, stages = run(100)
+    slowest = max(
+        1e3 * float(np.median(submit_s)),
+        float(np.median([t["h2d"] for t in stages])),
+        float(np.median([t["preprocess"] + t["compute"] + t["postprocess"] for t in stages])),
+        float(np.median([t["d2h"] for t in stages])),
+    )
+    assert 1e3 * per_batch <= 1.15 * slowest, (1e3 * per_batch, slowest, stages[-1])
+
+
+@pytest.fixture(scope="module")
+def data(demo_model):
+    from helpers.heldout import held_out
+
+    return held_out(demo_model)
+
+
+@pytest.mark.parametrize("precision,graphs", [("fp32", False), ("fp16", False), ("fp16", True)])
+def test_torch_gpu_engine_vs_pytorch_reference(demo_model, data, precision, graphs):
+    from medtrt import Engine
+
+    with Engine(demo_model.checkpoint, device=0, precision=precision, cuda_graphs=graphs) as e:
+        assert e.device == "cuda:0" and e.backend == "torch"
+        r = e.infer(data.images, return_probs=True)
+        again = e.infer(data.images, return_probs=True)  # graph replay on reused slots
+    agreement = np.mean(r.top1 == data.reference_probs.argmax(1))
+    assert agreement >= (0.999 if precision == "fp32" else 0.995)
+    assert np.abs(r.probs - data.reference_probs).max() <= (1e-4 if precision == "fp32" else 1e-2)
+    np.testing.assert_array_equal(again.indices, r.indices)
+
+
+@pytest.mark.trt
+def test_tensorrt_engine_vs_pytorch_reference(demo_model, data, tmp_path):
+    pytest.importorskip("tensorrt", reason="full TensorRT is not installed (TensorRT-RTX has no "
+                                           "target for data-centre GPUs)")
+    from medtrt import Engine
+    from medtrt.build import BuildOptions, build
+
+    for precision, agreement, tol in (("fp16", 0.995, 1e-2), ("fp32", 0.999, 1e-3)):
+        result = build(demo_model.onnx, tmp_path / precision,
+                       BuildOptions(precision=precision, batch=(1, 32, 256), flavour="tensorrt"))
+        with Engine(result.engine, device=0) as e:
+            assert e.backend == "tensorrt"
+            r = e.infer(data.images, return_probs=True)
+        assert np.mean(r.top1 == data.reference_probs.argmax(1)) >= agreement
+        assert np.abs(r.probs - data.reference_probs).max() <= tol

@@ -1,0 +1,31 @@
+"""tools/bench_pipeline.py runs on the CPU with tiny settings and writes a complete report (its
+speed is not tested)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def test_bench_pipeline_writes_a_report(demo_model, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import bench_pipeline
+
+    out = tmp_path / "bench.json"
+    assert bench_pipeline.main(["--device", "cpu", "--precision", "fp32", "--batch", "4",
+                                "--batches", "2", "--repeats", "1", "--slots", "1,2",
+                                "--checkpoint", str(demo_model.checkpoint), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["batch"] == 4
+    assert report["machine"]["commit"] and report["machine"]["date"]
+    assert [(r["slots"], r["cuda_graphs"]) for r in report["results"]] == [(1, False), (2, False)]
+    for r in report["results"]:
+        assert r["compute_only_ms_per_batch"] > 0 and r["end_to_end_ms_per_batch"] > 0
+        expect = r["compute_only_ms_per_batch"] / r["end_to_end_ms_per_batch"]
+        assert abs(r["ratio_end_to_end_to_compute"] - expect) < 1e-3
+        assert r["median_stage_ms"]["compute"] > 0
+    sys.modules.pop("bench_pipeline", None)
+    sys.modules.pop("bench_ops", None)
