@@ -32,7 +32,7 @@ from medtrt.export import read_metadata, sha256_file  # noqa: E402
 from medtrt.ops import resize_normalize  # noqa: E402
 from medtrt.precision.qdq import insert_qdq, plan_qdq  # noqa: E402
 from medtrt.reference import activate, predict  # noqa: E402
-from medtrt.train import cached_demo_model, training_split  # noqa: E402
+from medtrt.train import training_split  # noqa: E402
 
 
 def logits_of(path: Path, x: np.ndarray) -> np.ndarray:
@@ -49,15 +49,17 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = json.loads(args.bench.read_text())
     onnx_path = Path(bench["onnx"])
-    demo = cached_demo_model(ROOT / ".cache" / "medtrt", progress=False)
-    if sha256_file(onnx_path) != sha256_file(demo.onnx):
-        raise SystemExit(f"{args.bench} was measured on {onnx_path}, which is not the current demo "
-                         "model; re-run tools/bench_calibration.py first")
+    # The model the thresholds were measured on (its folder holds the checkpoint and the
+    # training record that names the held-out split).
+    root = onnx_path.parent
+    if not onnx_path.exists() or sha256_file(onnx_path) != bench.get("onnx_sha256", sha256_file(onnx_path)):
+        raise SystemExit(f"{onnx_path} (measured by {args.bench}) is missing or changed; re-run "
+                         "tools/bench_calibration.py first")
     preset, _ = read_metadata(onnx_path)
-    split = training_split(demo.metrics)
+    split = training_split(root / "model.train.json")
     images = [read_image(p) for p in split.test.paths]
     labels = np.asarray(split.test.labels)
-    reference = predict(demo.checkpoint, images).probs
+    reference = predict(root / "model.pt", images).probs
     x = resize_normalize(images, **preset.preprocess_kwargs())
     fp32_logits = logits_of(onnx_path, x)
 
