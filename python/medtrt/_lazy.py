@@ -17,6 +17,7 @@ _EXTRAS = {
     "onnx": ("onnx", "ONNX export"),
     "onnxruntime": ("onnx", "running ONNX graphs on the CPU"),
     "onnxscript": ("onnx", "ONNX export with torch's dynamo exporter"),
+    "matplotlib": ("report", "plots (medtrt eval)"),
 }
 
 

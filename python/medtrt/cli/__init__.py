@@ -131,6 +131,22 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from medtrt.evaluation import evaluate
+
+    with Progress(transient=True, disable=args.quiet) as progress:
+        task = progress.add_task("evaluating", total=None)
+        result = evaluate(args.model, args.data, reference=args.reference, out=args.out,
+                          backend=args.backend, device=args.device, batch_size=args.batch_size,
+                          progress=lambda done, total: progress.update(task, completed=done,
+                                                                       total=total))
+    print(result.files["summary"].read_text())
+    print("wrote " + ", ".join(str(f) for f in result.files.values()))
+    return 0
+
+
 def _positive_int(text: str, name: str) -> int:
     try:
         value = int(text)
@@ -207,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", action="append", help="TensorRT-RTX compute capability target "
                                                      "(e.g. SM86); repeatable")
     b.set_defaults(func=_build)
+
+    ev = sub.add_parser("eval", help="accuracy, per-class metrics, calibration and agreement with "
+                                     "a reference, on a MedNIST-layout folder")
+    ev.add_argument("model", type=Path, help="engine bundle, ONNX file or checkpoint")
+    ev.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per class")
+    ev.add_argument("--reference", type=Path, help="checkpoint to compare with (PyTorch FP32)")
+    ev.add_argument("--out", type=Path, default=Path("eval"), help="output folder (./eval)")
+    ev.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"), default="auto")
+    ev.add_argument("--device", default="0", help="GPU index, or cpu (torch backend)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval)
     return parser
 
 

@@ -86,6 +86,8 @@ def _cuda_index(device: Any) -> int:
     if isinstance(device, int):
         return device
     text = str(device)
+    if text.isdigit():
+        return int(text)
     if text == "cuda":
         return 0
     if text.startswith("cuda:") and text[5:].isdigit():
