@@ -113,7 +113,10 @@ Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
 }
 
 Pipeline::~Pipeline() {
-  device_->activate();
+  try {
+    device_->activate();
+  } catch (...) {  // a destructor must not throw; the frees below are best effort
+  }
   for (Slot& s : slots_) {
     try {
       device_->wait_stream(s.stream);
@@ -238,6 +241,9 @@ SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& ima
   check_slot(slot, State::kTaken, "stage_in");
   Slot& s = slots_[static_cast<std::size_t>(slot)];
   const std::string op = "Pipeline.stage_in: ";
+  // A second stage_in would overwrite staging an upload may still be reading.
+  MEDTRT_CHECK(s.batch == 0, op, "slot ", slot, " already holds a staged batch (stage_out() and "
+               "wait() for it, or release() it, first)");
   MEDTRT_CHECK(!images.empty(), op, "expected at least one image; got an empty batch");
   const auto batch = static_cast<std::int32_t>(images.size());
 
@@ -355,9 +361,9 @@ void Pipeline::stage_out(std::int32_t slot, bool want_logits) {
 Collected Pipeline::wait(std::int32_t slot) {
   check_slot(slot, State::kInFlight, "wait");
   Slot& s = slots_[static_cast<std::size_t>(slot)];
-  device_->activate();
   Collected r;
   try {
+    device_->activate();
     device_->wait_event(s.ev_done);
     r.batch = s.batch;
     r.classes = config_.classes;

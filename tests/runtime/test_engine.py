@@ -194,3 +194,22 @@ def test_bundle_checks(demo_model, data, tmp_path):
     result.bundle_json.unlink()
     with pytest.raises(BundleError, match=r"engine.json is missing"):
         Engine(result.engine)
+
+
+def test_infer_inside_an_infer_many_loop_does_not_deadlock(demo_model, data):
+    import threading
+
+    engine = Engine(demo_model.onnx, slots=1, max_batch=4)
+    seen = []
+
+    def consume():
+        for r in engine.infer_many([data.images[:8], data.images[8:16], data.images[16:20]]):
+            seen.append((r.indices, engine.infer(data.images[:2]).indices))
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "infer() inside an infer_many loop blocked on a slot"
+    assert len(seen) == 3
+    np.testing.assert_array_equal(np.concatenate([a for a, _ in seen]),
+                                  engine.infer(data.images[:20]).indices)

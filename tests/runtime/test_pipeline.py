@@ -161,6 +161,8 @@ def test_slot_state_errors_name_the_fix(rng):
     with pytest.raises(ValueError, match=r"taken but not submitted"):
         pipe.wait(slot)
     pipe.stage_in(slot, img)
+    with pytest.raises(ValueError, match=r"already holds a staged batch"):
+        pipe.stage_in(slot, img)
     pipe.stage_out(slot)
     with pytest.raises(ValueError, match=r"in flight \(wait\(\) for it first\)"):
         pipe.stage_in(slot, img)

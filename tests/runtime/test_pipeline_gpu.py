@@ -87,8 +87,13 @@ def test_slot_reuse_over_1000_batches_matches_the_host_twin(rng, slots):
             slot, imgs, j = in_flight.pop(0)
             got = gpu.wait(slot)
             want = host.wait(host.submit(imgs, twin, True))
-            for name, a, b in zip(("scores", "indices", "logits"), got[:3], want[:3]):
-                assert np.array_equal(a, b), f"batch {j} (slot {slot}): {name} differ"
+            # Logits are copied input values (resize_normalize is exact between devices) and
+            # the order follows from them; softmax scores may differ in the last bits (row sums
+            # run in another order on the GPU, CUDA expf is not glibc's).
+            assert np.array_equal(got[2], want[2]), f"batch {j} (slot {slot}): logits differ"
+            assert np.array_equal(got[1], want[1]), f"batch {j} (slot {slot}): indices differ"
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-7,
+                                       err_msg=f"batch {j} (slot {slot}): scores")
     for slot, _, _ in in_flight:
         gpu.wait(slot)
 
@@ -98,11 +103,12 @@ def test_memory_is_flat_over_10000_batches(rng):
 
     gpu = make(0, 2)
     probe = Probe(gpu, rng, cuda=True)
-    images = batch_of(rng, 16)
+    gpu.reserve(32, 32 * 160 * 160 * 2)  # the largest batch batch_of() can make
 
     def run(n):
         pending = []
         for _ in range(n):
+            images = batch_of(rng, int(rng.integers(1, 33)))  # sizes vary batch to batch
             pending.append(gpu.submit(images, probe))
             if len(pending) == 2:
                 gpu.wait(pending.pop(0))
@@ -131,10 +137,13 @@ def test_stages_overlap_in_steady_state(rng):
 
     from medtrt.runtime.stages import TorchStage
 
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, CLASSES))
+    # GPU-bound on purpose (about 0.6 TFLOP per batch), so overlap of the copies and the host
+    # work with the GPU stage is what the timing shows.
+    layers = [torch.nn.Conv2d(1, 128, 3, padding=1), torch.nn.ReLU()]
+    for _ in range(10):
+        layers += [torch.nn.Conv2d(128, 128, 3, padding=1), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(128, CLASSES))
     gpu = make(0, 2, dtype="float16")
     stage = TorchStage(model, "cuda:0", half=True)
     stage.bind(gpu)
@@ -155,13 +164,15 @@ def test_stages_overlap_in_steady_state(rng):
 
     run(20)
     per_batch, submit_s, stages = run(100)
-    slowest = max(
-        1e3 * float(np.median(submit_s)),
-        float(np.median([t["h2d"] for t in stages])),
-        float(np.median([t["preprocess"] + t["compute"] + t["postprocess"] for t in stages])),
-        float(np.median([t["d2h"] for t in stages])),
-    )
-    assert 1e3 * per_batch <= 1.15 * slowest, (1e3 * per_batch, slowest, stages[-1])
+    means = {
+        "host submit": 1e3 * float(np.mean(submit_s)),
+        "h2d": float(np.mean([t["h2d"] for t in stages])),
+        "gpu": float(np.mean([t["preprocess"] + t["compute"] + t["postprocess"] for t in stages])),
+        "d2h": float(np.mean([t["d2h"] for t in stages])),
+    }
+    ms = 1e3 * per_batch
+    assert ms <= 1.15 * max(means.values()), (ms, means)
+    assert ms < 0.8 * sum(means.values()), ("stages did not overlap", ms, means)
 
 
 @pytest.fixture(scope="module")

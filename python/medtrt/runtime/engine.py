@@ -107,10 +107,11 @@ def _torch_device(device: Any) -> str:
 class _Flight:
     """Chunks of one caller in flight through the pipeline, oldest first.
 
-    Deadlock-free slot use with any number of callers: a caller that already has chunks in
-    flight never blocks on acquire() (it collects its own oldest chunk to free a slot); only a
-    caller with nothing in flight blocks, and every in-flight chunk belongs to a caller that
-    will collect it."""
+    A caller that already has chunks in flight never blocks on acquire() (it collects its own
+    oldest chunk to free a slot); only a caller with nothing in flight blocks. infer() holds no
+    slot when it returns; an infer_many generator holds at most slots - 1 while suspended at a
+    yield (none with slots=1), so a caller blocks only while a generator that holds slots is
+    left unconsumed and every other slot is busy."""
 
     def __init__(self, engine: Engine, want_logits: bool) -> None:
         self.engine, self.want_logits = engine, want_logits
@@ -300,7 +301,12 @@ class Engine:
                     reading = pool.submit(self._prepare, nxt, k) if nxt is not None else None
                     flight.launch(prepared.images, tag)
                     if previous is not None:
-                        yield self._results(previous[1], flight.collect(previous[0]), return_probs)
+                        done = flight.collect(previous[0])
+                        # Across the yield keep at most slots - 1 chunks in flight, so the
+                        # consumer (or another thread) can still get a slot for its own work.
+                        while len(flight.pending) > self.slots - 1:
+                            flight._collect_oldest()
+                        yield self._results(previous[1], done, return_probs)
                     previous = (tag, prepared)
                     tag += 1
                 if previous is not None:

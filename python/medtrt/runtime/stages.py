@@ -19,13 +19,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medtrt._lazy import require
 
 __all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage"]
 
 _TYPESTR = {"float32": "<f4", "float16": "<f2"}
+_CAPTURE_LOCK = threading.Lock()
 
 
 class OnnxRuntimeStage:
@@ -75,6 +74,7 @@ class TorchStage:
         self.shape: tuple[int, int, int] = (1, 1, 1)
         self.classes = 0
         self._graphs: dict[tuple[int, int, int, int], tuple[Any, Any]] = {}
+        self._pools: dict[int, Any] = {}
         self._lock = threading.Lock()  # CPU: one forward at a time (intra-op threads do the rest)
 
     def bind(self, pipeline: Any) -> None:
@@ -106,28 +106,46 @@ class TorchStage:
             __cuda_array_interface__ = {"data": (address, False), "shape": shape,
                                         "typestr": _TYPESTR[dtype], "version": 2}
 
-        return self.torch.as_tensor(_Buffer(), device=self.device)
+        t = self.torch.as_tensor(_Buffer(), device=self.device)
+        if t.data_ptr() != address:  # torch copied (another device?): writes would be lost
+            raise RuntimeError(f"torch copied the slot buffer at {address:#x} instead of aliasing "
+                               f"it; is the pipeline on {self.device}?")
+        return t
 
     def _replay(self, view: Any, x: Any, out: Any, stream: Any) -> None:
         torch = self.torch
         key = (view.slot, view.batch, view.input, view.logits)
         entry = self._graphs.get(key)
         if entry is None:
-            # Capture on a side stream that first waits for this slot's pre-processing; warm-up
-            # runs first (cuDNN picks its algorithms outside the capture).
-            side = torch.cuda.Stream(device=self.device)
-            side.wait_stream(stream)
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(2):
-                    out.copy_(self.model(x))
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
-                static_out = self.model(x)
-                out.copy_(static_out)
-            stream.wait_stream(side)
-            entry = self._graphs[key] = (graph, static_out)
+            with _CAPTURE_LOCK:  # one capture at a time in the process (torch's rule)
+                entry = self._capture(key, view, x, out, stream)
         with torch.cuda.stream(stream):
             entry[0].replay()
+
+    def _capture(self, key: tuple[int, int, int, int], view: Any, x: Any, out: Any,
+                 stream: Any) -> tuple[Any, Any]:
+        """Captures the model for one (slot, batch, buffers). Graphs of a slot share one memory
+        pool (its replays are serialised on its stream); graphs for buffers the slot no longer
+        has are dropped. Suits fixed batch sizes: each new size is one more capture."""
+        torch = self.torch
+        for old in [k for k in self._graphs if k[0] == view.slot and k[2:] != key[2:]]:
+            del self._graphs[old]
+        pool = self._pools.setdefault(view.slot, torch.cuda.graph_pool_handle())
+        # Capture on a side stream that first waits for this slot's pre-processing; warm-up
+        # runs first (cuDNN picks its algorithms outside the capture).
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):
+                out.copy_(self.model(x))
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=side,
+                                                      capture_error_mode="thread_local"):
+            static_out = self.model(x)
+            out.copy_(static_out)
+        stream.wait_stream(side)
+        self._graphs[key] = (graph, static_out)
+        return self._graphs[key]
 
 
 class TensorRTStage:
