@@ -247,11 +247,16 @@ SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& ima
   MEDTRT_CHECK(!images.empty(), op, "expected at least one image; got an empty batch");
   const auto batch = static_cast<std::int32_t>(images.size());
 
-  // Each image on its own first, so an error names its batch position.
+  // Each image validated on its own, so an error names its batch position; its descriptor and
+  // the launch parameters (which depend only on the options and the pixel type) come from it.
+  std::vector<ops::ImageDesc> image_descs(images.size());
+  std::map<std::string, ops::ResizeNormalizeParams> params_of;
   for (std::int32_t i = 0; i < batch; ++i) {
     std::vector<ops::ImageDesc> one;
     try {
-      ops::validate_resize_normalize({images[i].shape}, config_.preprocess, &one);
+      const ops::ResizeNormalizeParams p =
+          ops::validate_resize_normalize({images[i].shape}, config_.preprocess, &one);
+      params_of.emplace(images[i].shape.dtype, p);
     } catch (const std::invalid_argument& e) {
       std::string msg = e.what();
       const std::string at = "image 0 ";
@@ -259,6 +264,8 @@ SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& ima
         msg.replace(pos, at.size(), detail::concat("image ", i, " "));
       throw std::invalid_argument(op + msg);
     }
+    image_descs[static_cast<std::size_t>(i)] = one[0];
+    image_descs[static_cast<std::size_t>(i)].out_row = i;
   }
   // One resize_normalize launch per pixel type; out_row puts every image in its batch position.
   std::map<std::string, std::vector<std::int32_t>> groups;
@@ -272,21 +279,16 @@ SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& ima
   std::vector<std::size_t> offsets(images.size());
   std::size_t raw_bytes = 0, at = 0;
   for (const auto& [dtype, members] : groups) {
-    std::vector<ops::ImageShape> shapes;
-    for (std::int32_t i : members) shapes.push_back(images[i].shape);
-    std::vector<ops::ImageDesc> group_descs;
-    const ops::ResizeNormalizeParams p =
-        ops::validate_resize_normalize(shapes, config_.preprocess, &group_descs);
+    ops::ResizeNormalizeParams p = params_of.at(dtype);
+    p.batch = static_cast<std::int32_t>(members.size());
     launches.push_back({p, at});
-    for (std::size_t g = 0; g < members.size(); ++g) {
-      const std::int32_t i = members[g];
+    for (const std::int32_t i : members) {
       const HostImage& im = images[static_cast<std::size_t>(i)];
       std::size_t expect = pixel_bytes(dtype);
       for (std::int64_t d : im.shape.shape) expect *= static_cast<std::size_t>(d);
       MEDTRT_CHECK(im.bytes == expect && im.data != nullptr, op, "image ", i, " has ", im.bytes,
                    " bytes; its shape and dtype need ", expect);
-      group_descs[g].out_row = i;
-      descs[at++] = group_descs[g];
+      descs[at++] = image_descs[static_cast<std::size_t>(i)];
       offsets[static_cast<std::size_t>(i)] = raw_bytes;
       raw_bytes += align_up(im.bytes, kImageAlign);
     }

@@ -46,18 +46,11 @@ class Probe:
             x = self.pipe.host_input(view).reshape(view.batch, -1)
             self.pipe.host_logits(view)[...] = x[:, self.where]
             return
-        from medtrt.runtime.stages import _TYPESTR
+        from medtrt.runtime.stages import cuda_alias
 
         torch = self.torch
-
-        def alias(address, shape):
-            class B:
-                __cuda_array_interface__ = {"data": (address, False), "shape": shape,
-                                            "typestr": _TYPESTR["float32"], "version": 2}
-            return torch.as_tensor(B(), device="cuda")
-
-        x = alias(view.input, (view.batch, OUT[0] * OUT[1]))
-        out = alias(view.logits, (view.batch, CLASSES))
+        x = cuda_alias(view.input, (view.batch, OUT[0] * OUT[1]), "float32", "cuda:0")
+        out = cuda_alias(view.logits, (view.batch, CLASSES), "float32", "cuda:0")
         with torch.cuda.stream(torch.cuda.ExternalStream(view.stream)):
             torch.index_select(x, 1, self.index, out=out)
 

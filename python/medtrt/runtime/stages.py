@@ -21,10 +21,25 @@ from typing import Any
 
 from medtrt._lazy import require
 
-__all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage"]
+__all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage", "cuda_alias"]
 
 _TYPESTR = {"float32": "<f4", "float16": "<f2"}
 _CAPTURE_LOCK = threading.Lock()
+
+
+def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) -> Any:
+    """A torch tensor over a pipeline device buffer (no copy; the pipeline owns the memory)."""
+    torch = require("torch")
+
+    class _Buffer:
+        __cuda_array_interface__ = {"data": (address, False), "shape": shape,
+                                    "typestr": _TYPESTR[dtype], "version": 2}
+
+    t = torch.as_tensor(_Buffer(), device=device)
+    if t.data_ptr() != address:  # torch copied (another device?): writes would be lost
+        raise RuntimeError(f"torch copied the slot buffer at {address:#x} instead of aliasing "
+                           f"it; is the pipeline on {device}?")
+    return t
 
 
 class OnnxRuntimeStage:
@@ -100,17 +115,7 @@ class TorchStage:
             out.copy_(self.model(x))
 
     def _alias(self, address: int, shape: tuple[int, ...], dtype: str) -> Any:
-        """A tensor over the slot's device buffer (no copy; the pipeline owns the memory)."""
-
-        class _Buffer:
-            __cuda_array_interface__ = {"data": (address, False), "shape": shape,
-                                        "typestr": _TYPESTR[dtype], "version": 2}
-
-        t = self.torch.as_tensor(_Buffer(), device=self.device)
-        if t.data_ptr() != address:  # torch copied (another device?): writes would be lost
-            raise RuntimeError(f"torch copied the slot buffer at {address:#x} instead of aliasing "
-                               f"it; is the pipeline on {self.device}?")
-        return t
+        return cuda_alias(address, shape, dtype, self.device)
 
     def _replay(self, view: Any, x: Any, out: Any, stream: Any) -> None:
         torch = self.torch
