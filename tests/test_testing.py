@@ -41,3 +41,71 @@ def test_nan_and_inf_handling():
         assert_close([1.0], [np.nan], atol=10.0)
     with pytest.raises(AssertionError):
         assert_close([np.inf], [-np.inf], atol=10.0)
+
+
+# --------------------------------------------------------------------------- parity helpers
+
+from medtrt.testing import (agreement, assert_agreement, assert_auroc_change,  # noqa: E402
+                            assert_logit_parity, auroc)
+
+LABELS = ("a", "b", "c")
+
+
+def test_agreement_names_the_worst_sample_and_both_predictions():
+    ref = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    cand = ref.copy()
+    cand[1] = [0.6, 0.3, 0.1]  # flips to "a"
+    cand[2] = [0.1, 0.15, 0.75]  # same class, small change
+    rep = agreement(cand, ref, labels=LABELS)
+    assert rep.top1_agreement == pytest.approx(2 / 3) and rep.disagreements == (1,)
+    assert rep.worst_index == 1 and rep.max_abs_prob_diff == pytest.approx(0.4)
+    with pytest.raises(AssertionError, match=r"agreement 0.6667 < 0.99 \(1 of 3 samples differ, "
+                       r"e.g. \[1\]\).*Worst sample 1: model predicts a \(0.6000\), reference "
+                       r"predicts b \(0.7000\)"):
+        assert_agreement(cand, ref, min_top1=0.99, max_prob_diff=1.0, labels=LABELS, name="model")
+    assert_agreement(cand, ref, min_top1=0.6, max_prob_diff=0.5)
+
+
+def test_multilabel_agreement_counts_label_decisions():
+    ref = np.array([[0.9, 0.2], [0.4, 0.6]])
+    cand = np.array([[0.9, 0.55], [0.4, 0.6]])
+    rep = agreement(cand, ref, activation="sigmoid", labels=("x", "y"))
+    assert rep.decision_agreement == 0.75 and rep.top1_agreement == 0.5
+    assert rep.worst_candidate.startswith("{x (0.900), y (0.550)}")
+    with pytest.raises(AssertionError, match="non-finite"):
+        agreement(np.array([[np.nan, 0.1]]), np.array([[0.2, 0.1]]))
+
+
+def test_logit_parity_against_the_baseline_error():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 3))
+    baseline = ref + 0.01 * rng.normal(size=ref.shape)
+    ok = ref + 0.015 * rng.normal(size=ref.shape)
+    rep = assert_logit_parity(ok, ref, baseline, k=2.0, ceiling=1.0)
+    assert 1.0 < rep.ratio < 2.0
+    bad = ok.copy()
+    bad[7] += 3.0
+    with pytest.raises(AssertionError, match=r"ratio .*max \|dlogit\| 3.0\d* > ceiling 1.*Worst "
+                                             r"sample 7"):
+        assert_logit_parity(bad, ref, baseline, k=2.0, ceiling=1.0)
+
+
+def test_auroc_matches_pair_counting_with_ties():
+    rng = np.random.default_rng(1)
+    y = rng.random((40, 2)) < 0.5
+    s = np.round(rng.random((40, 2)), 1)  # many ties
+    got = auroc(y, s)
+    for j in range(2):
+        pos, neg = s[y[:, j], j], s[~y[:, j], j]
+        pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+        assert got[j] == pytest.approx(pairs / (len(pos) * len(neg)))
+    assert np.isnan(auroc(np.ones((3, 1)), np.ones((3, 1))))[0]
+
+
+def test_auroc_change_fails_with_the_label_named():
+    y = np.array([[1], [0], [1], [0]], bool)
+    ref = np.array([[0.9], [0.1], [0.8], [0.2]])
+    worse = np.array([[0.9], [0.85], [0.8], [0.2]])
+    with pytest.raises(AssertionError, match=r"AUROC of Edema changed by 0.2500 > 0.005 "
+                                             r"\(1.0000 -> 0.7500\)"):
+        assert_auroc_change(y, worse, ref, max_change=0.005, names=("Edema",))

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CloseReport", "assert_close", "to_numpy"]
+__all__ = ["PARITY", "AgreementReport", "CloseReport", "LogitReport", "agreement", "assert_agreement",
+           "assert_auroc_change", "assert_close", "assert_logit_parity", "auroc", "logit_errors",
+           "to_numpy"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -73,3 +75,221 @@ def assert_close(
             f"(max abs error {report.max_abs_error:.3g})"
         )
     return report
+
+
+# --------------------------------------------------------------------------- parity checks
+# Shared by tests/parity, `medtrt build`'s accuracy gate and the demo's parity table: each
+# returns a report (so callers can print tables) and each assert_* raises with the worst sample.
+
+
+def _activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    from medtrt.reference import activate
+
+    return activate(np.asarray(logits, dtype=np.float64), activation)
+
+
+def _describe(probs: np.ndarray, activation: str, threshold: float,
+              labels: tuple[str, ...] | None) -> str:
+    """One prediction in words: the top label (softmax) or the labels above threshold."""
+    def name(i: int) -> str:
+        return labels[i] if labels and i < len(labels) else f"class {i}"
+
+    if activation == "softmax":
+        i = int(np.argmax(probs))
+        return f"{name(i)} ({probs[i]:.4f})"
+    on = [f"{name(i)} ({probs[i]:.3f})" for i in np.flatnonzero(probs >= threshold)]
+    return "{" + ", ".join(on) + "}" if on else "{} (no label above threshold)"
+
+
+@dataclass(frozen=True)
+class AgreementReport:
+    """How far a candidate's predictions are from a reference's, per sample."""
+
+    samples: int
+    top1_agreement: float  # softmax: argmax equal; sigmoid: every label's decision equal
+    decision_agreement: float  # fraction of (sample, label) threshold decisions equal (sigmoid)
+    max_abs_prob_diff: float
+    mean_abs_prob_diff: float
+    worst_index: int  # sample with the largest |dprob| (a disagreeing sample first)
+    worst_candidate: str
+    worst_reference: str
+    disagreements: tuple[int, ...]
+
+    def row(self) -> dict[str, Any]:
+        return {"samples": self.samples, "top1_agreement": self.top1_agreement,
+                "decision_agreement": self.decision_agreement,
+                "max_abs_prob_diff": self.max_abs_prob_diff,
+                "mean_abs_prob_diff": self.mean_abs_prob_diff, "worst_index": self.worst_index,
+                "worst_candidate": self.worst_candidate, "worst_reference": self.worst_reference}
+
+
+def agreement(candidate_probs: Any, reference_probs: Any, *, activation: str = "softmax",
+              threshold: float = 0.5, labels: tuple[str, ...] | None = None) -> AgreementReport:
+    """Compare two [N, C] probability arrays (see AgreementReport)."""
+    a = to_numpy(candidate_probs).astype(np.float64)
+    r = to_numpy(reference_probs).astype(np.float64)
+    if a.shape != r.shape or a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"agreement: expected two equal non-empty [N, C] arrays; got "
+                         f"{a.shape} and {r.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(r).all()):
+        bad = int(np.flatnonzero(~(np.isfinite(a).all(1) & np.isfinite(r).all(1)))[0])
+        raise AssertionError(f"agreement: non-finite probabilities at sample {bad}: candidate "
+                             f"{a[bad]}, reference {r[bad]}")
+    diff = np.abs(a - r)
+    if activation == "softmax":
+        same = a.argmax(1) == r.argmax(1)
+        decisions = float(same.mean())
+    else:
+        same_label = (a >= threshold) == (r >= threshold)
+        same = same_label.all(1)
+        decisions = float(same_label.mean())
+    per_sample = diff.max(1)
+    pool = np.flatnonzero(~same) if (~same).any() else np.arange(len(a))
+    worst = int(pool[np.argmax(per_sample[pool])])
+    return AgreementReport(
+        samples=len(a), top1_agreement=float(same.mean()), decision_agreement=decisions,
+        max_abs_prob_diff=float(diff.max()), mean_abs_prob_diff=float(diff.mean()),
+        worst_index=worst, worst_candidate=_describe(a[worst], activation, threshold, labels),
+        worst_reference=_describe(r[worst], activation, threshold, labels),
+        disagreements=tuple(int(i) for i in np.flatnonzero(~same)))
+
+
+def assert_agreement(candidate_probs: Any, reference_probs: Any, *, min_top1: float,
+                     max_prob_diff: float, activation: str = "softmax", threshold: float = 0.5,
+                     labels: tuple[str, ...] | None = None, name: str = "candidate") -> AgreementReport:
+    """Top-1 (or all-label decision) agreement >= ``min_top1`` and max |dprob| <= ``max_prob_diff``.
+
+    The failure message names the worst sample, its index and both predictions.
+    """
+    rep = agreement(candidate_probs, reference_probs, activation=activation,
+                    threshold=threshold, labels=labels)
+    problems = []
+    if rep.top1_agreement < min_top1:
+        problems.append(f"agreement {rep.top1_agreement:.4f} < {min_top1} "
+                        f"({len(rep.disagreements)} of {rep.samples} samples differ, e.g. "
+                        f"{list(rep.disagreements[:8])})")
+    if rep.max_abs_prob_diff > max_prob_diff:
+        problems.append(f"max |dprob| {rep.max_abs_prob_diff:.4g} > {max_prob_diff:g}")
+    if problems:
+        raise AssertionError(f"{name}: " + "; ".join(problems) + f". Worst sample {rep.worst_index}: "
+                             f"{name} predicts {rep.worst_candidate}, reference predicts "
+                             f"{rep.worst_reference}")
+    return rep
+
+
+@dataclass(frozen=True)
+class LogitReport:
+    rms_error: float  # RMS of (candidate - reference) logits
+    baseline_rms_error: float  # RMS of (baseline - reference): the framework's own error
+    ratio: float  # rms_error / baseline_rms_error
+    max_abs_error: float
+    worst_index: int  # sample with the largest logit error
+
+
+def logit_errors(candidate: Any, reference: Any, baseline: Any | None = None) -> LogitReport:
+    c = to_numpy(candidate).astype(np.float64)
+    r = to_numpy(reference).astype(np.float64)
+    if c.shape != r.shape:
+        raise ValueError(f"logit_errors: shapes {c.shape} and {r.shape} differ")
+    d = c - r
+    rms = float(np.sqrt(np.mean(d * d)))
+    if baseline is None:
+        base = float("nan")
+    else:
+        b = to_numpy(baseline).astype(np.float64)
+        if b.shape != r.shape:
+            raise ValueError(f"logit_errors: baseline shape {b.shape} differs from {r.shape}")
+        base = float(np.sqrt(np.mean((b - r) ** 2)))
+    ratio = rms / base if base > 0 else (0.0 if rms == 0 else float("inf"))
+    worst = int(np.abs(d).max(1).argmax()) if d.size else 0
+    return LogitReport(rms, base, ratio, float(np.abs(d).max()) if d.size else 0.0, worst)
+
+
+def assert_logit_parity(candidate: Any, reference: Any, baseline: Any, *, k: float,
+                        ceiling: float, activation: str = "softmax",
+                        labels: tuple[str, ...] | None = None,
+                        name: str = "candidate") -> LogitReport:
+    """Logit RMS error vs the reference <= k x the baseline's (the framework itself at that
+    precision, e.g. PyTorch FP16 vs PyTorch FP32) and max |dlogit| <= ``ceiling``.
+
+    The failure message names the worst sample and the two predictions.
+    """
+    rep = logit_errors(candidate, reference, baseline)
+    problems = []
+    if not rep.rms_error <= k * rep.baseline_rms_error:
+        problems.append(f"logit RMS error {rep.rms_error:.4g} > {k:g} x baseline "
+                        f"{rep.baseline_rms_error:.4g} (ratio {rep.ratio:.2f})")
+    if not rep.max_abs_error <= ceiling:
+        problems.append(f"max |dlogit| {rep.max_abs_error:.4g} > ceiling {ceiling:g}")
+    if problems:
+        c = to_numpy(candidate)[rep.worst_index]
+        r = to_numpy(reference)[rep.worst_index]
+        raise AssertionError(
+            f"{name}: " + "; ".join(problems) + f". Worst sample {rep.worst_index}: {name} "
+            f"predicts {_describe(_activate(c[None], activation)[0], activation, 0.5, labels)}, "
+            f"reference {_describe(_activate(r[None], activation)[0], activation, 0.5, labels)}; "
+            f"logits {np.array2string(np.asarray(c), precision=3)} vs "
+            f"{np.array2string(np.asarray(r), precision=3)}")
+    return rep
+
+
+def auroc(labels: Any, scores: Any) -> np.ndarray:
+    """Per-column ROC AUC of ``scores`` [N, L] for binary ``labels`` [N, L] (ties count half).
+
+    A column with only one class present gives NaN.
+    """
+    y = to_numpy(labels).astype(bool)
+    s = to_numpy(scores).astype(np.float64)
+    if y.shape != s.shape or y.ndim != 2:
+        raise ValueError(f"auroc: labels {y.shape} and scores {s.shape} must be equal [N, L]")
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        pos, neg = int(y[:, j].sum()), int((~y[:, j]).sum())
+        if pos == 0 or neg == 0:
+            continue
+        order = np.argsort(s[:, j], kind="mergesort")
+        sorted_s = s[order, j]
+        ranks = np.empty(len(s))
+        # Average ranks over ties (1-based), then the Mann-Whitney U statistic.
+        _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+        avg = first + (counts + 1) / 2.0
+        ranks[order] = np.repeat(avg, counts)
+        out[j] = (ranks[y[:, j]].sum() - pos * (pos + 1) / 2.0) / (pos * neg)
+    return out
+
+
+def assert_auroc_change(labels: Any, candidate_probs: Any, reference_probs: Any, *,
+                        max_change: float, names: tuple[str, ...] | None = None,
+                        name: str = "candidate") -> np.ndarray:
+    """Per-label |AUROC(candidate) - AUROC(reference)| <= ``max_change``; returns the changes.
+
+    Labels with one class only in ``labels`` are skipped (NaN); at least one must be scorable.
+    """
+    a, r = auroc(labels, candidate_probs), auroc(labels, reference_probs)
+    change = np.abs(a - r)
+    scorable = ~np.isnan(change)
+    if not scorable.any():
+        raise ValueError("assert_auroc_change: every label has a single class in `labels`")
+    worst = int(np.nanargmax(change))
+    if change[worst] > max_change:
+        label = names[worst] if names else f"label {worst}"
+        raise AssertionError(f"{name}: AUROC of {label} changed by {change[worst]:.4f} > "
+                             f"{max_change} ({r[worst]:.4f} -> {a[worst]:.4f}); "
+                             f"{int((change > max_change).sum())} labels over the limit")
+    return change
+
+
+# Parity thresholds per precision, against the PyTorch FP32 reference on the same pre-processed
+# inputs. k: the artifact's logit RMS error may be at most k x PyTorch's own at that precision
+# (FP32: PyTorch FP32 vs float64; FP16: PyTorch FP16; INT8: PyTorch fake-quantized with medtrt's
+# recipe, see medtrt.reference.lowp). ceiling: max |dlogit| in units of the reference logits'
+# standard deviation. Single-label: top-1 agreement and max |dprob|. Multi-label: per-label
+# threshold-decision agreement and per-label AUROC change.
+PARITY: dict[str, dict[str, float]] = {
+    "fp32": {"k": 4.0, "ceiling": 3e-5, "min_top1": 0.999, "max_prob_diff": 1e-4,
+             "min_decisions": 0.999, "max_auroc_change": 0.005},
+    "fp16": {"k": 2.0, "ceiling": 0.015, "min_top1": 0.995, "max_prob_diff": 1e-2,
+             "min_decisions": 0.995, "max_auroc_change": 0.005},
+    "int8": {"k": 3.0, "ceiling": 0.75, "min_top1": 0.99, "max_prob_diff": 0.15,
+             "min_decisions": 0.99, "max_auroc_change": 0.005},
+}

@@ -26,7 +26,8 @@ import numpy as np
 
 from medtrt._lazy import require
 
-__all__ = ["QdqPlan", "plan_qdq", "insert_qdq", "name_nodes", "ACTIVATION_OPS", "WEIGHTED_OPS"]
+__all__ = ["QdqPlan", "plan_qdq", "insert_qdq", "keep_in_fp16", "name_nodes", "ACTIVATION_OPS",
+           "WEIGHTED_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +223,61 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
     if out is not None:
         onnx.save(model, str(out))
     return model, final_plan
+
+
+FP16_OPS = WEIGHTED_OPS + POOL_OPS
+
+
+def keep_in_fp16(model: Any, nodes: Iterable[str]) -> list[str]:
+    """Run the named nodes of a (Q/DQ) float32 graph in FP16, in place.
+
+    Each Conv/Gemm/MatMul/MaxPool/AveragePool named gets a Cast to FP16 on its activation input,
+    FP16 copies of its weight and bias initializers, and a Cast back to FP32 on its output, so a
+    strongly typed builder (TensorRT 11, TensorRT-RTX) runs exactly that layer in FP16. Nodes of
+    other types (Concat: exact in any float precision) are left as they are. The nodes should
+    have no Q/DQ of their own (plan them with ``exclude_nodes``). Returns the names cast.
+    """
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    wanted = set(nodes)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    new_inits: list[Any] = []
+    ordered: list[Any] = []
+    cast = []
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for node in graph.node:
+        if node.name not in wanted or node.op_type not in FP16_OPS:
+            ordered.append(node)
+            continue
+        act = node.input[0]
+        ordered.append(onnx.helper.make_node("Cast", [act], [f"{node.name}_in_fp16"],
+                                             name=f"{node.name}_CastToFp16", to=f16))
+        node.input[0] = f"{node.name}_in_fp16"
+        for i in range(1, len(node.input)):
+            name = node.input[i]
+            if name in inits:
+                arr = numpy_helper.to_array(inits[name]).astype(np.float16)
+                new_inits.append(numpy_helper.from_array(arr, f"{name}_fp16_{node.name}"))
+                node.input[i] = new_inits[-1].name
+            elif name:
+                raise ValueError(f"keep_in_fp16: input {i} ({name!r}) of {node.name} is not an "
+                                 "initializer; plan the node with exclude_nodes first")
+        out = node.output[0]
+        node.output[0] = f"{node.name}_out_fp16"
+        ordered.append(node)
+        ordered.append(onnx.helper.make_node("Cast", [node.output[0]], [out],
+                                             name=f"{node.name}_CastToFp32", to=f32))
+        cast.append(node.name)
+    unknown = wanted - {n.name for n in ordered}
+    if unknown:
+        raise ValueError(f"keep_in_fp16: no nodes named {sorted(unknown)[:5]} in the graph")
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    onnx.checker.check_model(model)
+    return cast
