@@ -174,3 +174,57 @@ def test_build_argument_errors(demo_model, tmp_path, capsys):
         assert main(argv + ["--out", str(tmp_path / "o")]) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
+
+
+@pytest.fixture(scope="module")
+def broken_cache(bundles, tmp_path_factory):
+    """The INT8 bundle's calibration cache with the input image's threshold clipped 40x: the
+    stem convolution breaks and the INT8 graph misses the gate."""
+    out, _ = bundles
+    data = json.loads((out / "model.int8.calib.json").read_text())
+    data["tensors"]["image"]["amax"] /= 40
+    path = tmp_path_factory.mktemp("broken") / "broken.calib.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def val_dir(demo_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("val")
+    for p in held_out(demo_model).train_paths[300:556]:  # not used for calibration
+        (root / p.parent.name).mkdir(exist_ok=True)
+        (root / p.parent.name / p.name).symlink_to(p)
+    return root
+
+
+@pytest.mark.trt
+def test_accuracy_gate_keeps_the_broken_layer_in_fp16(demo_model, broken_cache, val_dir, tmp_path,
+                                                      capsys):
+    assert main(["build", str(demo_model.onnx), "--int8", "--calib-cache", str(broken_cache),
+                 "--val", str(val_dir), "--min-agreement", "0.99", "--out", str(tmp_path),
+                 "--batch", "1,4,16"]) == 0
+    b = json.loads((tmp_path / "model.int8.engine.json").read_text())
+    gate = b["accuracy_gate"]
+    assert gate["passed"] and gate["agreement_before"] < 0.99 <= gate["agreement"]
+    assert gate["fp16_layers"] == b["quantization"]["fp16_layers"] == ["node_Conv_1698"]
+    assert gate["accuracy"]["int8"] >= gate["accuracy"]["fp32"] - 0.01 and gate["images"] == 256
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    assert "node_Conv_1698_CastToFp16" in {n.name for n in graph.node}
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "image" for n in graph.node)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "accuracy gate" in printed and "FP16 layers: node_Conv_1698" in printed
+
+
+@pytest.mark.trt
+def test_accuracy_gate_failure_stops_the_build(demo_model, broken_cache, val_dir, tmp_path, capsys):
+    code = main(["build", str(demo_model.onnx), "--int8", "--calib-cache", str(broken_cache),
+                 "--val", str(val_dir), "--max-fp16-layers", "0", "--out", str(tmp_path)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1
+    assert "gate FAILED: top1 agreement" in err and "no engine built" in err and "debug-layers" in err
+    report = json.loads((tmp_path / "model.int8.gate.json").read_text())
+    assert report["passed"] is False and report["agreement"] < 0.99
+    assert not (tmp_path / "model.int8.engine").exists()
+    assert main(["build", str(demo_model.onnx), "--fp16", "--val", str(val_dir),
+                 "--out", str(tmp_path)]) == 1
+    assert "--val (the accuracy gate) applies to --int8 builds" in capsys.readouterr().err

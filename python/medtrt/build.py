@@ -49,6 +49,8 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()
     check_images: int = 64
     name: str | None = None  # bundle name; default "<onnx stem>.<precision>"
+    val: str | None = None  # validation images for the INT8 accuracy gate
+    gate: Any = None  # medtrt.precision.GateConfig; default: min agreement 0.99, 8 FP16 layers
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -58,6 +60,8 @@ class BuildOptions:
                              "--calib-cache FILE (from an earlier build)")
         if self.precision != "int8" and (self.calib or self.calib_cache):
             raise ValueError("--calib/--calib-cache only apply to --int8")
+        if self.val and self.precision != "int8":
+            raise ValueError("--val (the accuracy gate) applies to --int8 builds")
 
 
 @dataclass
@@ -116,6 +120,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
     timings: dict[str, float] = {}
     calibration_info: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
+    gate_info: dict[str, Any] | None = None
 
     t0 = time.perf_counter()
     if opts.precision == "fp32":
@@ -145,7 +150,30 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         trt_cache = write_trt_cache(cal, out / f"{name}.calib.cache",
                                     trt_version=str(trt_mod.__version__) if flavour == "tensorrt" else None)
         phase("inserting Q/DQ")
-        _, final_plan = insert_qdq(model, cal.amax, plan=plan, out=precision_onnx)
+        qdq_model, final_plan = insert_qdq(model, cal.amax, plan=plan)
+        fp16_layers: list[str] = []
+        if opts.val:
+            from medtrt.errors import GateError
+            from medtrt.precision import GateConfig, accuracy_gate
+
+            t_gate = time.perf_counter()
+            qdq_model, gate = accuracy_gate(onnx_path, cal.amax, opts.val, preset=preset,
+                                            config=opts.gate or GateConfig(),
+                                            share_concat_scales=opts.share_concat_scales,
+                                            on_phase=phase)
+            timings["gate_s"] = time.perf_counter() - t_gate
+            gate_info = gate.to_json()
+            fp16_layers = gate.fp16_layers
+            if not gate.passed:
+                path = out / f"{name}.gate.json"
+                path.write_text(json.dumps(gate_info, indent=2, default=float) + "\n")
+                raise GateError(
+                    f"{gate.summary()}; no engine built. The most sensitive layers are listed "
+                    f"in {path}; compare layer outputs with `medtrt debug-layers` to see where "
+                    "the INT8 error grows, then try --calib-method max, "
+                    "--no-shared-concat-scales, more calibration images, or a larger "
+                    "--max-fp16-layers", gate_info, path)
+        onnx.save(qdq_model, str(precision_onnx))
         calibration_info = {"method": cal.config.method, "images": cal.images,
                             "bins": cal.config.bins, "start_bin": cal.config.start_bin,
                             "quantized_bins": cal.config.quantized_bins,
@@ -156,7 +184,8 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         quantization = {"activation_tensors": len(final_plan.tensors),
                         "scale_groups": len(final_plan.groups),
                         "share_concat_scales": opts.share_concat_scales,
-                        "kept_in_float": final_plan.skipped}
+                        "kept_in_float": final_plan.skipped,
+                        "fp16_layers": fp16_layers}
     timings["precision_s"] = time.perf_counter() - t0
 
     phase("checking accuracy on the CPU")
@@ -206,6 +235,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "timings": timings,
         "accuracy_check": accuracy,
+        "accuracy_gate": gate_info,
         "executed": False,  # built here; running engines is the runtime's job (issue #5)
     }
     bundle_json = out / f"{name}.engine.json"

@@ -14,6 +14,7 @@ __all__ = [
     "ImageReadError",
     "CheckpointError",
     "ExportError",
+    "GateError",
 ]
 
 
@@ -51,3 +52,13 @@ class CheckpointError(MedtrtError, ValueError):
 
 class ExportError(MedtrtError, RuntimeError):
     """An exported graph failed its check against the PyTorch model."""
+
+
+class GateError(MedtrtError):
+    """The INT8 graph missed the accuracy gate of ``medtrt build --val`` even with the allowed
+    FP16 fallback layers; ``report`` is the gate's outcome and ``path`` where it was written."""
+
+    def __init__(self, message: str, report: dict, path: object) -> None:
+        super().__init__(message)
+        self.report = report
+        self.path = str(path)

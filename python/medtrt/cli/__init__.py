@@ -92,7 +92,7 @@ def _build(args: argparse.Namespace) -> int:
     batch = tuple(_positive_int(b, "--batch") for b in args.batch.split(","))
     if len(batch) != 3:
         raise ValueError(f"--batch must be min,opt,max (e.g. 1,32,256); got {args.batch!r}")
-    from medtrt.precision import CalibrationConfig
+    from medtrt.precision import CalibrationConfig, GateConfig
 
     options = BuildOptions(precision=precision, calib=args.calib, calib_cache=args.calib_cache,
                            calibration=CalibrationConfig(method=args.calib_method,
@@ -100,7 +100,11 @@ def _build(args: argparse.Namespace) -> int:
                            batch=batch, flavour=args.trt,  # type: ignore[arg-type]
                            share_concat_scales=not args.no_shared_concat_scales,
                            optimization_level=args.opt_level, workspace_mib=args.workspace_mib,
-                           compute_capabilities=tuple(args.target or ()))
+                           compute_capabilities=tuple(args.target or ()),
+                           val=str(args.val) if args.val else None,
+                           gate=GateConfig(min_agreement=args.min_agreement,
+                                           max_fp16_layers=args.max_fp16_layers,
+                                           images=args.val_images))
     console = Console(stderr=True)
     with console.status("starting", spinner="dots") as status:
         result = build(args.onnx, args.out, options,
@@ -119,6 +123,7 @@ def _build(args: argparse.Namespace) -> int:
          f"{cal['method']}, {cal['images']} images, {cal['seconds']:.1f} s"),
         ("vs FP32 (CPU, ORT)", f"top-1 agreement {acc['top1_agreement']:.4f}, max |dprob| "
                                f"{acc['max_abs_prob_diff']:.2e} on {acc['images']} images"),
+        ("accuracy gate", _gate_row(b.get("accuracy_gate"))),
         ("TensorRT", f"{b['tensorrt']['flavour']} {b['tensorrt']['version']}, targets "
                      f"{', '.join(b['tensorrt']['targets']) or 'build GPU'}"),
         ("profile", " / ".join(str(b["input"]["profile"][k][0]) for k in ("min", "opt", "max"))),
@@ -129,6 +134,16 @@ def _build(args: argparse.Namespace) -> int:
     print(f"wrote {result.engine}, {result.bundle_json.name}, {result.precision_onnx.name} "
           f"(built, not executed: running engines needs a GPU)")
     return 0
+
+
+def _gate_row(gate: dict | None) -> str:
+    if not gate:
+        return "- (pass --val DIR to gate INT8 on agreement with FP32)"
+    layers = gate["fp16_layers"]
+    kept = f"; FP16 layers: {', '.join(layers)}" if layers else "; no FP16 fallback needed"
+    return (f"{'passed' if gate['passed'] else 'FAILED'}: {gate['metric']} agreement "
+            f"{gate['agreement']:.4f} >= {gate['min_agreement']} on {gate['images']} images "
+            f"(INT8 alone {gate['agreement_before']:.4f}){kept}")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -214,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calib-images", type=int, default=512, help="images used to calibrate (512)")
     b.add_argument("--no-shared-concat-scales", action="store_true",
                    help="give each Concat input its own INT8 scale")
+    b.add_argument("--val", type=Path, help="validation image folder: gate the INT8 graph on its "
+                                            "agreement with FP32 before building")
+    b.add_argument("--min-agreement", type=float, default=0.99,
+                   help="accuracy gate: minimum top-1 (or label-decision) agreement (0.99)")
+    b.add_argument("--max-fp16-layers", type=int, default=8,
+                   help="accuracy gate: most sensitive layers that may be kept in FP16 (8)")
+    b.add_argument("--val-images", type=int, default=256,
+                   help="accuracy gate: validation images used (256)")
     b.add_argument("--batch", default="1,32,256", help="optimization profile min,opt,max")
     b.add_argument("--out", type=Path, help="output folder (default: next to the ONNX)")
     b.add_argument("--trt", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto",
