@@ -18,6 +18,7 @@ _EXTRAS = {
     "onnxruntime": ("onnx", "running ONNX graphs on the CPU"),
     "onnxscript": ("onnx", "ONNX export with torch's dynamo exporter"),
     "matplotlib": ("report", "plots (medtrt eval)"),
+    "polygraphy": ("debug", "layer-by-layer comparison (medtrt debug-layers)"),
 }
 
 
