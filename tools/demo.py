@@ -6,9 +6,12 @@
    .cache/medtrt for this exact code version.
 2. Held-out accuracy of the PyTorch reference path and of the ONNX graph in ONNX Runtime (fed
    by medtrt's compiled pre-processing), and their agreement.
-2b. `medtrt build`: FP16 and entropy-calibrated INT8 graphs (calibrated on training images only)
-   with their held-out accuracy in ONNX Runtime, and TensorRT engines built from them when a
+2b. `medtrt build`: FP16 and entropy-calibrated INT8 graphs (calibrated on training images only),
+   and the parity table: every precision's top-1 agreement, max |dprob| and accuracy against the
+   PyTorch FP32 reference, checked against medtrt.testing.PARITY, and TensorRT engines built from them when a
    TensorRT flavour is installed (built, not executed: that needs a GPU).
+2c. `medtrt eval` of the INT8 graph on the held-out split (eval.json, confusion and reliability
+   PNGs, summary.md), then Engine(...).infer(...) for every backend the machine can run.
 3. The fused ops on a ragged batch of gray, RGB and CT-like 16-bit images, each output compared
    with medtrt.reference.preprocess (the float64 restatement of the op's contract).
 """
@@ -71,14 +74,12 @@ def model_section() -> bool:
     onnx_probs = activate(onnx_logits, ref.preset.activation)
     onnx_top1 = onnx_probs.argmax(axis=1)
 
-    print(f"\nHeld-out test split: {len(labels)} images")
-    print(f"{'path':44s} {'accuracy':>9s} {'top-1 agreement':>16s} {'max |dprob|':>12s}")
-    print(f"{'PyTorch FP32 reference (float64 preprocess)':44s} "
-          f"{np.mean(ref.top1 == labels):9.4f} {'-':>16s} {'-':>12s}")
-    print(f"{'ONNX Runtime CPU FP32 (medtrt.ops preprocess)':44s} "
-          f"{np.mean(onnx_top1 == labels):9.4f} {np.mean(onnx_top1 == ref.top1):16.4f} "
-          f"{np.abs(onnx_probs - ref.probs).max():12.2e}")
-    precisions_ok = build_section(demo, split, images, labels, ref)
+    print(f"\nHeld-out test split: {len(labels)} images; PyTorch FP32 reference accuracy "
+          f"{np.mean(ref.top1 == labels):.4f}")
+    rows = [("FP32", "ONNX Runtime CPU", onnx_probs, "")]
+    precisions_ok, more = build_section(demo, split, images, labels, ref)
+    rows += more
+    precisions_ok &= parity_table(rows, ref, labels)
 
     scores, indices = topk(onnx_logits[::45], 3, activation=ref.preset.activation)
     print("\nmedtrt.ops.topk on the ONNX logits of a few held-out images:")
@@ -107,7 +108,7 @@ def build_section(demo, split, images, labels, ref) -> bool:
         tmp.rename(calib)
     have_trt = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
     x = resize_normalize(images, **ref.preset.preprocess_kwargs())
-    rows, ok = [], True
+    rows = []
     for precision in ("fp16", "int8"):
         out = demo.root / "engines"
         onnx_path = out / f"model.{precision}.onnx"
@@ -131,14 +132,74 @@ def build_section(demo, split, images, labels, ref) -> bool:
             engine = "not built: no TensorRT flavour installed"
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         probs = activate(session.run(None, {"image": x})[0], ref.preset.activation)
-        agree = float(np.mean(probs.argmax(1) == ref.top1))
+        rows.append((precision.upper(), "ONNX Runtime CPU", probs, engine))
+    if cuda_ready()[0]:  # the torch GPU path through medtrt's CUDA pipeline
+        from medtrt import Engine
+
+        for precision in ("fp32", "fp16"):
+            with Engine(demo.checkpoint, device=0, precision=precision) as e:
+                rows.append((precision.upper(), "torch GPU pipeline",
+                             e.infer(images, return_probs=True).probs, ""))
+    return True, rows
+
+
+def parity_table(rows, ref, labels) -> bool:
+    """precision x agreement x max |dprob| x accuracy, checked against medtrt.testing.PARITY."""
+    from medtrt.testing import PARITY, agreement
+
+    print("\nParity with the PyTorch FP32 reference (same images; thresholds from "
+          "medtrt.testing.PARITY):")
+    head = (f"  {'precision':9s} {'runs on':20s} {'top-1 agreement':>15s} {'max |dprob|':>11s} "
+            f"{'accuracy':>8s}  {'check':5s} engine")
+    print(head)
+    ok = True
+    for precision, where, probs, engine in rows:
+        t = PARITY[precision.lower()]
+        rep = agreement(probs, ref.probs, labels=ref.preset.labels)
+        good = rep.top1_agreement >= t["min_top1"] and rep.max_abs_prob_diff <= t["max_prob_diff"]
+        ok &= good
         acc = float(np.mean(probs.argmax(1) == labels))
-        dprob = float(np.abs(probs - ref.probs).max())
-        rows.append((precision.upper(), acc, agree, dprob, engine))
-        ok &= agree >= (0.995 if precision == "fp16" else 0.99)
-    for name, acc, agree, dprob, engine in rows:
-        print(f"{'ONNX Runtime CPU ' + name + ' graph':44s} {acc:9.4f} {agree:16.4f} {dprob:12.2e}  {engine}")
+        print(f"  {precision:9s} {where:20s} {rep.top1_agreement:15.4f} {rep.max_abs_prob_diff:11.2e} "
+              f"{acc:8.4f}  {'ok' if good else 'FAIL':5s} {engine}")
+        if not good:
+            print(f"    worst sample {rep.worst_index}: {rep.worst_candidate} vs reference "
+                  f"{rep.worst_reference}")
+    print(f"  thresholds: FP32 >= {PARITY['fp32']['min_top1']}, <= {PARITY['fp32']['max_prob_diff']:g}; "
+          f"FP16 >= {PARITY['fp16']['min_top1']}, <= {PARITY['fp16']['max_prob_diff']:g}; "
+          f"INT8 >= {PARITY['int8']['min_top1']}, <= {PARITY['int8']['max_prob_diff']:g}")
     return ok
+
+
+def heldout_folder(demo, split) -> Path:
+    """The held-out split as class folders (links into the demo data), for `medtrt eval`."""
+    root = demo.root / "heldout"
+    if not root.exists():
+        tmp = demo.root / "heldout.tmp"
+        for p in split.test.paths:
+            (tmp / p.parent.name).mkdir(parents=True, exist_ok=True)
+            link = tmp / p.parent.name / p.name
+            if not link.exists():
+                link.symlink_to(p)
+        tmp.rename(root)
+    return root
+
+
+def eval_section() -> bool:
+    """`medtrt eval` of the INT8 graph on the held-out split, against the PyTorch reference."""
+    from medtrt.evaluation import evaluate
+    from medtrt.train import cached_demo_model, training_split
+
+    demo = cached_demo_model(ROOT / ".cache" / "medtrt", progress=False)
+    data = heldout_folder(demo, training_split(demo.metrics))
+    model = demo.root / "engines" / "model.int8.onnx"
+    out = demo.root / "eval-int8"
+    r = evaluate(model, data, reference=demo.checkpoint, out=out, backend="onnxruntime")
+    rep = r.report
+    print(f"\nmedtrt eval {model.name} --data heldout --reference {demo.checkpoint.name}: accuracy "
+          f"{rep['accuracy']:.4f}, ECE {rep['ece']:.4f}, agreement with PyTorch "
+          f"{rep['reference']['top1_agreement']:.4f}, p50 {rep['latency_ms_per_image']['p50']:.2f} "
+          f"ms/image\n  wrote {', '.join(str(f) for f in r.files.values())}")
+    return rep["accuracy"] >= 0.95
 
 
 def engine_section() -> bool:
@@ -174,7 +235,7 @@ def engine_section() -> bool:
 
 
 def main() -> int:
-    model_ok = model_section() and engine_section()
+    model_ok = model_section() and eval_section() and engine_section()
     print()
     rng = np.random.default_rng(2026)
     info = medtrt.build_info()
