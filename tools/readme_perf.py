@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates README's Performance table from benchmarks/results/bench_ops_*.json."""
+"""Regenerates README's Performance tables from benchmarks/results/: bench_ops_*.json,
+bench_calibration.json and every medtrt bench report (bench-*/bench.json)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,39 @@ def calibration(path: Path) -> list[str]:
     ]
 
 
+def bench(path: Path) -> list[str]:
+    """One `medtrt bench` report: images/s per backend and batch, ratio to the baseline."""
+    r = json.loads(path.read_text())
+    m = r["machine"]
+    where = m["gpu"] or f"{m['cpu']} ({m['cores']} cores)"
+    batches = sorted({x["batch"] for x in r["results"]})
+    names = list(dict.fromkeys(x["backend"] for x in r["results"]))
+    cell = {(x["backend"], x["batch"]): x for x in r["results"]}
+    lines = [
+        f"**medtrt bench, {r['config']['mode']} mode, {r['preset']}: {where}** — "
+        f"{m['date'][:10]}, commit `{m['commit'][:10]}`{' (dirty tree)' if m.get('dirty') else ''}"
+        f", {r['config']['repeats']} interleaved repeats x {r['config']['duration']:g} s, "
+        f"{r['config']['threads']} threads; images/s (× {r['baseline']}); source "
+        f"`{path.relative_to(ROOT)}`",
+        "",
+        "| backend | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|" + "---:|" * len(batches),
+    ]
+    for n in names:
+        row = []
+        for b in batches:
+            x = cell.get((n, b))
+            if x is None:
+                row.append("—")
+            else:
+                ratio = f" ({x['ratio_to_baseline']:.2f}×)" if x["ratio_to_baseline"] else ""
+                row.append(f"{x['images_per_s']:.1f}{ratio}")
+        lines.append(f"| {n} | " + " | ".join(row) + " |")
+    if r["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in r["skipped"].items())]
+    return lines + [""]
+
+
 def main() -> int:
     body: list[str] = []
     for path in sorted((ROOT / "benchmarks" / "results").glob("bench_ops_*.json")):
@@ -62,6 +96,8 @@ def main() -> int:
     cal = ROOT / "benchmarks" / "results" / "bench_calibration.json"
     if cal.is_file():
         body += calibration(cal)
+    for path in sorted((ROOT / "benchmarks" / "results").glob("bench-*/bench.json")):
+        body += bench(path)
     readme = ROOT / "README.md"
     text = readme.read_text()
     block = "\n".join([BEGIN, "", *body, END])

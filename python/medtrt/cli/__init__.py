@@ -163,6 +163,47 @@ def _debug_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from medtrt.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(mode=args.mode,
+                      batches=tuple(_positive_int(b, "--batch") for b in args.batch.split(",")),
+                      backends=tuple(args.backends.split(",")) if args.backends else None,
+                      duration=args.duration, repeats=args.repeats, baseline=args.baseline,
+                      data=str(args.data) if args.data else None, threads=args.threads)
+    with Progress(transient=True, disable=args.quiet) as progress:
+        task = progress.add_task("benchmarking", total=None)
+        report = run_bench(args.model, cfg, args.out, on_progress=lambda what, done, total:
+                           progress.update(task, completed=done, total=total, description=what))
+    m = report["machine"]
+    table = Table(title=f"medtrt bench: {report['preset']}, {cfg.mode} mode, "
+                        f"{m['gpu'] or m['cpu']} ({m['cores']} cores), baseline {report['baseline']}")
+    for col in ("backend", "batch", "images/s", "x baseline", "p50 ms", "p95 ms", "p99 ms",
+                "CPU %", "GPU %", "W", "img/J"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        table.add_row(r["backend"], str(r["batch"]), f(r["images_per_s"], ".1f"),
+                      f(r["ratio_to_baseline"], ".2f"), f(lat["p50"], ".2f"), f(lat["p95"], ".2f"),
+                      f(lat["p99"], ".2f"), f(r["cpu_percent"], ".0f"), f(r["gpu_util"], ".0f"),
+                      f(r["power_w"], ".0f"), f(r["images_per_j"], ".1f"))
+    out = Console()
+    (out if out.is_terminal else Console(width=160)).print(table)
+    for name, why in report["skipped"].items():
+        print(f"skipped {name}: {why}")
+    print(f"GPU telemetry: {report['telemetry']['nvml']}")
+    print(f"wrote {args.out / 'bench.json'} and {', '.join(report['plots'])}")
+    return 0
+
+
 def _gate_row(gate: dict | None) -> str:
     if not gate:
         return "- (pass --val DIR to gate INT8 on agreement with FP32)"
@@ -285,6 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     dbg.add_argument("--top", type=int, default=15, help="layers listed (15)")
     dbg.add_argument("--out", type=Path, help="write the full per-layer report as JSON")
     dbg.set_defaults(func=_debug_layers)
+
+    from medtrt.bench import BACKENDS, MODES
+
+    bn = sub.add_parser("bench", help="backends side by side on one model: throughput, latency, "
+                                      "stages, telemetry (bench.json + PNGs)")
+    bn.add_argument("model", type=Path, help="checkpoint (.pt); its ONNX exports and engine "
+                                             "bundles are found beside it or in engines/")
+    bn.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)} (default: all)")
+    bn.add_argument("--batch", default="1,8,32,128,256", help="batch sizes (1,8,32,128,256)")
+    bn.add_argument("--mode", choices=MODES, default="engine")
+    bn.add_argument("--duration", type=float, default=3.0, help="seconds per window (3)")
+    bn.add_argument("--repeats", type=int, default=3, help="interleaved repeats; median reported")
+    bn.add_argument("--baseline", help="backend the ratios are taken to (default per mode)")
+    bn.add_argument("--data", type=Path, help="files mode: image folder (default: generated)")
+    bn.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    bn.add_argument("--out", type=Path, default=Path("bench"), help="output folder (./bench)")
+    bn.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    bn.set_defaults(func=_bench)
 
     ev = sub.add_parser("eval", help="accuracy, per-class metrics, calibration and agreement with "
                                      "a reference, on a MedNIST-layout folder")

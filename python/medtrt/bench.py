@@ -1,0 +1,695 @@
+"""`medtrt bench`: backends side by side on one model, with telemetry.
+
+Modes (what one timed call covers):
+    engine    pre-processed NCHW float32 inputs already where the backend computes (host for CPU
+              backends, device for CUDA ones) -> logits: compute only.
+    pipeline  host uint8 images -> top-k on the host, through medtrt.Engine (pinned
+              double-buffered slots on a GPU; the kernels' CPU twins on a CPU). The
+              ``torch-reference`` baseline does the same with NumPy pre-processing + eager torch.
+    files     a folder's worth of image files (as many as the largest batch) -> top-k, one call
+              per pass over all of them in batches of the given size: decode in a thread pool
+              overlapped with the pipeline (Engine.infer_many). The ``seed-dataloader``
+              baseline is the seed case study's CPU path: a PyTorch DataLoader (Pillow decode,
+              one worker per core) feeding the eager model, batch 32.
+
+Backends are interleaved: each repeat visits every batch size and every backend in turn, so
+drift (thermal, other load) affects all alike; each (backend, batch) window runs warm-up calls
+and then calls for ``duration`` seconds; figures are medians over repeats. A background thread
+samples CPU utilisation and memory (psutil) and, where NVML works, GPU utilisation, memory,
+power and temperature at ``telemetry_hz``; energy is the integral of power over a window.
+
+Artifacts are found next to the checkpoint MODEL (the layout `make demo` and `medtrt build`
+leave): ``<stem>.onnx`` (export) and ``<stem>.fp16|int8.onnx`` / ``.engine`` beside it or in
+``engines/``. A backend whose artifact or hardware is missing is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BenchConfig", "BACKENDS", "MODES", "run_bench", "machine_info"]
+
+MODES = ("engine", "pipeline", "files")
+BACKENDS = ("torch-cpu-fp32", "torch-cuda-fp32", "torch-cuda-fp16", "torch-compile-cuda-fp16",
+            "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8", "trt-fp16", "trt-int8",
+            "torch-reference", "seed-dataloader")
+DEFAULT_BASELINE = {"engine": "torch-cpu-fp32", "pipeline": "torch-reference",
+                    "files": "seed-dataloader"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    mode: str = "engine"
+    batches: tuple[int, ...] = (1, 8, 32, 128, 256)
+    backends: tuple[str, ...] | None = None  # None: every backend that applies to the mode
+    duration: float = 3.0  # seconds of timed calls per (backend, batch, repeat)
+    repeats: int = 3
+    warmup: int = 2  # calls before timing, per (backend, batch), first repeat
+    baseline: str | None = None  # default per mode (DEFAULT_BASELINE)
+    data: str | None = None  # files mode: an image folder; default: generated PNGs
+    threads: int = 0  # decode threads / DataLoader workers; 0: cpu count
+    telemetry_hz: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}; got {self.mode!r}")
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"--batch needs positive sizes; got {self.batches}")
+        unknown = [b for b in self.backends or () if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; expected some of {list(BACKENDS)}")
+        if self.duration <= 0 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError("--duration must be > 0, repeats >= 1, warmup >= 0")
+
+
+# ------------------------------------------------------------------------------- machine, telemetry
+
+
+def machine_info() -> dict[str, Any]:
+    """Date, commit, host, CPU, GPU/driver and library versions for a benchmark record."""
+    import medtrt
+
+    def run(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "medtrt": medtrt.__version__}
+    for mod in ("torch", "onnxruntime", "tensorrt", "tensorrt_rtx", "monai"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    gpu = run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "commit": os.environ.get("MEDTRT_COMMIT") or run(["git", "rev-parse", "HEAD"]),
+            "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
+            "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "gpu": gpu.split(",")[0].strip() if gpu else None,
+            "driver": gpu.split(",")[1].strip() if "," in gpu else None,
+            "versions": versions, "build": medtrt.build_info()}
+
+
+class Telemetry:
+    """Background sampler: psutil CPU % and RSS; NVML GPU util, memory, power, temperature."""
+
+    def __init__(self, hz: float) -> None:
+        self.period = 1.0 / hz
+        self.samples: list[dict[str, float]] = []
+        self.nvml_status = "not tried"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle = None
+        self._nvml = None
+        try:
+            import psutil
+
+            self._proc = psutil.Process()
+            psutil.cpu_percent(None)
+            self._psutil = psutil
+        except ImportError:
+            self._psutil = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = pynvml
+            self.nvml_status = "ok"
+        except Exception as exc:  # no driver / library / GPU: GPU telemetry is absent, said so
+            self.nvml_status = f"unavailable: {type(exc).__name__}: {exc}".strip()
+
+    @property
+    def has_gpu(self) -> bool:
+        return self._nvml is not None
+
+    def __enter__(self) -> Telemetry:
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, name="medtrt-telemetry", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self._nvml:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            s: dict[str, float] = {"t": self.now()}
+            if self._psutil:
+                s["cpu_percent"] = self._psutil.cpu_percent(None)
+                s["rss_bytes"] = float(self._proc.memory_info().rss)
+            if self._nvml:
+                n, h = self._nvml, self._handle
+                try:
+                    s["gpu_util"] = float(n.nvmlDeviceGetUtilizationRates(h).gpu)
+                    s["gpu_mem_bytes"] = float(n.nvmlDeviceGetMemoryInfo(h).used)
+                    s["power_w"] = n.nvmlDeviceGetPowerUsage(h) / 1000.0
+                    s["temp_c"] = float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
+                except Exception:
+                    pass
+            self.samples.append(s)
+
+    def window(self, t0: float, t1: float) -> dict[str, float | None]:
+        rows = [s for s in self.samples if t0 <= s["t"] <= t1]
+
+        def mean(k: str) -> float | None:
+            v = [r[k] for r in rows if k in r]
+            return float(np.mean(v)) if v else None
+
+        def peak(k: str) -> float | None:
+            v = [r[k] for r in rows if k in r]
+            return float(np.max(v)) if v else None
+
+        power = [(r["t"], r["power_w"]) for r in rows if "power_w" in r]
+        integrate = getattr(np, "trapezoid", None) or np.trapz  # NumPy < 2 has only trapz
+        energy = (float(integrate([p for _, p in power], [t for t, _ in power]))
+                  if len(power) >= 2 else None)
+        return {"samples": len(rows), "cpu_percent": mean("cpu_percent"),
+                "peak_rss_bytes": peak("rss_bytes"), "gpu_util": mean("gpu_util"),
+                "peak_gpu_mem_bytes": peak("gpu_mem_bytes"), "power_w": mean("power_w"),
+                "temp_c": peak("temp_c"), "energy_j": energy}
+
+
+# ------------------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Artifacts:
+    checkpoint: Path
+    onnx: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX
+    engines: dict[str, Path] = field(default_factory=dict)  # precision -> .engine bundle
+
+
+def find_artifacts(model: str | os.PathLike[str]) -> Artifacts:
+    ck = Path(model)
+    if not ck.is_file():
+        raise FileNotFoundError(f"model {ck} does not exist; pass a checkpoint (.pt) from "
+                                "medtrt train, with its exports beside it")
+    a = Artifacts(ck)
+    stem = ck.stem
+    for folder in (ck.parent, ck.parent / "engines"):
+        for prec in ("fp32", "fp16", "int8"):
+            onnx = folder / (f"{stem}.onnx" if prec == "fp32" else f"{stem}.{prec}.onnx")
+            if onnx.is_file():
+                a.onnx.setdefault(prec, onnx)
+            engine = folder / f"{stem}.{prec}.engine"
+            if engine.is_file() and Path(f"{engine}.json").is_file():
+                a.engines.setdefault(prec, engine)
+    return a
+
+
+class Backend:
+    """One way of running the model; ``call(inputs)`` is what gets timed."""
+
+    stage_times: dict[str, float] | None = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prepare(self, batch: int, inputs: Any) -> Any:  # move/convert inputs outside the timing
+        return inputs
+
+    def call(self, inputs: Any) -> None:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TorchCompute(Backend):
+    def __init__(self, name: str, checkpoint: Path, device: str, half: bool, compile_: bool) -> None:
+        super().__init__(name)
+        import torch
+
+        from medtrt.models import load
+
+        self.torch = torch
+        model, _ = load(checkpoint)
+        model = model.to(device).eval()
+        if half:
+            model = model.half()
+        self.model = torch.compile(model) if compile_ else model
+        self.device, self.dtype = device, torch.float16 if half else torch.float32
+
+    def prepare(self, batch: int, inputs: Any) -> Any:
+        return self.torch.from_numpy(inputs).to(self.device, self.dtype)
+
+    def call(self, inputs: Any) -> None:
+        with self.torch.inference_mode():
+            self.model(inputs)
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize()
+
+
+class OrtCompute(Backend):
+    def __init__(self, name: str, onnx: Path, threads: int) -> None:
+        super().__init__(name)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def call(self, inputs: Any) -> None:
+        self.session.run(None, {self.input: inputs})
+
+
+class EnginePipeline(Backend):
+    """medtrt.Engine: host images -> top-k on the host; files mode: paths, decoded in a thread
+    pool while earlier batches run (infer_many keeps the slots busy)."""
+
+    def __init__(self, name: str, path: Path, decode_threads: int, **kwargs: Any) -> None:
+        super().__init__(name)
+        from medtrt import Engine
+
+        self.engine = Engine(path, **kwargs)
+        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads else None
+        self.batch = 1
+
+    def prepare(self, batch: int, inputs: Any) -> Any:
+        self.batch = batch
+        return inputs
+
+    def call(self, inputs: Any) -> None:
+        if self.pool is not None:
+            from medtrt.data import read_image
+
+            for _ in self.engine.infer_many(self.pool.map(read_image, inputs),
+                                            batch_size=self.batch, k=1):
+                pass
+            self.stage_times = None
+            return
+        self.engine.infer(inputs, k=1)
+        times: dict[str, float] = {}
+        for part in self.engine.last_stage_times:
+            for k, v in part.items():
+                times[k] = times.get(k, 0.0) + v
+        self.stage_times = times
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.pool:
+            self.pool.shutdown()
+
+
+class TorchReference(Backend):
+    """Host images -> NumPy pre-processing (float64 reference) -> eager torch -> top-k."""
+
+    def __init__(self, name: str, checkpoint: Path) -> None:
+        super().__init__(name)
+        from medtrt.models import load
+
+        self.model, self.preset = load(checkpoint)
+
+    def call(self, inputs: Any) -> None:
+        from medtrt.reference import predict
+
+        predict(self.model, inputs, preset=self.preset, k=1, batch_size=max(len(inputs), 1))
+
+
+class SeedDataLoader(Backend):
+    """The seed's CPU path: DataLoader + Pillow decode + eager model, batch 32 (fixed)."""
+
+    BATCH = 32
+
+    def __init__(self, name: str, checkpoint: Path, workers: int) -> None:
+        super().__init__(name)
+        import torch
+
+        from medtrt.models import load
+
+        self.torch = torch
+        self.model, self.preset = load(checkpoint)
+        self.workers = workers
+
+    def call(self, inputs: Any) -> None:
+        torch = self.torch
+        preset = self.preset
+        size = tuple(preset.image_size)
+        mean = np.asarray(preset.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(preset.std, np.float32).reshape(-1, 1, 1)
+        mode = "L" if preset.in_channels == 1 else "RGB"
+
+        class Files(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(inputs)
+
+            def __getitem__(self, i: int) -> Any:
+                from PIL import Image
+
+                with Image.open(inputs[i]) as im:
+                    arr = np.asarray(im.convert(mode).resize(size[::-1], Image.BILINEAR),
+                                     np.float32) / 255.0
+                arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+                return torch.from_numpy((arr - mean) / std)
+
+        loader = torch.utils.data.DataLoader(Files(), batch_size=self.BATCH,
+                                             num_workers=self.workers if len(inputs) > self.BATCH else 0)
+        with torch.inference_mode():
+            for x in loader:
+                torch.topk(torch.softmax(self.model(x), 1), 1)
+
+
+def _cuda() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    return True, ""
+
+
+def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend | str:
+    """The backend, or the reason it cannot run here in this mode."""
+    cuda_ok, why_no_cuda = _cuda()
+    decode = threads if mode == "files" else 0
+    if name in ("torch-reference", "seed-dataloader"):
+        if name == "torch-reference" and mode != "pipeline":
+            return "the NumPy+eager reference path is the pipeline-mode baseline"
+        if name == "seed-dataloader" and mode != "files":
+            return "the DataLoader+Pillow baseline reads files: files mode only"
+        return (TorchReference(name, art.checkpoint) if name == "torch-reference"
+                else SeedDataLoader(name, art.checkpoint, threads))
+    if name.startswith("trt-"):
+        prec = name.split("-")[1]
+        if prec not in art.engines:
+            return f"no {art.checkpoint.stem}.{prec}.engine bundle: run medtrt build --{prec}"
+        try:
+            __import__("tensorrt")
+        except ImportError:
+            return "full TensorRT is not installed (TensorRT-RTX cannot run on data-centre GPUs)"
+        if not cuda_ok:
+            return why_no_cuda
+        if mode == "engine":
+            return "engine (compute-only) mode for TensorRT is not implemented; use --mode pipeline"
+        return EnginePipeline(name, art.engines[prec], decode, backend="tensorrt", device=0)
+    if name.startswith("ort-"):
+        prec = name.split("-")[2]
+        if prec not in art.onnx:
+            return (f"no {art.checkpoint.stem}{'' if prec == 'fp32' else '.' + prec}.onnx beside "
+                    f"the model: run medtrt export / medtrt build --{prec}")
+        if mode == "engine":
+            return OrtCompute(name, art.onnx[prec], threads)
+        return EnginePipeline(name, art.onnx[prec], decode, backend="onnxruntime")
+    # torch-*
+    on_cuda = "cuda" in name
+    if on_cuda and not cuda_ok:
+        return why_no_cuda
+    half = name.endswith("fp16")
+    if mode == "engine":
+        return TorchCompute(name, art.checkpoint, "cuda" if on_cuda else "cpu", half,
+                            "compile" in name)
+    if "compile" in name:
+        return "torch.compile is measured in engine mode (the pipeline runs the eager stage)"
+    return EnginePipeline(name, art.checkpoint, decode, backend="torch",
+                          device=0 if on_cuda else "cpu", precision="fp16" if half else "fp32")
+
+
+# ----------------------------------------------------------------------------------------- run
+
+
+def _inputs(mode: str, preset: Any, n: int, seed: int, data: str | None, tmp: Path) -> Any:
+    """The largest batch's inputs; smaller batches take a prefix."""
+    from medtrt.data.synth import CLASSES, render
+    from medtrt.ops import resize_normalize
+
+    rng = np.random.default_rng(seed)
+    size = max(preset.image_size)
+    if mode == "files":
+        if data:
+            from medtrt.data import IMAGE_SUFFIXES
+
+            paths = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise ValueError(f"--data {data} holds no images")
+            return [paths[i % len(paths)] for i in range(n)]
+        from PIL import Image
+
+        paths = []
+        for i in range(min(n, 256)):  # distinct files, reused cyclically for larger batches
+            p = tmp / f"{i:04d}.png"
+            Image.fromarray(render(CLASSES[i % len(CLASSES)], rng, size)).save(p)
+            paths.append(p)
+        return [paths[i % len(paths)] for i in range(n)]
+    images = [render(CLASSES[i % len(CLASSES)], rng, size) for i in range(min(n, 256))]
+    images = [images[i % len(images)] for i in range(n)]
+    if mode == "pipeline":
+        return images
+    return resize_normalize(images, **preset.preprocess_kwargs())
+
+
+def _pct(v: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(v), q))
+
+
+def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.PathLike[str], *,
+              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark; write ``bench.json`` and PNGs under ``out``; return the report."""
+    from medtrt.models.checkpoint import load_checkpoint
+    from medtrt.models.presets import Preset
+
+    cfg = config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = cfg.threads or os.cpu_count() or 1
+    art = find_artifacts(model)
+    preset = Preset.from_dict(load_checkpoint(art.checkpoint)["preset"])
+    names = list(cfg.backends or BACKENDS)
+    baseline = cfg.baseline or DEFAULT_BASELINE[cfg.mode]
+    if baseline not in names:
+        names.insert(0, baseline)
+    backends: dict[str, Backend] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        got = make_backend(name, cfg.mode, art, threads)
+        if isinstance(got, str):
+            skipped[name] = got
+        else:
+            backends[name] = got
+    if not backends:
+        raise ValueError(f"no backend can run in {cfg.mode} mode here: {skipped}")
+    if baseline in skipped:
+        raise ValueError(f"baseline {baseline} cannot run: {skipped[baseline]}")
+
+    batches = sorted(set(cfg.batches))
+    if cfg.mode == "files" and "seed-dataloader" in backends and SeedDataLoader.BATCH not in batches:
+        batches = sorted(set(batches) | {SeedDataLoader.BATCH})
+    windows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    total = cfg.repeats * len(batches) * len(backends)
+    done = 0
+    with tempfile.TemporaryDirectory() as tmpdir, Telemetry(cfg.telemetry_hz) as tel:
+        data = _inputs(cfg.mode, preset, max(batches), cfg.seed, cfg.data, Path(tmpdir))
+        for rep in range(cfg.repeats):
+            for batch in batches:
+                for name, be in backends.items():
+                    if name == "seed-dataloader" and batch != SeedDataLoader.BATCH:
+                        continue  # the seed path runs at its own batch size only
+                    # files mode: every call is one pass over all files in batches of `batch`
+                    per_call = len(data) if cfg.mode == "files" else batch
+                    x = be.prepare(batch, data if cfg.mode == "files" else data[:batch])
+                    for _ in range(cfg.warmup if rep == 0 else 1):
+                        be.call(x)
+                    be.sync()
+                    lat: list[float] = []
+                    stages: list[dict[str, float]] = []
+                    t_start = tel.now()
+                    w0 = time.perf_counter()
+                    while True:
+                        c0 = time.perf_counter()
+                        be.call(x)
+                        be.sync()
+                        lat.append(time.perf_counter() - c0)
+                        if be.stage_times:
+                            stages.append(dict(be.stage_times))
+                        if time.perf_counter() - w0 >= cfg.duration and len(lat) >= 3:
+                            break
+                    wall = time.perf_counter() - w0
+                    windows.setdefault((name, batch), []).append(
+                        {"images_per_s": per_call * len(lat) / wall, "latency_s": lat,
+                         "stages": stages, "telemetry": tel.window(t_start, tel.now()),
+                         "calls": len(lat), "wall_s": wall})
+                    done += 1
+                    if on_progress:
+                        on_progress(f"{name} batch {batch} (repeat {rep + 1}/{cfg.repeats})", done, total)
+        trace = tel.samples
+        nvml = tel.nvml_status
+    for be in backends.values():
+        be.close()
+
+    results = []
+    for (name, batch), ws in sorted(windows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lat = [v for w in ws for v in w["latency_s"]]
+        thr = [w["images_per_s"] for w in ws]
+        stage_keys = sorted({k for w in ws for s in w["stages"] for k in s})
+        stage_ms = {k: 1e3 * float(np.median([s.get(k, 0.0) for w in ws for s in w["stages"]]))
+                    for k in stage_keys} or None
+        tele = [w["telemetry"] for w in ws]
+
+        def med(key: str) -> float | None:
+            v = [t[key] for t in tele if t.get(key) is not None]
+            return float(np.median(v)) if v else None
+
+        per_call = batch if cfg.mode != "files" else len(data)
+        energy = [(t["energy_j"], w["calls"] * per_call) for t, w in zip(tele, ws) if t.get("energy_j")]
+        results.append({
+            "backend": name, "batch": batch, "mode": cfg.mode,
+            "images_per_s": float(np.median(thr)), "images_per_s_repeats": thr,
+            "latency_ms": {"p50": 1e3 * _pct(lat, 50), "p95": 1e3 * _pct(lat, 95),
+                           "p99": 1e3 * _pct(lat, 99), "calls": len(lat),
+                           "images_per_call": per_call},
+            "stage_ms": stage_ms,
+            "cpu_percent": med("cpu_percent"), "peak_rss_bytes": med("peak_rss_bytes"),
+            "gpu_util": med("gpu_util"), "peak_gpu_mem_bytes": med("peak_gpu_mem_bytes"),
+            "power_w": med("power_w"), "temp_c": med("temp_c"),
+            "images_per_j": (float(np.median([n / e for e, n in energy])) if energy else None),
+        })
+    base = {r["batch"]: r["images_per_s"] for r in results if r["backend"] == baseline}
+    for r in results:
+        ref = base.get(r["batch"]) or (base.get(SeedDataLoader.BATCH) if cfg.mode == "files" else None)
+        r["ratio_to_baseline"] = r["images_per_s"] / ref if ref else None
+    report = {
+        "format": "medtrt-bench/1", "machine": machine_info(), "model": str(art.checkpoint),
+        "preset": preset.name, "config": {**asdict(cfg), "threads": threads},
+        "baseline": baseline, "artifacts": {"onnx": {k: str(v) for k, v in art.onnx.items()},
+                                            "engines": {k: str(v) for k, v in art.engines.items()}},
+        "skipped": skipped, "telemetry": {"nvml": nvml, "hz": cfg.telemetry_hz,
+                                          "trace": trace[:: max(1, len(trace) // 2000)]},
+        "results": results,
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["plots"] = plot(report, out)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def plot(report: dict[str, Any], out: Path) -> list[str]:
+    """Throughput vs batch, latency percentiles, stage breakdown and telemetry traces (PNG)."""
+    from medtrt._lazy import require
+
+    require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["results"]
+    names = sorted({r["backend"] for r in res})
+    title = (f"{report['preset']} - {report['config']['mode']} mode - "
+             f"{report['machine']['gpu'] or report['machine']['cpu']}")
+    files = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for n in names:
+        rows = sorted((r for r in res if r["backend"] == n), key=lambda r: r["batch"])
+        ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], "o-", label=n)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s (median of repeats)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=120)
+    plt.close(fig)
+    files.append("throughput.png")
+
+    batch = max(r["batch"] for r in res)
+    rows = [r for r in res if r["batch"] == batch] or res
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = np.arange(len(rows))
+    for i, q in enumerate(("p50", "p95", "p99")):
+        ax.bar(xs + (i - 1) * 0.27, [r["latency_ms"][q] for r in rows], 0.27, label=q)
+    ax.set_xticks(xs, [r["backend"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"latency per call, ms (batch {rows[0]['batch']})")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=120)
+    plt.close(fig)
+    files.append("latency.png")
+
+    staged = [r for r in rows if r["stage_ms"]]
+    if staged:
+        keys = ["decode", "staging", "h2d", "preprocess", "compute", "postprocess", "d2h"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        bottom = np.zeros(len(staged))
+        for k in keys:
+            v = np.array([r["stage_ms"].get(k, 0.0) for r in staged])
+            if v.any():
+                ax.bar(range(len(staged)), v, bottom=bottom, label=k)
+                bottom += v
+        ax.set_xticks(range(len(staged)), [r["backend"] for r in staged], rotation=30,
+                      ha="right", fontsize=7)
+        ax.set_ylabel(f"ms per call (batch {staged[0]['batch']}, median)")
+        ax.set_title("stage breakdown - " + title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "stages.png", dpi=120)
+        plt.close(fig)
+        files.append("stages.png")
+
+    trace = report["telemetry"]["trace"]
+    if trace:
+        series = [("cpu_percent", "CPU %"), ("rss_bytes", "host RSS (GiB)"), ("gpu_util", "GPU util %"),
+                  ("power_w", "GPU power (W)"), ("gpu_mem_bytes", "GPU memory (GiB)"),
+                  ("temp_c", "GPU temp (C)")]
+        series = [(k, lab) for k, lab in series if any(k in s for s in trace)]
+        fig, axes = plt.subplots(len(series), 1, figsize=(7, 1.6 * len(series) + 0.6), sharex=True)
+        for ax, (k, lab) in zip(np.atleast_1d(axes), series):
+            pts = [(s["t"], s[k] / (2**30 if k.endswith("bytes") else 1)) for s in trace if k in s]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
+            ax.set_ylabel(lab, fontsize=7)
+            ax.grid(alpha=0.3)
+        np.atleast_1d(axes)[-1].set_xlabel("seconds")
+        np.atleast_1d(axes)[0].set_title(f"telemetry ({report['telemetry']['nvml']}) - {title}",
+                                         fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "telemetry.png", dpi=120)
+        plt.close(fig)
+        files.append("telemetry.png")
+    return files

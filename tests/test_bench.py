@@ -1,0 +1,105 @@
+"""`medtrt bench` runs on the CPU with tiny settings and writes valid JSON and plots (its speed is
+not tested: benchmarks report figures, tests check they are computed and recorded correctly)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from medtrt.bench import BenchConfig, find_artifacts, run_bench
+from medtrt.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(demo_model, tmp_path_factory):
+    """The demo checkpoint with its FP32 export and an INT8 Q/DQ graph in engines/."""
+    import onnx
+
+    from helpers.heldout import held_out
+    from medtrt.precision import CalibrationConfig, calibrate, insert_qdq, plan_qdq
+
+    root = tmp_path_factory.mktemp("bench-model")
+    shutil.copy(demo_model.checkpoint, root / "model.pt")
+    shutil.copy(demo_model.onnx, root / "model.onnx")
+    (root / "engines").mkdir()
+    fp32 = onnx.load(str(demo_model.onnx))
+    plan = plan_qdq(fp32)
+    cal = calibrate(demo_model.onnx, held_out(demo_model).train_paths[:32], plan.tensors,
+                    CalibrationConfig(num_images=32))
+    insert_qdq(fp32, cal.amax, plan=plan, out=root / "engines" / "model.int8.onnx")
+    return root
+
+
+def test_artifacts_are_found_beside_the_checkpoint(model_dir):
+    a = find_artifacts(model_dir / "model.pt")
+    assert a.onnx == {"fp32": model_dir / "model.onnx", "int8": model_dir / "engines" / "model.int8.onnx"}
+    assert a.engines == {}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_artifacts(model_dir / "nope.pt")
+
+
+def test_engine_mode_interleaves_backends_and_records_everything(model_dir, tmp_path):
+    cfg = BenchConfig(mode="engine", batches=(1, 4), duration=0.05, repeats=2, warmup=1,
+                      backends=("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8", "ort-cpu-fp16",
+                                "torch-cuda-fp16", "trt-int8"))
+    seen = []
+    report = run_bench(model_dir / "model.pt", cfg, tmp_path,
+                       on_progress=lambda what, done, total: seen.append((what, done, total)))
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    # Interleaved: repeat 1 visits every (batch, backend) before repeat 2 starts.
+    assert [w for w, _, _ in seen[:6]] == [
+        "torch-cpu-fp32 batch 1 (repeat 1/2)", "ort-cpu-fp32 batch 1 (repeat 1/2)",
+        "ort-cpu-int8 batch 1 (repeat 1/2)", "torch-cpu-fp32 batch 4 (repeat 1/2)",
+        "ort-cpu-fp32 batch 4 (repeat 1/2)", "ort-cpu-int8 batch 4 (repeat 1/2)"]
+    assert seen[-1][1:] == (12, 12)
+    assert set(report["skipped"]) == {"ort-cpu-fp16", "torch-cuda-fp16", "trt-int8"}
+    assert "no model.fp16.onnx" in report["skipped"]["ort-cpu-fp16"]
+    assert "TensorRT" in report["skipped"]["trt-int8"] or "bundle" in report["skipped"]["trt-int8"]
+    rows = {(r["backend"], r["batch"]): r for r in report["results"]}
+    assert set(rows) == {(b, n) for b in ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8") for n in (1, 4)}
+    for (name, batch), r in rows.items():
+        assert len(r["images_per_s_repeats"]) == 2 and r["images_per_s"] > 0
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p95"] <= r["latency_ms"]["p99"]
+        assert r["latency_ms"]["calls"] >= 6 and r["mode"] == "engine"
+        base = rows[("torch-cpu-fp32", batch)]["images_per_s"]
+        assert r["ratio_to_baseline"] == pytest.approx(r["images_per_s"] / base)
+        assert r["peak_rss_bytes"] is None or r["peak_rss_bytes"] > 1e6
+    assert report["baseline"] == "torch-cpu-fp32" and report["machine"]["cores"] >= 1
+    assert {"torch", "onnxruntime"} <= set(report["machine"]["versions"])
+    assert report["telemetry"]["nvml"] == "ok" or report["telemetry"]["nvml"].startswith("unavailable")
+    for png in ("throughput.png", "latency.png", "telemetry.png"):
+        assert png in report["plots"] and (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pipeline_and_files_modes_with_stage_breakdown_and_seed_baseline(model_dir, tmp_path):
+    pipe = run_bench(model_dir / "model.pt", BenchConfig(
+        mode="pipeline", batches=(8,), duration=0.05, repeats=1, warmup=1,
+        backends=("ort-cpu-fp32",)), tmp_path / "p")
+    rows = {r["backend"]: r for r in pipe["results"]}
+    assert set(rows) == {"torch-reference", "ort-cpu-fp32"}  # the baseline is added
+    stages = rows["ort-cpu-fp32"]["stage_ms"]
+    assert {"staging", "preprocess", "compute", "postprocess", "total"} <= set(stages)
+    assert "stages.png" in pipe["plots"]
+    files = run_bench(model_dir / "model.pt", BenchConfig(
+        mode="files", batches=(16,), duration=0.05, repeats=1, warmup=0, threads=2,
+        backends=("ort-cpu-int8",)), tmp_path / "f")
+    rows = {(r["backend"], r["batch"]): r for r in files["results"]}
+    # The seed path runs at its own batch (32) over the same 32 files; medtrt at 16 and 32.
+    assert ("seed-dataloader", 32) in rows and ("seed-dataloader", 16) not in rows
+    assert rows[("ort-cpu-int8", 16)]["latency_ms"]["images_per_call"] == 32
+    assert rows[("seed-dataloader", 32)]["ratio_to_baseline"] == pytest.approx(1.0)
+
+
+def test_cli_prints_a_table_and_errors_name_the_fix(model_dir, tmp_path, capsys):
+    assert main(["bench", str(model_dir / "model.pt"), "--backends", "ort-cpu-fp32",
+                 "--batch", "2", "--duration", "0.05", "--repeats", "1", "-q",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "medtrt bench" in out and "ort-cpu-fp32" in out and "bench.json" in out
+    assert main(["bench", str(model_dir / "model.pt"), "--backends", "nope", "-q"]) == 1
+    assert "unknown backend(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--mode must be one of"):
+        BenchConfig(mode="fast")
