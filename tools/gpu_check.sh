@@ -4,7 +4,8 @@
 #             (a skip is a failure here; the demo model is trained there, on the GPU)
 #   sanitize  compute-sanitizer memcheck/synccheck/initcheck/racecheck over the op tests and a
 #             short run of the pipeline tests
-#   bench     tools/bench_ops.py --gpu-only and tools/bench_pipeline.py (FP16, batch 256)
+#   bench     tools/bench_ops.py --gpu-only, tools/bench_pipeline.py (FP16, batch 256) and
+#             medtrt bench in engine and pipeline modes (torch CPU/CUDA/compile, ORT CPU)
 # Default: all three (may not fit 10 minutes; then call once per phase: the build is reused).
 # MONAI is not on that machine: carry it as a wheel, prepared here once with
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -47,7 +48,7 @@ for phase in $PHASES; do
   case $phase in
     test)
       timeout 420 $PY -m pytest -m gpu -p no:cacheprovider -q -rs --durations=10 \
-        tests/ops tests/runtime 2>&1 | tee "$OUT/pytest_gpu.log"
+        tests/ops tests/runtime tests/parity/test_parity_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
       status+=("pytest -m gpu: rc=${PIPESTATUS[0]}") ;;
     sanitize)
       # The caching allocator hides overruns inside its blocks from memcheck: turn it off here.
@@ -67,7 +68,14 @@ for phase in $PHASES; do
       status+=("bench_ops: rc=${PIPESTATUS[0]}")
       timeout 300 $PY tools/bench_pipeline.py --device cuda:0 --precision fp16 --batch 256 \
         --graphs --out "$OUT/bench_pipeline_gpu.json" 2>&1 | tee "$OUT/bench_pipeline.log"
-      status+=("bench_pipeline: rc=${PIPESTATUS[0]}") ;;
+      status+=("bench_pipeline: rc=${PIPESTATUS[0]}")
+      MODEL=$(ls -d "$MEDTRT_CACHE"/mednist-demo-*/model.pt 2>/dev/null | head -1)
+      for mode in engine pipeline; do
+        timeout 240 $PY -m medtrt bench "$MODEL" --mode $mode --batch 1,32,256 --duration 2 \
+          --repeats 2 -q --backends torch-cpu-fp32,torch-cuda-fp32,torch-cuda-fp16,torch-compile-cuda-fp16,ort-cpu-fp32 \
+          --out "$OUT/bench-gpu-$mode" 2>&1 | tee "$OUT/bench_$mode.log"
+        status+=("medtrt bench $mode: rc=${PIPESTATUS[0]}")
+      done ;;
     *) echo "unknown phase $phase (test | sanitize | bench)"; exit 2 ;;
   esac
 done
