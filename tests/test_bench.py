@@ -82,6 +82,8 @@ def test_pipeline_and_files_modes_with_stage_breakdown_and_seed_baseline(model_d
     assert set(rows) == {"torch-reference", "ort-cpu-fp32"}  # the baseline is added
     stages = rows["ort-cpu-fp32"]["stage_ms"]
     assert {"staging", "preprocess", "compute", "postprocess", "total"} <= set(stages)
+    # Stages are milliseconds per call and add up to no more than the call's latency.
+    assert 0 < stages["compute"] <= stages["total"] <= 1.05 * rows["ort-cpu-fp32"]["latency_ms"]["p99"]
     assert "stages.png" in pipe["plots"]
     files = run_bench(model_dir / "model.pt", BenchConfig(
         mode="files", batches=(16,), duration=0.05, repeats=1, warmup=0, threads=2,

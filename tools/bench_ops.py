@@ -12,12 +12,9 @@ never samples) plus the output. Not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-import medtrt
 from medtrt._native import cuda_ready
 from medtrt.ops import resize_normalize, topk
 
@@ -199,31 +195,13 @@ def bench_gpu(batch: int, repeats: int) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    def run(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
-                                  cwd=ROOT).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+    """medtrt.bench.machine_info(), plus the flat keys earlier reports (and readme_perf) use."""
+    from medtrt.bench import machine_info
 
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        # MEDTRT_COMMIT: set by tools/gpu_check.sh, whose copy of the tree has no .git
-        "commit": os.environ.get("MEDTRT_COMMIT") or run(["git", "rev-parse", "HEAD"]),
-        "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
-        "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-        "python": platform.python_version(), "numpy": np.__version__,
-        "medtrt": medtrt.__version__, "build": medtrt.build_info(),
-    }
-    driver = run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
-    if driver:
-        info["nvidia_smi"] = driver
+    info = machine_info()
+    info.update({k: info["versions"][k] for k in ("python", "numpy", "medtrt")})
+    if info.get("gpu"):
+        info["nvidia_smi"] = f"{info['gpu']}, {info['driver']}"
     return info
 
 

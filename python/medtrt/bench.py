@@ -562,7 +562,8 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
         lat = [v for w in ws for v in w["latency_s"]]
         thr = [w["images_per_s"] for w in ws]
         stage_keys = sorted({k for w in ws for s in w["stages"] for k in s})
-        stage_ms = {k: 1e3 * float(np.median([s.get(k, 0.0) for w in ws for s in w["stages"]]))
+        # Engine.last_stage_times are milliseconds (CUDA events, or host timers on the CPU twin)
+        stage_ms = {k: float(np.median([s.get(k, 0.0) for w in ws for s in w["stages"]]))
                     for k in stage_keys} or None
         tele = [w["telemetry"] for w in ws]
 

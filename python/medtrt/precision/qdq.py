@@ -129,6 +129,16 @@ def _weight_qdq(onnx: Any, numpy_helper: Any, w: np.ndarray, name: str,
     return inits, [dq]
 
 
+def _replace_nodes(graph: Any, nodes: list[Any], new_initializers: list[Any]) -> None:
+    """Set the graph's nodes; keep the initializers still read, plus the new ones."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_initializers)
+
+
 def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = None,
                out: str | os.PathLike[str] | None = None, **plan_kwargs: Any) -> tuple[Any, QdqPlan]:
     """Return (a copy of ``model`` with Q/DQ nodes, the plan used).
@@ -212,12 +222,7 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
         ordered += weight_nodes.get(idx, [])
         ordered.append(node)
     ordered += new_nodes.get(len(graph.node), [])
-    del graph.node[:]
-    graph.node.extend(ordered)
-    used = {i for n in graph.node for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
+    _replace_nodes(graph, ordered, new_inits)
     onnx.checker.check_model(model)
     final_plan = QdqPlan(plan.tensors, plan.groups, plan.consumers, skipped)
     if out is not None:
@@ -273,11 +278,6 @@ def keep_in_fp16(model: Any, nodes: Iterable[str]) -> list[str]:
     unknown = wanted - {n.name for n in ordered}
     if unknown:
         raise ValueError(f"keep_in_fp16: no nodes named {sorted(unknown)[:5]} in the graph")
-    del graph.node[:]
-    graph.node.extend(ordered)
-    used = {i for n in graph.node for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
+    _replace_nodes(graph, ordered, new_inits)
     onnx.checker.check_model(model)
     return cast
