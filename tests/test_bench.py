@@ -105,3 +105,19 @@ def test_cli_prints_a_table_and_errors_name_the_fix(model_dir, tmp_path, capsys)
     assert "unknown backend(s) ['nope']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--mode must be one of"):
         BenchConfig(mode="fast")
+
+
+def test_energy_is_mean_power_over_the_whole_window():
+    from medtrt.bench import Telemetry
+
+    tel = Telemetry(10.0)
+    tel.samples = [{"t": 0.05 + 0.1 * i, "power_w": 100.0} for i in range(30)]  # 0.05 .. 2.95 s
+    w = tel.window(0.0, 3.0)
+    assert w["power_w"] == 100.0 and w["energy_j"] == pytest.approx(300.0)
+    assert tel.window(5.0, 6.0)["energy_j"] is None  # no samples: no figure, not zero
+
+
+def test_unknown_baseline_is_refused():
+    with pytest.raises(ValueError, match=r"unknown backend\(s\) \['nope'\]"):
+        BenchConfig(baseline="nope")
+

@@ -207,6 +207,8 @@ def test_accuracy_gate_keeps_the_broken_layer_in_fp16(demo_model, broken_cache, 
     gate = b["accuracy_gate"]
     assert gate["passed"] and gate["agreement_before"] < 0.99 <= gate["agreement"]
     assert gate["fp16_layers"] == b["quantization"]["fp16_layers"] == ["node_Conv_1698"]
+    # The bundle counts the gated graph: the image's own Q/DQ went with the stem conv.
+    assert b["quantization"]["activation_tensors"] == 240
     assert gate["accuracy"]["int8"] >= gate["accuracy"]["fp32"] - 0.01 and gate["images"] == 256
     graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     assert "node_Conv_1698_CastToFp16" in {n.name for n in graph.node}

@@ -198,7 +198,7 @@ def machine() -> dict[str, Any]:
     """medtrt.bench.machine_info(), plus the flat keys earlier reports (and readme_perf) use."""
     from medtrt.bench import machine_info
 
-    info = machine_info()
+    info = machine_info(cwd=ROOT)
     info.update({k: info["versions"][k] for k in ("python", "numpy", "medtrt")})
     if info.get("gpu"):
         info["nvidia_smi"] = f"{info['gpu']}, {info['driver']}"

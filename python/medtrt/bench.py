@@ -70,7 +70,8 @@ class BenchConfig:
             raise ValueError(f"--mode must be one of {MODES}; got {self.mode!r}")
         if not self.batches or min(self.batches) < 1:
             raise ValueError(f"--batch needs positive sizes; got {self.batches}")
-        unknown = [b for b in self.backends or () if b not in BACKENDS]
+        unknown = [b for b in (*(self.backends or ()), *([self.baseline] if self.baseline else []))
+                   if b not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown backend(s) {unknown}; expected some of {list(BACKENDS)}")
         if self.duration <= 0 or self.repeats < 1 or self.warmup < 0:
@@ -80,13 +81,16 @@ class BenchConfig:
 # ------------------------------------------------------------------------------- machine, telemetry
 
 
-def machine_info() -> dict[str, Any]:
-    """Date, commit, host, CPU, GPU/driver and library versions for a benchmark record."""
+def machine_info(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Date, commit, host, CPU, GPU/driver and library versions for a benchmark record. The
+    commit is $MEDTRT_COMMIT or that of the git checkout at ``cwd`` (default: the current
+    directory, where `medtrt bench` is run from)."""
     import medtrt
 
     def run(cmd: list[str]) -> str:
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                                  cwd=cwd).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -193,10 +197,10 @@ class Telemetry:
             v = [r[k] for r in rows if k in r]
             return float(np.max(v)) if v else None
 
-        power = [(r["t"], r["power_w"]) for r in rows if "power_w" in r]
-        integrate = getattr(np, "trapezoid", None) or np.trapz  # NumPy < 2 has only trapz
-        energy = (float(integrate([p for _, p in power], [t for t, _ in power]))
-                  if len(power) >= 2 else None)
+        power = mean("power_w")
+        # Mean sampled power x the window's length: the samples cover the window evenly, and
+        # integrating between the first and last sample would drop its edges.
+        energy = power * (t1 - t0) if power is not None else None
         return {"samples": len(rows), "cpu_percent": mean("cpu_percent"),
                 "peak_rss_bytes": peak("rss_bytes"), "gpu_util": mean("gpu_util"),
                 "peak_gpu_mem_bytes": peak("gpu_mem_bytes"), "power_w": mean("power_w"),
@@ -362,7 +366,23 @@ class SeedDataLoader(Backend):
         self.model, self.preset = load(checkpoint)
         self.workers = workers
 
+    def prepare(self, batch: int, inputs: Any) -> Any:
+        """One DataLoader per input set, with persistent workers: their start-up happens in the
+        warm-up calls, not in every timed pass (as in a training/eval job's steady state)."""
+        if getattr(self, "_for", None) is not inputs:
+            self._for, self.loader = inputs, self._loader(inputs)
+        return inputs
+
     def call(self, inputs: Any) -> None:
+        torch = self.torch
+        with torch.inference_mode():
+            for x in self.loader:
+                torch.topk(torch.softmax(self.model(x), 1), 1)
+
+    def close(self) -> None:
+        self.loader = self._for = None  # ends the persistent workers
+
+    def _loader(self, inputs: Any) -> Any:
         torch = self.torch
         preset = self.preset
         size = tuple(preset.image_size)
@@ -383,11 +403,9 @@ class SeedDataLoader(Backend):
                 arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
                 return torch.from_numpy((arr - mean) / std)
 
-        loader = torch.utils.data.DataLoader(Files(), batch_size=self.BATCH,
-                                             num_workers=self.workers if len(inputs) > self.BATCH else 0)
-        with torch.inference_mode():
-            for x in loader:
-                torch.topk(torch.softmax(self.model(x), 1), 1)
+        workers = self.workers if len(inputs) > self.BATCH else 0
+        return torch.utils.data.DataLoader(Files(), batch_size=self.BATCH, num_workers=workers,
+                                           persistent_workers=workers > 0)
 
 
 def _cuda() -> tuple[bool, str]:
@@ -515,8 +533,28 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
     batches = sorted(set(cfg.batches))
     if cfg.mode == "files" and "seed-dataloader" in backends and SeedDataLoader.BATCH not in batches:
         batches = sorted(set(batches) | {SeedDataLoader.BATCH})
+    if cfg.threads:
+        import importlib.util
+
+        if importlib.util.find_spec("torch"):
+            import torch
+
+            torch.set_num_threads(cfg.threads)  # torch CPU backends (ORT/decode get it directly)
+    try:
+        windows, trace, nvml, n_files = _measure(cfg, backends, batches, preset, on_progress)
+    finally:
+        for be in backends.values():
+            be.close()
+    return _report(cfg, art, preset, baseline, threads, skipped, windows, trace, nvml, n_files, out)
+
+
+def _measure(cfg: BenchConfig, backends: dict[str, Backend], batches: list[int], preset: Any,
+             on_progress: Callable[[str, int, int], None] | None) -> tuple[Any, ...]:
+    """The interleaved timing loop: {(backend, batch): [window, ...]}, the telemetry trace."""
     windows: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    total = cfg.repeats * len(batches) * len(backends)
+    runs = [(n, b) for b in batches for n in backends
+            if n != "seed-dataloader" or b == SeedDataLoader.BATCH]
+    total = cfg.repeats * len(runs)
     done = 0
     with tempfile.TemporaryDirectory() as tmpdir, Telemetry(cfg.telemetry_hz) as tel:
         data = _inputs(cfg.mode, preset, max(batches), cfg.seed, cfg.data, Path(tmpdir))
@@ -554,9 +592,12 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
                         on_progress(f"{name} batch {batch} (repeat {rep + 1}/{cfg.repeats})", done, total)
         trace = tel.samples
         nvml = tel.nvml_status
-    for be in backends.values():
-        be.close()
+    return windows, trace, nvml, len(data)
 
+
+def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, threads: int,
+            skipped: dict[str, str], windows: dict[tuple[str, int], list[dict[str, Any]]],
+            trace: list[dict[str, float]], nvml: str, n_files: int, out: Path) -> dict[str, Any]:
     results = []
     for (name, batch), ws in sorted(windows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lat = [v for w in ws for v in w["latency_s"]]
@@ -571,7 +612,7 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
             v = [t[key] for t in tele if t.get(key) is not None]
             return float(np.median(v)) if v else None
 
-        per_call = batch if cfg.mode != "files" else len(data)
+        per_call = batch if cfg.mode != "files" else n_files
         energy = [(t["energy_j"], w["calls"] * per_call) for t, w in zip(tele, ws) if t.get("energy_j")]
         results.append({
             "backend": name, "batch": batch, "mode": cfg.mode,

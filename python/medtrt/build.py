@@ -164,6 +164,10 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
             timings["gate_s"] = time.perf_counter() - t_gate
             gate_info = gate.to_json()
             fp16_layers = gate.fp16_layers
+            if fp16_layers:  # the plan the gated graph was made with, for the bundle's counts
+                _, final_plan = insert_qdq(model, cal.amax, plan=plan_qdq(
+                    model, share_concat_scales=opts.share_concat_scales,
+                    exclude_nodes=fp16_layers))
             if not gate.passed:
                 path = out / f"{name}.gate.json"
                 path.write_text(json.dumps(gate_info, indent=2, default=float) + "\n")

@@ -72,3 +72,11 @@ def test_missing_polygraphy_names_the_extra(graphs, demo_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "polygraphy.backend.onnx", None)
     with pytest.raises(MissingDependencyError, match=r"medtrt\[debug\]"):
         compare_layers(demo_model.onnx, out / "good.int8.onnx", images)
+
+
+def test_cli_names_a_file_that_is_not_onnx(graphs, demo_model, tmp_path, capsys):
+    out, images = graphs
+    (tmp_path / "notes.onnx").write_text("not a graph")
+    assert main(["debug-layers", str(demo_model.onnx), str(tmp_path / "notes.onnx"),
+                 "--data", str(images)]) == 1
+    assert "notes.onnx is not an ONNX file" in capsys.readouterr().err

@@ -89,6 +89,15 @@ def _shared_tensors(ref: Any, cand: Any) -> tuple[list[str], dict[str, Any]]:
     return names, producer
 
 
+def _load_onnx(onnx: Any, path: str | os.PathLike[str]) -> Any:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path} is not an ONNX file: {exc}") from exc
+
+
 def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str | os.PathLike[str],
                    images: str | os.PathLike[str] | Sequence[Any], *, num_images: int = 4,
                    atol: float = 1e-2, rtol: float = 1e-2, preset: Any = None) -> LayerReport:
@@ -120,8 +129,7 @@ def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str |
     else:
         arrays = [np.asarray(p) for p in list(images)[:num_images]]
     x = resize_normalize_mixed(arrays, **preset.preprocess_kwargs())
-    ref_model = onnx.load(str(reference_onnx))
-    cand_model = onnx.load(str(candidate_onnx))
+    ref_model, cand_model = (_load_onnx(onnx, p) for p in (reference_onnx, candidate_onnx))
     names, producer = _shared_tensors(ref_model, cand_model)
     if not names:
         raise ValueError(f"{reference_onnx} and {candidate_onnx} share no tensor names; compare "

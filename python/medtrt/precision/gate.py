@@ -10,8 +10,9 @@ multi-label (sigmoid) ones. If the graph misses the gate:
 2. for the ``candidates`` layers with the lowest SQNR, the sensitivity is measured: the graph is
    rebuilt with that one layer's Q/DQ removed and the layer in FP16, and run on ``probe_images``
    images (mean |dprob| against FP32, then agreement);
-3. the layers whose removal helps most are kept in FP16 one at a time, re-checking the full
-   validation set after each, until the gate holds or ``max_fp16_layers`` is reached.
+3. the layers whose removal helps most (and helps at all, against the all-INT8 graph on the same
+   probe images) are kept in FP16 one at a time, re-checking the full validation set after each,
+   until the gate holds or ``max_fp16_layers`` is reached.
 
 Measuring every layer one at a time would cost one ONNX Runtime session and validation pass per
 layer (121 convolutions in DenseNet-121); the SQNR ranking keeps it to ``candidates`` passes.
@@ -233,7 +234,11 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
                                 "mean_abs_prob_diff_without_qdq": r.mean_abs_prob_diff})
         sensitivity.sort(key=lambda d: (-d["agreement_without_qdq"],
                                         d["mean_abs_prob_diff_without_qdq"]))
-        for entry in sensitivity[:cfg.max_fp16_layers]:
+        base_rep, base_score, _ = check(model, probe)  # all-INT8 on the same probe images
+        helpful = [d for d in sensitivity
+                   if d["agreement_without_qdq"] > base_score
+                   or d["mean_abs_prob_diff_without_qdq"] < base_rep.mean_abs_prob_diff]
+        for entry in helpful[:cfg.max_fp16_layers]:
             kept.append(entry["layer"])
             phase(f"accuracy gate: {len(kept)} layer(s) in FP16, re-checking")
             model = variant(kept)

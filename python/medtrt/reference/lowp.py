@@ -17,6 +17,7 @@ makes when it runs the same model at that precision on the same pre-processed in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -116,15 +117,12 @@ def torch_logits(model: Any, x: np.ndarray, precision: str = "fp32", *,
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     x = np.asarray(x, dtype=np.float32)
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its dtype, weights and mode
     if precision == "fp32":
         return _run(torch, model, x, torch.float32, batch_size)
     if precision in ("fp16", "fp64"):
         dtype = torch.float16 if precision == "fp16" else torch.float64
-        try:
-            return _run(torch, model.to(dtype), x, dtype, batch_size)
-        finally:
-            model.float()
+        return _run(torch, model.to(dtype), x, dtype, batch_size)
     if calibration is None:
         raise ValueError("torch_logits(int8) needs calibration= batches for the thresholds")
     return _int8_logits(torch, model, x, calibration, method, batch_size)

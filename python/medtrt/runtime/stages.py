@@ -15,6 +15,7 @@ and ``resize_normalize`` on that stream. It enqueues the network on the same str
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ __all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage", "cuda_alias"]
 
 _TYPESTR = {"float32": "<f4", "float16": "<f2"}
 _CAPTURE_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+
+
 
 
 def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) -> Any:
@@ -83,6 +87,12 @@ class TorchStage:
         self.model = model.to(device).eval()
         if half:
             self.model = self.model.half()
+        elif self.cuda and self.torch.backends.cudnn.allow_tf32:
+            # PyTorch runs cuDNN convolutions in TF32 by default (10-bit mantissa): FP32 here
+            # means FP32, so the parity checks hold. Process-wide: cuDNN reads the flag at launch.
+            log.info("torch FP32 stage on %s: turning off cuDNN TF32 (torch.backends.cudnn."
+                     "allow_tf32 = False) so FP32 convolutions run in FP32", device)
+            self.torch.backends.cudnn.allow_tf32 = False
         self.input_dtype = self.logits_dtype = "float16" if half else "float32"
         self.cuda_graphs = cuda_graphs
         self.pipeline: Any = None
