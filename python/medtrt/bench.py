@@ -476,9 +476,9 @@ def _inputs(mode: str, preset: Any, n: int, seed: int, data: str | None, tmp: Pa
     size = max(preset.image_size)
     if mode == "files":
         if data:
-            from medtrt.data import IMAGE_SUFFIXES
+            from medtrt.data import list_images
 
-            paths = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths = list_images(data)
             if not paths:
                 raise ValueError(f"--data {data} holds no images")
             return [paths[i % len(paths)] for i in range(n)]
@@ -541,11 +541,11 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
 
             torch.set_num_threads(cfg.threads)  # torch CPU backends (ORT/decode get it directly)
     try:
-        windows, trace, nvml, n_files = _measure(cfg, backends, batches, preset, on_progress)
+        windows, trace, nvml = _measure(cfg, backends, batches, preset, on_progress)
     finally:
         for be in backends.values():
             be.close()
-    return _report(cfg, art, preset, baseline, threads, skipped, windows, trace, nvml, n_files, out)
+    return _report(cfg, art, preset, baseline, threads, skipped, windows, trace, nvml, out)
 
 
 def _measure(cfg: BenchConfig, backends: dict[str, Backend], batches: list[int], preset: Any,
@@ -586,18 +586,18 @@ def _measure(cfg: BenchConfig, backends: dict[str, Backend], batches: list[int],
                     windows.setdefault((name, batch), []).append(
                         {"images_per_s": per_call * len(lat) / wall, "latency_s": lat,
                          "stages": stages, "telemetry": tel.window(t_start, tel.now()),
-                         "calls": len(lat), "wall_s": wall})
+                         "calls": len(lat), "images_per_call": per_call, "wall_s": wall})
                     done += 1
                     if on_progress:
                         on_progress(f"{name} batch {batch} (repeat {rep + 1}/{cfg.repeats})", done, total)
         trace = tel.samples
         nvml = tel.nvml_status
-    return windows, trace, nvml, len(data)
+    return windows, trace, nvml
 
 
 def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, threads: int,
             skipped: dict[str, str], windows: dict[tuple[str, int], list[dict[str, Any]]],
-            trace: list[dict[str, float]], nvml: str, n_files: int, out: Path) -> dict[str, Any]:
+            trace: list[dict[str, float]], nvml: str, out: Path) -> dict[str, Any]:
     results = []
     for (name, batch), ws in sorted(windows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lat = [v for w in ws for v in w["latency_s"]]
@@ -612,7 +612,7 @@ def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, thread
             v = [t[key] for t in tele if t.get(key) is not None]
             return float(np.median(v)) if v else None
 
-        per_call = batch if cfg.mode != "files" else n_files
+        per_call = ws[0]["images_per_call"]
         energy = [(t["energy_j"], w["calls"] * per_call) for t, w in zip(tele, ws) if t.get("energy_j")]
         results.append({
             "backend": name, "batch": batch, "mode": cfg.mode,
@@ -639,7 +639,6 @@ def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, thread
                                           "trace": trace[:: max(1, len(trace) // 2000)]},
         "results": results,
     }
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     report["plots"] = plot(report, out)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -136,6 +136,15 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_wide(table: Any) -> None:
+    """Print a rich table; when stdout is not a terminal (a log, a pipe) use 160 columns
+    rather than rich's 80, so long layer/backend names are not cut."""
+    from rich.console import Console
+
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)
+
+
 def _debug_layers(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -153,8 +162,7 @@ def _debug_layers(args: argparse.Namespace) -> int:
     for d in report.worst(args.top):
         table.add_row(d.producer, d.op, d.tensor, f"{d.rel_error:.4f}", f"{d.growth:+.4f}",
                       f"{d.cosine:.5f}", "pass" if d.passed else "FAIL")
-    out = Console()
-    (out if out.is_terminal else Console(width=160)).print(table)
+    _print_wide(table)
     first = report.first_failing()
     print(f"output relative error {report.output_rel_error:.4f}; first layer over atol={args.atol} "
           f"rtol={args.rtol}: {first.producer + ' (' + first.tensor + ')' if first else 'none'}")
@@ -164,7 +172,6 @@ def _debug_layers(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
@@ -195,8 +202,7 @@ def _bench(args: argparse.Namespace) -> int:
                       f(r["ratio_to_baseline"], ".2f"), f(lat["p50"], ".2f"), f(lat["p95"], ".2f"),
                       f(lat["p99"], ".2f"), f(r["cpu_percent"], ".0f"), f(r["gpu_util"], ".0f"),
                       f(r["power_w"], ".0f"), f(r["images_per_j"], ".1f"))
-    out = Console()
-    (out if out.is_terminal else Console(width=160)).print(table)
+    _print_wide(table)
     for name, why in report["skipped"].items():
         print(f"skipped {name}: {why}")
     print(f"GPU telemetry: {report['telemetry']['nvml']}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from medtrt.data.folder import ImageFolder, Split, scan_folder, split_folder
-from medtrt.data.readers import IMAGE_SUFFIXES, ReadResult, iter_images, read_dicom, read_image
+from medtrt.data.readers import (IMAGE_SUFFIXES, ReadResult, iter_images, list_images, read_dicom,
+                                 read_image)
 from medtrt.data.synth import synthesize
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "ReadResult",
     "Split",
     "iter_images",
+    "list_images",
     "read_dicom",
     "read_image",
     "scan_folder",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtrt.data.readers import IMAGE_SUFFIXES
+from medtrt.data.readers import IMAGE_SUFFIXES, list_images
 
 __all__ = ["ImageFolder", "Split", "scan_folder", "split_folder"]
 
@@ -53,8 +53,7 @@ def scan_folder(root: str | os.PathLike[str], *, classes: tuple[str, ...] | None
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(q for q in (root / name).rglob("*")
-                       if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(root / name)
         paths += files
         labels += [label] * len(files)
     if not paths:

@@ -23,7 +23,8 @@ import numpy as np
 
 from medtrt.errors import ImageReadError, MissingDependencyError
 
-__all__ = ["read_image", "read_dicom", "iter_images", "ReadResult", "IMAGE_SUFFIXES", "sniff"]
+__all__ = ["read_image", "read_dicom", "iter_images", "list_images", "ReadResult",
+           "IMAGE_SUFFIXES", "sniff"]
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +206,19 @@ class ReadResult:
         return self.error is None
 
 
+def list_images(root: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
+    """The image files (IMAGE_SUFFIXES, any case) under ``root``, sorted."""
+    pattern = "**/*" if recursive else "*"
+    return sorted(q for q in Path(root).glob(pattern)
+                  if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def iter_images(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                 recursive: bool = True, **read_kwargs: Any) -> Iterator[ReadResult]:
     """Read a directory (files with IMAGE_SUFFIXES, sorted) or a list of paths, one result per
     file. A file that cannot be read yields a result with ``error`` set; reading goes on."""
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        root = Path(source)
-        pattern = "**/*" if recursive else "*"
-        paths: Iterable[Path] = sorted(q for q in root.glob(pattern)
-                                       if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        paths: Iterable[Path] = list_images(source, recursive=recursive)
     elif isinstance(source, (str, os.PathLike)):
         paths = [Path(source)]
     else:

@@ -134,14 +134,13 @@ def load_images(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                 seed: int = 0) -> list[Path]:
     """``n`` image paths from a folder (recursively) or a list of paths, chosen
     deterministically by ``seed`` when there are more."""
-    from medtrt.data import IMAGE_SUFFIXES
+    from medtrt.data import IMAGE_SUFFIXES, list_images
 
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"calibration folder {root} does not exist")
-        paths = sorted(p for p in root.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = list_images(root)
     else:
         paths = sorted(Path(p) for p in source)
         root = Path(os.path.commonpath(paths)) if paths else Path(".")

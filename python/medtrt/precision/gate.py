@@ -90,13 +90,13 @@ def load_validation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
                     labels: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
     """Up to ``n`` validation images (deterministic pick), their labels when every image sits in
     a folder named after a label of the model (else None), and the unreadable paths."""
-    from medtrt.data import IMAGE_SUFFIXES, read_image
+    from medtrt.data import IMAGE_SUFFIXES, iter_images, list_images
 
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"validation folder {root} does not exist (--val)")
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = list_images(root)
     else:
         paths = sorted(Path(p) for p in source)
     if not paths:
@@ -104,13 +104,10 @@ def load_validation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
     if len(paths) > n:
         pick = np.random.default_rng(2).choice(len(paths), size=n, replace=False)
         paths = [paths[i] for i in sorted(pick)]
-    images, kept, bad = [], [], []
-    for p in paths:
-        try:
-            images.append(read_image(p))
-            kept.append(p)
-        except Exception as exc:  # one unreadable image is reported, not fatal
-            bad.append(f"{p}: {exc}")
+    results = list(iter_images(paths))  # one unreadable image is reported, not fatal
+    images = [r.image for r in results if r.ok]
+    kept = [r.path for r in results if r.ok]
+    bad = [f"{r.path}: {r.error}" for r in results if not r.ok]
     if not images:
         raise ValueError(f"no readable validation images in {source}: {bad[:3]}")
     known = all(p.parent.name in labels for p in kept)
@@ -141,12 +138,8 @@ def _sqnr(fp32_path: Path, plan: Any, amax: dict[str, float], x: np.ndarray,
     """Per quantized tensor: 10 log10(sum x^2 / sum (x - fakequant(x))^2) in dB, on ``x``."""
     from medtrt.precision.calibrate import _augmented_session
 
-    scale = {}
-    for group in plan.groups:
-        shared = max(float(amax[t]) for t in group)
-        for t in group:
-            scale[t] = shared / 127.0
-    tensors = [t for t in plan.tensors if scale.get(t, 0) > 0]
+    scale = plan.scales(amax)
+    tensors = [t for t in plan.tensors if scale[t] > 0]
     session = _augmented_session(fp32_path, tensors)
     name = session.get_inputs()[0].name
     signal = dict.fromkeys(tensors, 0.0)
@@ -201,12 +194,14 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
         keep_in_fp16(model, fp16_layers)
         return model
 
+    def score_of(p: np.ndarray, rs: np.ndarray) -> Any:
+        rep = agreement(p, rs, activation=act, threshold=preset.threshold, labels=preset.labels)
+        return rep, rep.top1_agreement if act == "softmax" else rep.decision_agreement
+
     def check(model: Any, rows: np.ndarray | None = None) -> Any:
         xs, rs = (x, ref) if rows is None else (x[rows], ref[rows])
         p = runner.probs(model, xs, act)
-        rep = agreement(p, rs, activation=act, threshold=preset.threshold, labels=preset.labels)
-        score = rep.top1_agreement if act == "softmax" else rep.decision_agreement
-        return rep, score, p
+        return (*score_of(p, rs), p)
 
     phase("accuracy gate: checking the INT8 graph against FP32")
     kept: list[str] = []
@@ -234,7 +229,7 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
                                 "mean_abs_prob_diff_without_qdq": r.mean_abs_prob_diff})
         sensitivity.sort(key=lambda d: (-d["agreement_without_qdq"],
                                         d["mean_abs_prob_diff_without_qdq"]))
-        base_rep, base_score, _ = check(model, probe)  # all-INT8 on the same probe images
+        base_rep, base_score = score_of(probs[probe], ref[probe])  # all-INT8, probe images
         helpful = [d for d in sensitivity
                    if d["agreement_without_qdq"] > base_score
                    or d["mean_abs_prob_diff_without_qdq"] < base_rep.mean_abs_prob_diff]

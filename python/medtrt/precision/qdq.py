@@ -45,6 +45,16 @@ class QdqPlan:
     consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tensor -> node names
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it stays float
 
+    def scales(self, amax: dict[str, float]) -> dict[str, float]:
+        """Per-tensor INT8 scale: the largest amax of the tensor's group / 127 (0 where that
+        amax is not positive and finite: the tensor stays in floating point)."""
+        out = {}
+        for group in self.groups:
+            shared = max(float(amax[t]) for t in group)
+            ok = shared > 0 and np.isfinite(shared)
+            out.update({t: shared / 127.0 if ok else 0.0 for t in group})
+        return out
+
     def group_of(self, tensor: str) -> tuple[str, ...]:
         for g in self.groups:
             if tensor in g:
@@ -165,13 +175,12 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
 
     scale_of: dict[str, float] = {}
     skipped = dict(plan.skipped)
-    for group in plan.groups:
-        shared = max(float(amax[t]) for t in group)
-        for t in group:
-            if shared > 0 and np.isfinite(shared):
-                scale_of[t] = shared / 127.0
-            else:
-                skipped[t] = f"amax {shared} (all zeros on the calibration data)"
+    for t, scale in plan.scales(amax).items():
+        if scale > 0:
+            scale_of[t] = scale
+        else:
+            shared = max(float(amax[u]) for u in plan.group_of(t))
+            skipped[t] = f"amax {shared} (all zeros on the calibration data)"
 
     new_inits: list[Any] = []
     new_nodes: dict[int, list[Any]] = {}  # insert before node index
