@@ -5,8 +5,11 @@ Both calibrate the same activation tensors (the Q/DQ plan's) of the same FP32 ON
 pre-processed batches (prepared once, outside the timed region). Bin settings match: medtrt
 keeps 2048 |x| bins with candidates from bin 128 and 128 quantized levels; ONNX Runtime's
 signed histogram gets num_bins=4096 (2048 per sign) and num_quantized_bins=256 (128 per sign),
-so its candidates also start 128 bins from zero. Writes JSON: wall times, their ratio, and
-per-tensor threshold agreement in bin widths. Not a test.
+so its candidates also start 128 bins from zero. Writes JSON: wall times, their ratio,
+per-tensor threshold agreement in bin widths, the step-by-step decomposition of the difference
+(``medtrt.precision.ortcheck.decompose``) and, as the yardstick for "agree within a few bins",
+how well medtrt agrees with itself when only the batch order (and so its histogram layout)
+changes. Not a test.
 
     python tools/bench_calibration.py [--onnx M] [--images DIR] [--n 512] [--out FILE]
 """
@@ -32,7 +35,8 @@ from medtrt.data import read_image  # noqa: E402
 from medtrt.export import read_metadata  # noqa: E402
 from medtrt.ops import resize_normalize  # noqa: E402
 from medtrt.precision.calibrate import (CalibrationConfig, collect_histograms, compute_amax,  # noqa: E402
-                                        load_images, onnxruntime_entropy)
+                                        load_images)
+from medtrt.precision.ortcheck import decompose, onnxruntime_entropy  # noqa: E402
 from medtrt.precision.qdq import plan_qdq  # noqa: E402
 
 
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     hists = collect_histograms(args.onnx, tensors, lambda: iter(batches))
     ours = compute_amax(hists, CalibrationConfig(method="entropy"))
     ours_s = time.perf_counter() - t0
-    theirs, their_width, theirs_s = onnxruntime_entropy(args.onnx, tensors, batches)
+    ort = onnxruntime_entropy(args.onnx, tensors, batches)
+    theirs, their_width, theirs_s = ort.amax, ort.bin_width, ort.seconds
 
     rows = []
     for t in tensors:
@@ -75,6 +80,18 @@ def main(argv: list[str] | None = None) -> int:
                      "max_abs": float(hists[t].max_abs), "bin_width": width,
                      "diff_bins": diff_bins, "relu_like": bool(hists[t].counts[0] > 0.3 * hists[t].total)})
     agree = [r["diff_bins"] <= args.tolerance_bins for r in rows]
+    relu = {r["tensor"]: r["relu_like"] for r in rows}
+    steps = decompose(ort, ours, {t: h.bin_width for t, h in hists.items()}, relu_like=relu,
+                      tolerance_bins=args.tolerance_bins)
+
+    # The yardstick: medtrt against itself, same images, batches in reverse order. The histogram
+    # range is set by the first batch and doubles as larger values arrive, so the bin layout
+    # (and the grid of candidate thresholds) changes while the data does not.
+    rev_hists = collect_histograms(args.onnx, tensors, lambda: iter(batches[::-1]))
+    rev = compute_amax(rev_hists, CalibrationConfig(method="entropy"))
+    self_bins = [abs(ours[t] - rev[t]) / max(hists[t].bin_width, rev_hists[t].bin_width, 1e-30)
+                 for t in tensors]
+    self_rel = [abs(ours[t] - rev[t]) / max(ours[t], 1e-12) for t in tensors]
     report = {
         "tool": "tools/bench_calibration.py", "machine": machine(), "onnx": str(args.onnx),
         "images": len(paths), "batch": args.batch, "tensors": len(tensors), "compared": len(rows),
@@ -85,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                                                  max(r["ort_amax"], 1e-12) for r in rows),
         "median_signed_rel_diff": statistics.median((r["medtrt_amax"] - r["ort_amax"]) /
                                                     max(r["ort_amax"], 1e-12) for r in rows),
-        "rows": rows,
+        "decomposition": {k: v for k, v in steps.items() if k != "per_tensor"},
+        "self_agreement_reversed_batches": {
+            "fraction_within_tolerance_bins": float(np.mean([d <= args.tolerance_bins for d in self_bins])),
+            "median_abs_rel_diff": statistics.median(self_rel),
+            "max_abs_rel_diff": max(self_rel),
+        },
+        "rows": [{**r, "steps": steps["per_tensor"].get(r["tensor"], {}), "medtrt_reversed_amax": rev[r["tensor"]]}
+                 for r in rows],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -93,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * report['fraction_agreeing']:.1f}% of {len(rows)} tensors within "
           f"{args.tolerance_bins:g} bins; median signed rel. diff "
           f"{100 * report['median_signed_rel_diff']:+.1f}%")
+    for name, st in report["decomposition"]["steps"].items():
+        print(f"  step {name:10s}: {100 * st['fraction_within_tolerance']:5.1f}% within "
+              f"{args.tolerance_bins:g} bins of medtrt")
+    sa = report["self_agreement_reversed_batches"]
+    print(f"  medtrt vs itself, batches reversed: {100 * sa['fraction_within_tolerance_bins']:.1f}% within "
+          f"{args.tolerance_bins:g} bins (median |rel. diff| {100 * sa['median_abs_rel_diff']:.2f}%)")
     print(f"wrote {args.out}")
     return 0
 

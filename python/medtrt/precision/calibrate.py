@@ -28,7 +28,7 @@ from medtrt._lazy import require
 from medtrt._native import native
 
 __all__ = ["CalibrationConfig", "Calibration", "calibrate", "collect_histograms",
-           "compute_amax", "load_images", "onnxruntime_entropy", "read_cache", "write_trt_cache",
+           "compute_amax", "load_images", "read_cache", "write_trt_cache",
            "CACHE_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -232,44 +232,3 @@ def calibrate(onnx_path: str | os.PathLike[str],
     seconds = time.perf_counter() - t0
     log.info("calibrated %d tensors on %d images in %.1f s", len(amax), len(paths), seconds)
     return Calibration(amax, config, sha256_file(onnx_path), len(paths), stats, seconds)
-
-
-def onnxruntime_entropy(onnx_path: str | os.PathLike[str], tensors: Sequence[str],
-                        batches: Sequence[np.ndarray]) -> tuple[dict[str, float], dict[str, float], float]:
-    """ONNX Runtime's own entropy calibration of exactly ``tensors`` on ``batches``, with bin
-    settings matching medtrt's (4096 signed bins = 2048 per sign, 256 quantized = 128 per sign):
-    (amax per tensor, ONNX Runtime's histogram bin width per tensor, wall seconds).
-    A cross-check for medtrt's thresholds; slow (its threshold search is pure Python).
-    """
-    import tempfile
-    from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization.calibrate import EntropyCalibrater
-
-    wanted = set(tensors)
-
-    class Exactly(EntropyCalibrater):
-        def select_tensors_to_calibrate(self, model):  # the same tensors as medtrt, no more
-            found, infos = super().select_tensors_to_calibrate(model)
-            return {t for t in found if t in wanted}, infos
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(batches)
-
-        def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {"image": b}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        cal = Exactly(str(onnx_path), op_types_to_calibrate=[], augmented_model_path=f"{tmp}/aug.onnx",
-                      symmetric=True, num_bins=4096, num_quantized_bins=256)
-        cal.augment_graph()
-        cal.create_inference_session()
-        cal.collect_data(Reader())
-        data = cal.compute_data()
-        seconds = time.perf_counter() - t0
-    amax = {t: float(max(abs(float(data[t].range_value[0])), abs(float(data[t].range_value[1]))))
-            for t in tensors if t in data}
-    width = {t: float(h[1][1] - h[1][0]) for t, h in cal.collector.histogram_dict.items()}
-    return amax, width, seconds
