@@ -103,8 +103,28 @@ def test_cli_prints_a_table_and_errors_name_the_fix(model_dir, tmp_path, capsys)
     assert "medtrt bench" in out and "ort-cpu-fp32" in out and "bench.json" in out
     assert main(["bench", str(model_dir / "model.pt"), "--backends", "nope", "-q"]) == 1
     assert "unknown backend(s) ['nope']" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--mode must be one of"):
+    with pytest.raises(ValueError, match="--mode must be one or more of"):
         BenchConfig(mode="fast")
+    with pytest.raises(ValueError, match="each once"):
+        BenchConfig(mode="engine,engine")
+
+
+def test_two_modes_in_one_run_give_each_backend_its_mode_ratio(model_dir, tmp_path):
+    report = run_bench(model_dir / "model.pt", BenchConfig(
+        mode="engine,pipeline", batches=(4,), duration=0.05, repeats=2, warmup=1,
+        backends=("ort-cpu-fp32", "trt-fp16")), tmp_path)
+    rows = {(r["backend"], r["mode"]): r for r in report["results"]}
+    assert set(rows) == {("torch-cpu-fp32", "engine"), ("ort-cpu-fp32", "engine"),
+                         ("torch-reference", "pipeline"), ("ort-cpu-fp32", "pipeline")}
+    assert report["baselines"] == {"engine": "torch-cpu-fp32", "pipeline": "torch-reference"}
+    assert rows[("torch-reference", "pipeline")]["ratio_to_baseline"] == pytest.approx(1.0)
+    assert rows[("ort-cpu-fp32", "pipeline")]["stage_ms"]["compute"] > 0
+    ratios = {(x["backend"], x["ratio"]): x["value"] for x in report["mode_ratios"]}
+    assert set(ratios) == {("ort-cpu-fp32", "pipeline/engine")}
+    assert ratios[("ort-cpu-fp32", "pipeline/engine")] == pytest.approx(
+        rows[("ort-cpu-fp32", "pipeline")]["images_per_s"] / rows[("ort-cpu-fp32", "engine")]["images_per_s"])
+    assert set(report["skipped"]) == {"trt-fp16 (engine)", "trt-fp16 (pipeline)"}
+    assert json.loads((tmp_path / "bench.json").read_text())["mode_ratios"] == report["mode_ratios"]
 
 
 def test_energy_is_mean_power_over_the_whole_window():

@@ -5,7 +5,8 @@
 #   sanitize  compute-sanitizer memcheck/synccheck/initcheck/racecheck over the op tests and a
 #             short run of the pipeline tests
 #   bench     tools/bench_ops.py --gpu-only, tools/bench_pipeline.py (FP16, batch 256) and
-#             medtrt bench in engine and pipeline modes (torch CPU/CUDA/compile, ORT CPU)
+#             medtrt bench: engine and pipeline modes interleaved in one run (torch CPU/CUDA/
+#             compile, ORT CPU; pipeline/engine ratios), and files mode vs the seed baseline
 # Default: all three (may not fit 10 minutes; then call once per phase: the build is reused).
 # MONAI is not on that machine: carry it as a wheel, prepared here once with
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -70,12 +71,16 @@ for phase in $PHASES; do
         --graphs --out "$OUT/bench_pipeline_gpu.json" 2>&1 | tee "$OUT/bench_pipeline.log"
       status+=("bench_pipeline: rc=${PIPESTATUS[0]}")
       MODEL=$(ls -d "$MEDTRT_CACHE"/mednist-demo-*/model.pt 2>/dev/null | head -1)
-      for mode in engine pipeline; do
-        timeout 240 $PY -m medtrt bench "$MODEL" --mode $mode --batch 1,32,256 --duration 2 \
-          --repeats 2 -q --backends torch-cpu-fp32,torch-cuda-fp32,torch-cuda-fp16,torch-compile-cuda-fp16,ort-cpu-fp32 \
-          --out "$OUT/bench-gpu-$mode" 2>&1 | tee "$OUT/bench_$mode.log"
-        status+=("medtrt bench $mode: rc=${PIPESTATUS[0]}")
-      done ;;
+      # engine and pipeline interleaved in one run: mode_ratios holds pipeline/engine per backend
+      timeout 300 $PY -m medtrt bench "$MODEL" --mode engine,pipeline --batch 1,32,256 --duration 2 \
+        --repeats 2 -q --backends torch-cpu-fp32,torch-cuda-fp32,torch-cuda-fp16,torch-compile-cuda-fp16,ort-cpu-fp32 \
+        --out "$OUT/bench-gpu-engine-pipeline" 2>&1 | tee "$OUT/bench_engine_pipeline.log"
+      status+=("medtrt bench engine,pipeline: rc=${PIPESTATUS[0]}")
+      timeout 240 $PY -m medtrt bench "$MODEL" --mode files --batch 32,256 --duration 2 \
+        --repeats 2 -q --backends torch-cuda-fp16,ort-cpu-fp32 \
+        --out "$OUT/bench-gpu-files" 2>&1 | tee "$OUT/bench_files.log"
+      status+=("medtrt bench files: rc=${PIPESTATUS[0]}")
+      ;;
     *) echo "unknown phase $phase (test | sanitize | bench)"; exit 2 ;;
   esac
 done

@@ -53,7 +53,35 @@ def calibration(path: Path) -> list[str]:
         f"| {r['time_ratio']:.3f} | {100 * r['fraction_agreeing']:.1f} % | "
         f"{100 * r['median_signed_rel_diff']:+.1f} % |",
         "",
+        *_decomposition(r),
     ]
+
+
+STEP_NAMES = {"ort": "ONNX Runtime's search, restated (reproduces its thresholds)",
+              "exact_q": "+ Q built as TensorRT's method builds it",
+              "zero_spike": "+ zero spike replaced by its neighbour",
+              "abs": "+ folded to \\|x\\|, medtrt's C++ search = TensorRT's method on ORT's histogram"}
+
+
+def _decomposition(r: dict) -> list[str]:
+    d = r.get("decomposition")
+    if not d:
+        return []
+    tol = f"{d['tolerance_bins']:g}"
+    lines = [f"| step, on ONNX Runtime's own histograms | within {tol} bins of medtrt | "
+             "median \\|rel. diff\\| | median signed rel. diff, ReLU outputs / others |",
+             "|---|---:|---:|---:|"]
+    for name, st in d["steps"].items():
+        extra = (f" ({100 * st['fraction_reproducing_onnxruntime']:.0f} % exact)"
+                 if "fraction_reproducing_onnxruntime" in st else "")
+        lines.append(f"| {STEP_NAMES.get(name, name)}{extra} | {100 * st['fraction_within_tolerance']:.1f} % | "
+                     f"{100 * st['median_abs_rel_diff']:.2f} % | "
+                     f"{100 * st['median_signed_rel_diff_relu']:+.1f} % / {100 * st['median_signed_rel_diff_other']:+.1f} % |")
+    sa = r.get("self_agreement_reversed_batches")
+    if sa:
+        lines.append(f"| yardstick: medtrt vs medtrt, same images, batches reversed | "
+                     f"{100 * sa['fraction_within_tolerance_bins']:.1f} % | {100 * sa['median_abs_rel_diff']:.2f} % | — |")
+    return lines + [""]
 
 
 def bench(path: Path) -> list[str]:
@@ -62,8 +90,13 @@ def bench(path: Path) -> list[str]:
     m = r["machine"]
     where = m["gpu"] or f"{m['cpu']} ({m['cores']} cores)"
     batches = sorted({x["batch"] for x in r["results"]})
-    names = list(dict.fromkeys(x["backend"] for x in r["results"]))
-    cell = {(x["backend"], x["batch"]): x for x in r["results"]}
+    multi = len({x["mode"] for x in r["results"]}) > 1
+
+    def name(x: dict) -> str:
+        return f"{x['backend']} ({x['mode']})" if multi else x["backend"]
+
+    names = list(dict.fromkeys(name(x) for x in r["results"]))
+    cell = {(name(x), x["batch"]): x for x in r["results"]}
     lines = [
         f"**medtrt bench, {r['config']['mode']} mode, {r['preset']}: {where}** — "
         f"{m['date'][:10]}, commit `{m['commit'][:10]}`{' (dirty tree)' if m.get('dirty') else ''}"
@@ -84,6 +117,9 @@ def bench(path: Path) -> list[str]:
                 ratio = f" ({x['ratio_to_baseline']:.2f}×)" if x["ratio_to_baseline"] else ""
                 row.append(f"{x['images_per_s']:.1f}{ratio}")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
+    if r.get("mode_ratios"):
+        lines += ["", "Ratios between modes: " + "; ".join(
+            f"{x['backend']} batch {x['batch']} {x['ratio']} {x['value']:.3f}" for x in r["mode_ratios"])]
     if r["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in r["skipped"].items())]
     return lines + [""]

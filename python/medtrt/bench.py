@@ -12,6 +12,11 @@ Modes (what one timed call covers):
               baseline is the seed case study's CPU path: a PyTorch DataLoader (Pillow decode,
               one worker per core) feeding the eager model, batch 32.
 
+Several modes in one run (``mode="engine,pipeline"``) interleave them too, and each backend
+that ran in two modes gets the ratio between them at each batch size (``mode_ratios``:
+pipeline / engine is the share of compute-only throughput the whole pipeline keeps; #5 and #7
+ask for >= 0.95 at batch 256 with the torch FP16 stage on a GPU).
+
 Backends are interleaved: each repeat visits every batch size and every backend in turn, so
 drift (thermal, other load) affects all alike; each (backend, batch) window runs warm-up calls
 and then calls for ``duration`` seconds; figures are medians over repeats. A background thread
@@ -65,9 +70,15 @@ class BenchConfig:
     telemetry_hz: float = 10.0
     seed: int = 0
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.mode.split(","))
+
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}; got {self.mode!r}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"--mode must be one or more of {MODES}, comma-separated, each once; "
+                             f"got {self.mode!r}")
         if not self.batches or min(self.batches) < 1:
             raise ValueError(f"--batch needs positive sizes; got {self.batches}")
         unknown = [b for b in (*(self.backends or ()), *([self.baseline] if self.baseline else []))
@@ -513,25 +524,31 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
     threads = cfg.threads or os.cpu_count() or 1
     art = find_artifacts(model)
     preset = Preset.from_dict(load_checkpoint(art.checkpoint)["preset"])
-    names = list(cfg.backends or BACKENDS)
-    baseline = cfg.baseline or DEFAULT_BASELINE[cfg.mode]
-    if baseline not in names:
-        names.insert(0, baseline)
-    backends: dict[str, Backend] = {}
+    multi = len(cfg.modes) > 1
+    baselines = {mode: cfg.baseline or DEFAULT_BASELINE[mode] for mode in cfg.modes}
+    backends: dict[tuple[str, str], Backend] = {}
     skipped: dict[str, str] = {}
-    for name in names:
-        got = make_backend(name, cfg.mode, art, threads)
-        if isinstance(got, str):
-            skipped[name] = got
-        else:
-            backends[name] = got
-    if not backends:
-        raise ValueError(f"no backend can run in {cfg.mode} mode here: {skipped}")
-    if baseline in skipped:
-        raise ValueError(f"baseline {baseline} cannot run: {skipped[baseline]}")
+    try:
+        for mode in cfg.modes:
+            names = list(cfg.backends or BACKENDS)
+            if baselines[mode] not in names:
+                names.insert(0, baselines[mode])
+            for name in names:
+                got = make_backend(name, mode, art, threads)
+                if isinstance(got, str):
+                    skipped[f"{name} ({mode})" if multi else name] = got
+                else:
+                    backends[(name, mode)] = got
+            if (baselines[mode], mode) not in backends:
+                why = skipped[f"{baselines[mode]} ({mode})" if multi else baselines[mode]]
+                raise ValueError(f"baseline {baselines[mode]} cannot run in {mode} mode: {why}")
+    except BaseException:
+        for be in backends.values():
+            be.close()
+        raise
 
     batches = sorted(set(cfg.batches))
-    if cfg.mode == "files" and "seed-dataloader" in backends and SeedDataLoader.BATCH not in batches:
+    if ("seed-dataloader", "files") in backends and SeedDataLoader.BATCH not in batches:
         batches = sorted(set(batches) | {SeedDataLoader.BATCH})
     if cfg.threads:
         import importlib.util
@@ -545,27 +562,29 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
     finally:
         for be in backends.values():
             be.close()
-    return _report(cfg, art, preset, baseline, threads, skipped, windows, trace, nvml, out)
+    return _report(cfg, art, preset, baselines, threads, skipped, windows, trace, nvml, out)
 
 
-def _measure(cfg: BenchConfig, backends: dict[str, Backend], batches: list[int], preset: Any,
-             on_progress: Callable[[str, int, int], None] | None) -> tuple[Any, ...]:
-    """The interleaved timing loop: {(backend, batch): [window, ...]}, the telemetry trace."""
-    windows: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    runs = [(n, b) for b in batches for n in backends
+def _measure(cfg: BenchConfig, backends: dict[tuple[str, str], Backend], batches: list[int],
+             preset: Any, on_progress: Callable[[str, int, int], None] | None) -> tuple[Any, ...]:
+    """The interleaved timing loop: {(backend, mode, batch): [window, ...]}, the telemetry trace."""
+    windows: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    runs = [(n, b) for b in batches for n, _ in backends
             if n != "seed-dataloader" or b == SeedDataLoader.BATCH]
     total = cfg.repeats * len(runs)
     done = 0
     with tempfile.TemporaryDirectory() as tmpdir, Telemetry(cfg.telemetry_hz) as tel:
-        data = _inputs(cfg.mode, preset, max(batches), cfg.seed, cfg.data, Path(tmpdir))
+        inputs = {mode: _inputs(mode, preset, max(batches), cfg.seed, cfg.data, Path(tmpdir))
+                  for mode in cfg.modes}
         for rep in range(cfg.repeats):
             for batch in batches:
-                for name, be in backends.items():
+                for (name, mode), be in backends.items():
                     if name == "seed-dataloader" and batch != SeedDataLoader.BATCH:
                         continue  # the seed path runs at its own batch size only
                     # files mode: every call is one pass over all files in batches of `batch`
-                    per_call = len(data) if cfg.mode == "files" else batch
-                    x = be.prepare(batch, data if cfg.mode == "files" else data[:batch])
+                    data = inputs[mode]
+                    per_call = len(data) if mode == "files" else batch
+                    x = be.prepare(batch, data if mode == "files" else data[:batch])
                     for _ in range(cfg.warmup if rep == 0 else 1):
                         be.call(x)
                     be.sync()
@@ -583,23 +602,27 @@ def _measure(cfg: BenchConfig, backends: dict[str, Backend], batches: list[int],
                         if time.perf_counter() - w0 >= cfg.duration and len(lat) >= 3:
                             break
                     wall = time.perf_counter() - w0
-                    windows.setdefault((name, batch), []).append(
+                    windows.setdefault((name, mode, batch), []).append(
                         {"images_per_s": per_call * len(lat) / wall, "latency_s": lat,
                          "stages": stages, "telemetry": tel.window(t_start, tel.now()),
                          "calls": len(lat), "images_per_call": per_call, "wall_s": wall})
                     done += 1
                     if on_progress:
-                        on_progress(f"{name} batch {batch} (repeat {rep + 1}/{cfg.repeats})", done, total)
+                        where = f" {mode}" if len(cfg.modes) > 1 else ""
+                        on_progress(f"{name}{where} batch {batch} (repeat {rep + 1}/{cfg.repeats})",
+                                    done, total)
         trace = tel.samples
         nvml = tel.nvml_status
     return windows, trace, nvml
 
 
-def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, threads: int,
-            skipped: dict[str, str], windows: dict[tuple[str, int], list[dict[str, Any]]],
+def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baselines: dict[str, str], threads: int,
+            skipped: dict[str, str], windows: dict[tuple[str, str, int], list[dict[str, Any]]],
             trace: list[dict[str, float]], nvml: str, out: Path) -> dict[str, Any]:
     results = []
-    for (name, batch), ws in sorted(windows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    order = {m: i for i, m in enumerate(cfg.modes)}
+    for (name, mode, batch), ws in sorted(windows.items(),
+                                          key=lambda kv: (order[kv[0][1]], kv[0][2], kv[0][0])):
         lat = [v for w in ws for v in w["latency_s"]]
         thr = [w["images_per_s"] for w in ws]
         stage_keys = sorted({k for w in ws for s in w["stages"] for k in s})
@@ -615,7 +638,7 @@ def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, thread
         per_call = ws[0]["images_per_call"]
         energy = [(t["energy_j"], w["calls"] * per_call) for t, w in zip(tele, ws) if t.get("energy_j")]
         results.append({
-            "backend": name, "batch": batch, "mode": cfg.mode,
+            "backend": name, "batch": batch, "mode": mode,
             "images_per_s": float(np.median(thr)), "images_per_s_repeats": thr,
             "latency_ms": {"p50": 1e3 * _pct(lat, 50), "p95": 1e3 * _pct(lat, 95),
                            "p99": 1e3 * _pct(lat, 99), "calls": len(lat),
@@ -626,18 +649,29 @@ def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baseline: str, thread
             "power_w": med("power_w"), "temp_c": med("temp_c"),
             "images_per_j": (float(np.median([n / e for e, n in energy])) if energy else None),
         })
-    base = {r["batch"]: r["images_per_s"] for r in results if r["backend"] == baseline}
+    base = {(r["mode"], r["batch"]): r["images_per_s"] for r in results
+            if r["backend"] == baselines[r["mode"]]}
     for r in results:
-        ref = base.get(r["batch"]) or (base.get(SeedDataLoader.BATCH) if cfg.mode == "files" else None)
+        ref = base.get((r["mode"], r["batch"])) or (base.get(("files", SeedDataLoader.BATCH))
+                                                    if r["mode"] == "files" else None)
         r["ratio_to_baseline"] = r["images_per_s"] / ref if ref else None
+    by = {(r["backend"], r["mode"], r["batch"]): r["images_per_s"] for r in results}
+    mode_ratios = []
+    for (name, mode, batch), value in by.items():
+        for lower in MODES[:MODES.index(mode)]:  # pipeline / engine, files / engine, files / pipeline
+            other = by.get((name, lower, batch))
+            if other:
+                mode_ratios.append({"backend": name, "batch": batch, "ratio": f"{mode}/{lower}",
+                                    "value": value / other})
     report = {
         "format": "medtrt-bench/1", "machine": machine_info(), "model": str(art.checkpoint),
         "preset": preset.name, "config": {**asdict(cfg), "threads": threads},
-        "baseline": baseline, "artifacts": {"onnx": {k: str(v) for k, v in art.onnx.items()},
+        "baseline": ",".join(dict.fromkeys(baselines.values())), "baselines": baselines,
+        "artifacts": {"onnx": {k: str(v) for k, v in art.onnx.items()},
                                             "engines": {k: str(v) for k, v in art.engines.items()}},
         "skipped": skipped, "telemetry": {"nvml": nvml, "hz": cfg.telemetry_hz,
                                           "trace": trace[:: max(1, len(trace) // 2000)]},
-        "results": results,
+        "results": results, "mode_ratios": mode_ratios,
     }
     report["plots"] = plot(report, out)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -658,14 +692,19 @@ def plot(report: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     res = report["results"]
-    names = sorted({r["backend"] for r in res})
+    multi = len({r["mode"] for r in res}) > 1
+
+    def label(r: dict[str, Any]) -> str:
+        return f"{r['backend']} ({r['mode']})" if multi else r["backend"]
+
+    names = sorted({label(r) for r in res})
     title = (f"{report['preset']} - {report['config']['mode']} mode - "
              f"{report['machine']['gpu'] or report['machine']['cpu']}")
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n in names:
-        rows = sorted((r for r in res if r["backend"] == n), key=lambda r: r["batch"])
+        rows = sorted((r for r in res if label(r) == n), key=lambda r: r["batch"])
         ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], "o-", label=n)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -685,7 +724,7 @@ def plot(report: dict[str, Any], out: Path) -> list[str]:
     xs = np.arange(len(rows))
     for i, q in enumerate(("p50", "p95", "p99")):
         ax.bar(xs + (i - 1) * 0.27, [r["latency_ms"][q] for r in rows], 0.27, label=q)
-    ax.set_xticks(xs, [r["backend"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(xs, [label(r) for r in rows], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(f"latency per call, ms (batch {rows[0]['batch']})")
     ax.set_title(title, fontsize=9)
     ax.legend()
@@ -704,7 +743,7 @@ def plot(report: dict[str, Any], out: Path) -> list[str]:
             if v.any():
                 ax.bar(range(len(staged)), v, bottom=bottom, label=k)
                 bottom += v
-        ax.set_xticks(range(len(staged)), [r["backend"] for r in staged], rotation=30,
+        ax.set_xticks(range(len(staged)), [label(r) for r in staged], rotation=30,
                       ha="right", fontsize=7)
         ax.set_ylabel(f"ms per call (batch {staged[0]['batch']}, median)")
         ax.set_title("stage breakdown - " + title, fontsize=9)

@@ -1,9 +1,14 @@
 """``medtrt eval``: accuracy, per-class metrics, calibration and agreement with a reference.
 
-Runs any model ``medtrt.Engine`` opens (bundle, ONNX, checkpoint) over a MedNIST-layout folder
-(one sub-folder per class) and writes ``eval.json``, ``confusion.png``, ``reliability.png`` and
-``summary.md``. Single-label (softmax) presets only for now: class folders carry one label per
-image.
+Runs any model ``medtrt.Engine`` opens (bundle, ONNX, checkpoint) and writes ``eval.json``,
+``confusion.png``, ``reliability.png`` and ``summary.md``.
+
+- Single-label (softmax) presets read a MedNIST-layout folder (one sub-folder per class):
+  accuracy, per-class precision/recall/F1, confusion matrix, ECE of the top-1 confidence.
+- Multi-label (sigmoid) presets read a CSV label table (``medtrt.data.labels``; default
+  ``DATA/labels.csv``): per-label AUROC, and precision/recall/F1 and TP/FN/FP/TN at the preset's
+  decision threshold; macro AUROC and F1; ECE of the per-label probabilities. Unknown labels
+  (-1 / empty) are left out of that label's figures.
 """
 
 from __future__ import annotations
@@ -20,7 +25,73 @@ import numpy as np
 
 from medtrt._lazy import require
 
-__all__ = ["classification_metrics", "evaluate", "EvalResult"]
+__all__ = ["classification_metrics", "evaluate", "EvalResult", "multilabel_metrics"]
+
+
+def _reliability(confidence: np.ndarray, outcome: np.ndarray, n_bins: int) -> tuple[list[dict[str, Any]], float]:
+    """Equal-width confidence bins: count, observed frequency, mean confidence; and the ECE."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        members = which == b
+        count = int(members.sum())
+        acc = float(outcome[members].mean()) if count else None
+        conf = float(confidence[members].mean()) if count else None
+        if count:
+            ece += count / len(confidence) * abs(acc - conf)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                     "accuracy": acc, "confidence": conf})
+    return bins, float(ece)
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], *,
+                       threshold: float = 0.5, ece_bins: int = 15) -> dict[str, Any]:
+    """Per label: AUROC, and at ``threshold`` (positive when prob > threshold, as
+    ``Engine.infer`` decides) precision/recall/F1 and TP/FN/FP/TN, over the images where that
+    label is known (``targets`` 1/0, NaN unknown); macro means over labels with figures; exact
+    match (every known label of an image right); ECE over all known (image, label) pairs."""
+    from medtrt.testing import auroc
+
+    targets = np.asarray(targets, np.float64)
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2 or probs.shape != targets.shape or probs.shape[1] != len(labels):
+        raise ValueError(f"expected targets and probs [N, {len(labels)}]; got {targets.shape}, {probs.shape}")
+    known = ~np.isnan(targets)
+    truth = targets == 1
+    decided = probs > threshold
+    per_label = {}
+    for j, name in enumerate(labels):
+        k = known[:, j]
+        y, d = truth[k, j], decided[k, j]
+        tp, fp = int((y & d).sum()), int((~y & d).sum())
+        fn, tn = int((y & ~d).sum()), int((~y & ~d).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        a = auroc(y[:, None], probs[k, j][:, None])[0] if k.any() else np.nan
+        per_label[name] = {"auroc": _nan_to_none(a), "precision": precision, "recall": recall,
+                           "f1": f1, "positives": tp + fn, "negatives": fp + tn,
+                           "tp": tp, "fn": fn, "fp": fp, "tn": tn}
+    aurocs = [m["auroc"] for m in per_label.values() if m["auroc"] is not None]
+    f1s = [m["f1"] for m in per_label.values() if m["positives"]]
+    right = (truth == decided) | ~known
+    bins, ece = _reliability(probs[known], truth[known].astype(np.float64), ece_bins)
+    return {
+        "images": len(probs),
+        "threshold": threshold,
+        "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "exact_match": float(right.all(1).mean()) if len(probs) else 0.0,
+        "label_accuracy": float(right[known].mean()) if known.any() else 0.0,
+        "per_label": per_label,
+        "ece": ece,
+        "reliability": bins,
+    }
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], *,
@@ -46,25 +117,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: tuple
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
     confidence = probs.max(1)
     correct = pred == labels
-    edges = np.linspace(0.0, 1.0, ece_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ece_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(ece_bins):
-        members = which == b
-        count = int(members.sum())
-        acc = float(correct[members].mean()) if count else None
-        conf = float(confidence[members].mean()) if count else None
-        if count:
-            ece += count / n * abs(acc - conf)
-        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
-                     "accuracy": acc, "confidence": conf})
+    bins, ece = _reliability(confidence, correct.astype(np.float64), ece_bins)
     return {
         "images": n,
         "accuracy": float(correct.mean()) if n else 0.0,
         "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])),
         "per_class": per_class,
         "confusion": confusion.tolist(),
-        "ece": float(ece),
+        "ece": ece,
         "reliability": bins,
     }
 
@@ -76,35 +136,39 @@ class EvalResult:
 
 
 def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
+             labels: str | os.PathLike[str] | None = None,
              reference: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] = "eval",
              backend: str = "auto", device: Any = 0, batch_size: int = 64,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Evaluate ``model`` on the class folders under ``data``; see the module docstring.
+    """Evaluate ``model`` on ``data``; see the module docstring.
 
-    ``reference``: a checkpoint whose PyTorch FP32 outputs the model is compared with (top-1
-    agreement, max |Δprob|) on the same images. Unreadable images are listed, not fatal.
+    ``labels``: the CSV label table of a multi-label model (default ``data/labels.csv``; image
+    paths in it are relative to ``data``). ``reference``: a checkpoint whose PyTorch FP32
+    outputs the model is compared with on the same images. Unreadable or missing images are
+    listed, not fatal.
     """
     from medtrt import Engine
-    from medtrt.data import scan_folder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with Engine(model, backend=backend, device=device) as engine:
         preset = engine.preset
-        if preset.activation != "softmax":
-            raise ValueError(f"medtrt eval reads class folders (one label per image); the "
-                             f"{preset.name!r} preset is multi-label ({preset.activation}), which "
-                             "needs per-image label files: not supported yet")
-        folder = scan_folder(data)
-        unknown = [c for c in folder.classes if c not in preset.labels]
-        if unknown:
-            raise ValueError(f"{data}: class folders {unknown} are not labels of the model "
-                             f"({list(preset.labels)}); rename them or evaluate another model")
-        to_model = np.array([preset.labels.index(c) for c in folder.classes])
-        paths = list(folder.paths)
-        labels = to_model[np.asarray(folder.labels, np.int64)]
-        probs = np.full((len(paths), preset.num_classes), np.nan, np.float32)
+        multilabel = preset.activation != "softmax"
         failures: list[dict[str, str]] = []
+        if multilabel:
+            from medtrt.data import read_label_table
+
+            table = read_label_table(labels if labels is not None else Path(data) / "labels.csv",
+                                     preset.labels, root=data)
+            paths, truth = list(table.paths), table.targets
+            failures += [{"path": str(x), "error": "listed in the label table; file not found"}
+                         for x in table.missing_files]
+        else:
+            if labels is not None:
+                raise ValueError(f"a label table is for multi-label models; the {preset.name!r} "
+                                 "preset is single-label and reads class folders (drop --labels)")
+            paths, truth = _class_folder(data, preset)
+        probs = np.full((len(paths), preset.num_classes), np.nan, np.float32)
         latencies: list[float] = []
         start = time.perf_counter()
         for lo in range(0, len(paths), batch_size):
@@ -121,12 +185,18 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
         backend_used, precision = engine.backend, engine.precision
 
     ok = ~np.isnan(probs).any(1)
-    metrics = classification_metrics(labels[ok], probs[ok], preset.labels)
+    if multilabel:
+        metrics = multilabel_metrics(truth[ok], probs[ok], preset.labels, threshold=preset.threshold)
+        metrics["labels_not_in_table"] = list(table.missing_labels)
+    else:
+        metrics = classification_metrics(truth[ok], probs[ok], preset.labels)
     lat = np.asarray(latencies) * 1e3
     report: dict[str, Any] = {
         "model": str(model), "engine": described, "backend": backend_used, "precision": precision,
+        "task": "multi-label" if multilabel else "single-label",
         "data": str(data), **metrics,
-        "images": len(paths), "evaluated": metrics["images"], "failed": failures,
+        "images": len(paths) + (len(table.missing_files) if multilabel else 0),
+        "evaluated": metrics["images"], "failed": failures,
         "latency_ms_per_image": {"batch_size": batch_size, "mean": float(lat.mean()),
                                  "p50": float(np.percentile(lat, 50)),
                                  "p95": float(np.percentile(lat, 95)),
@@ -134,28 +204,72 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
         "images_per_s": len(paths) / wall,
     }
     if reference is not None:
-        from medtrt.data import read_image
-        from medtrt.reference import predict
-
-        images = [read_image(p) for p, good in zip(paths, ok) if good]
-        ref = predict(reference, images).probs
-        dprob = np.abs(probs[ok] - ref)
-        worst = int(dprob.max(1).argmax())
-        report["reference"] = {
-            "checkpoint": str(reference),
-            "top1_agreement": float(np.mean(probs[ok].argmax(1) == ref.argmax(1))),
-            "max_abs_dprob": float(dprob.max()),
-            "mean_abs_dprob": float(dprob.mean()),
-            "worst": {"path": str(np.asarray(paths, object)[ok][worst]),
-                      "model": probs[ok][worst].tolist(), "reference": ref[worst].tolist()},
-        }
+        report["reference"] = _compare_with_reference(reference, [p for p, good in zip(paths, ok) if good],
+                                                      probs[ok], truth[ok] if multilabel else None,
+                                                      preset.threshold)
     files = {"json": out / "eval.json", "confusion": out / "confusion.png",
              "reliability": out / "reliability.png", "summary": out / "summary.md"}
     files["json"].write_text(json.dumps(report, indent=2) + "\n")
-    _plot_confusion(np.asarray(metrics["confusion"]), preset.labels, files["confusion"])
-    _plot_reliability(metrics["reliability"], metrics["ece"], files["reliability"])
-    files["summary"].write_text(_summary(report, preset.labels))
+    if multilabel:
+        _plot_label_counts(metrics["per_label"], files["confusion"])
+        _plot_reliability(metrics["reliability"], metrics["ece"], files["reliability"],
+                          xlabel="predicted probability (all labels)", ylabel="observed frequency")
+        files["summary"].write_text(_summary_multilabel(report, preset.labels))
+    else:
+        _plot_confusion(np.asarray(metrics["confusion"]), preset.labels, files["confusion"])
+        _plot_reliability(metrics["reliability"], metrics["ece"], files["reliability"])
+        files["summary"].write_text(_summary(report, preset.labels))
     return EvalResult(report, files)
+
+
+def _class_folder(data: str | os.PathLike[str], preset: Any) -> tuple[list[Path], np.ndarray]:
+    from medtrt.data import scan_folder
+
+    folder = scan_folder(data)
+    unknown = [c for c in folder.classes if c not in preset.labels]
+    if unknown:
+        raise ValueError(f"{data}: class folders {unknown} are not labels of the model "
+                         f"({list(preset.labels)}); rename them or evaluate another model")
+    to_model = np.array([preset.labels.index(c) for c in folder.classes])
+    return list(folder.paths), to_model[np.asarray(folder.labels, np.int64)]
+
+
+def _compare_with_reference(reference: str | os.PathLike[str], paths: list[Path], probs: np.ndarray,
+                            targets: np.ndarray | None, threshold: float) -> dict[str, Any]:
+    """Agreement with the PyTorch FP32 reference on the same images: top-1 (single-label) or
+    threshold decisions and per-label AUROC change (multi-label), and max |Δprob| with the worst
+    image."""
+    from medtrt.data import read_image
+    from medtrt.reference import predict
+
+    ref = predict(reference, [read_image(p) for p in paths]).probs
+    dprob = np.abs(probs - ref)
+    worst = int(dprob.max(1).argmax())
+    out: dict[str, Any] = {"checkpoint": str(reference)}
+    if targets is None:
+        out["top1_agreement"] = float(np.mean(probs.argmax(1) == ref.argmax(1)))
+    else:
+        from medtrt.testing import auroc
+
+        same = (probs > threshold) == (ref > threshold)
+        out["decision_agreement"] = float(same.mean())
+        out["images_with_all_decisions_equal"] = float(same.all(1).mean())
+        known = ~np.isnan(targets)
+        change = []
+        for j in range(targets.shape[1]):
+            k = known[:, j]
+            y = targets[k, j][:, None] == 1
+            d = auroc(y, probs[k, j][:, None])[0] - auroc(y, ref[k, j][:, None])[0] if k.any() else np.nan
+            change.append(_nan_to_none(d))
+        out["auroc_change"] = change
+        defined = [abs(c) for c in change if c is not None]
+        out["max_abs_auroc_change"] = max(defined) if defined else None
+    out.update({
+        "max_abs_dprob": float(dprob.max()),
+        "mean_abs_dprob": float(dprob.mean()),
+        "worst": {"path": str(paths[worst]), "model": probs[worst].tolist(), "reference": ref[worst].tolist()},
+    })
+    return out
 
 
 def _pyplot() -> Any:
@@ -183,18 +297,39 @@ def _plot_confusion(confusion: np.ndarray, classes: tuple[str, ...], path: Path)
     plt.close(fig)
 
 
-def _plot_reliability(bins: list[dict[str, Any]], ece: float, path: Path) -> None:
+def _plot_label_counts(per_label: dict[str, dict[str, Any]], path: Path) -> None:
+    """Multi-label 'confusion': TP / FN / FP / TN per label, shaded by share of the label's images."""
+    plt = _pyplot()
+    names = list(per_label)
+    cols = ("tp", "fn", "fp", "tn")
+    counts = np.array([[per_label[n][c] for c in cols] for n in names], np.float64)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.0, 0.8 + 0.35 * len(names)))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), v in np.ndenumerate(counts):
+        ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title("decisions per label at the threshold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_reliability(bins: list[dict[str, Any]], ece: float, path: Path, *,
+                      xlabel: str = "top-1 confidence", ylabel: str = "accuracy") -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     used = [b for b in bins if b["count"]]
     ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["accuracy"] for b in used],
            width=[b["high"] - b["low"] for b in used], edgecolor="black", alpha=0.7,
-           label="accuracy")
+           label=ylabel)
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("top-1 confidence")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(f"reliability (ECE {ece:.4f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
@@ -219,4 +354,31 @@ def _summary(r: dict[str, Any], classes: tuple[str, ...]) -> str:
     for name in classes:
         m = r["per_class"][name]
         lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _summary_multilabel(r: dict[str, Any], labels: tuple[str, ...]) -> str:
+    macro = "n/a" if r["macro_auroc"] is None else f"{r['macro_auroc']:.4f}"
+    lines = [f"# medtrt eval: {Path(r['model']).name}", "",
+             f"- engine: `{r['engine']}`",
+             f"- data: `{r['data']}` ({r['images']} images, {len(r['failed'])} unreadable or missing)",
+             f"- macro AUROC **{macro}**, macro F1 {r['macro_f1']:.4f} at threshold "
+             f"{r['threshold']:g}, exact match {r['exact_match']:.4f}, ECE {r['ece']:.4f}",
+             f"- latency {r['latency_ms_per_image']['mean']:.2f} ms/image (p95 "
+             f"{r['latency_ms_per_image']['p95']:.2f}) at batch {r['latency_ms_per_image']['batch_size']}, "
+             f"{r['images_per_s']:.0f} images/s, decode included"]
+    if r.get("labels_not_in_table"):
+        lines.append(f"- not annotated in the label table: {', '.join(r['labels_not_in_table'])}")
+    if "reference" in r:
+        ref = r["reference"]
+        change = "n/a" if ref["max_abs_auroc_change"] is None else f"{ref['max_abs_auroc_change']:.4f}"
+        lines.append(f"- vs the PyTorch FP32 reference: decision agreement {ref['decision_agreement']:.4f}, "
+                     f"max per-label AUROC change {change}, max |Δprob| {ref['max_abs_dprob']:.2e}")
+    lines += ["", "| label | AUROC | precision | recall | F1 | positives | negatives |",
+              "|---|---|---|---|---|---|---|"]
+    for name in labels:
+        m = r["per_label"][name]
+        a = "n/a" if m["auroc"] is None else f"{m['auroc']:.4f}"
+        lines.append(f"| {name} | {a} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+                     f"{m['positives']} | {m['negatives']} |")
     return "\n".join(lines) + "\n"

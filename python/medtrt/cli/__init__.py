@@ -187,9 +187,10 @@ def _bench(args: argparse.Namespace) -> int:
         report = run_bench(args.model, cfg, args.out, on_progress=lambda what, done, total:
                            progress.update(task, completed=done, total=total, description=what))
     m = report["machine"]
+    multi = len(cfg.modes) > 1
     table = Table(title=f"medtrt bench: {report['preset']}, {cfg.mode} mode, "
                         f"{m['gpu'] or m['cpu']} ({m['cores']} cores), baseline {report['baseline']}")
-    for col in ("backend", "batch", "images/s", "x baseline", "p50 ms", "p95 ms", "p99 ms",
+    for col in ("backend", *(("mode",) if multi else ()), "batch", "images/s", "x baseline", "p50 ms", "p95 ms", "p99 ms",
                 "CPU %", "GPU %", "W", "img/J"):
         table.add_column(col, justify="left" if col == "backend" else "right")
 
@@ -198,11 +199,14 @@ def _bench(args: argparse.Namespace) -> int:
 
     for r in report["results"]:
         lat = r["latency_ms"]
-        table.add_row(r["backend"], str(r["batch"]), f(r["images_per_s"], ".1f"),
+        table.add_row(r["backend"], *((r["mode"],) if multi else ()), str(r["batch"]),
+                      f(r["images_per_s"], ".1f"),
                       f(r["ratio_to_baseline"], ".2f"), f(lat["p50"], ".2f"), f(lat["p95"], ".2f"),
                       f(lat["p99"], ".2f"), f(r["cpu_percent"], ".0f"), f(r["gpu_util"], ".0f"),
                       f(r["power_w"], ".0f"), f(r["images_per_j"], ".1f"))
     _print_wide(table)
+    for x in report["mode_ratios"]:
+        print(f"{x['backend']} batch {x['batch']}: {x['ratio']} throughput {x['value']:.3f}")
     for name, why in report["skipped"].items():
         print(f"skipped {name}: {why}")
     print(f"GPU telemetry: {report['telemetry']['nvml']}")
@@ -227,7 +231,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     with Progress(transient=True, disable=args.quiet) as progress:
         task = progress.add_task("evaluating", total=None)
-        result = evaluate(args.model, args.data, reference=args.reference, out=args.out,
+        result = evaluate(args.model, args.data, labels=args.labels, reference=args.reference, out=args.out,
                           backend=args.backend, device=args.device, batch_size=args.batch_size,
                           progress=lambda done, total: progress.update(task, completed=done,
                                                                        total=total))
@@ -341,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "bundles are found beside it or in engines/")
     bn.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)} (default: all)")
     bn.add_argument("--batch", default="1,8,32,128,256", help="batch sizes (1,8,32,128,256)")
-    bn.add_argument("--mode", choices=MODES, default="engine")
+    bn.add_argument("--mode", default="engine",
+                    help=f"one or more of {','.join(MODES)}, comma-separated; several interleave "
+                         "and report each backend's ratio between modes (engine)")
     bn.add_argument("--duration", type=float, default=3.0, help="seconds per window (3)")
     bn.add_argument("--repeats", type=int, default=3, help="interleaved repeats; median reported")
     bn.add_argument("--baseline", help="backend the ratios are taken to (default per mode)")
@@ -351,10 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     bn.set_defaults(func=_bench)
 
-    ev = sub.add_parser("eval", help="accuracy, per-class metrics, calibration and agreement with "
-                                     "a reference, on a MedNIST-layout folder")
+    ev = sub.add_parser("eval", help="accuracy (or per-label AUROC), per-class metrics, calibration "
+                                     "and agreement with a reference")
     ev.add_argument("model", type=Path, help="engine bundle, ONNX file or checkpoint")
-    ev.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per class")
+    ev.add_argument("--data", type=Path, required=True,
+                    help="image folder: one sub-folder per class (single-label models), or the "
+                         "images a multi-label table names")
+    ev.add_argument("--labels", type=Path,
+                    help="multi-label models: CSV label table, an image column + one 1/0/-1 column "
+                         "per label, or NIH's 'Image Index' + 'Finding Labels' (default DATA/labels.csv)")
     ev.add_argument("--reference", type=Path, help="checkpoint to compare with (PyTorch FP32)")
     ev.add_argument("--out", type=Path, default=Path("eval"), help="output folder (./eval)")
     ev.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"), default="auto")
