@@ -54,6 +54,8 @@ def test_bundle_contents(bundles, demo_model, precision, ops):
     assert b["source_onnx"]["sha256"] == __import__("medtrt.export", fromlist=["x"]).sha256_file(demo_model.onnx)
     assert b["tensorrt"]["flavour"] in ("tensorrt", "tensorrt_rtx") and b["executed"] is False
     assert b["accuracy_check"]["top1_agreement"] >= 0.99
+    assert b["accuracy_check"]["metric"] == "top-1"
+    assert b["accuracy_check"]["agreement"] == b["accuracy_check"]["top1_agreement"]
     graph = onnx.load(str(out / b["precision_onnx"]))
     present = Counter(n.op_type for n in graph.graph.node)
     assert ops <= set(present), present
@@ -230,3 +232,20 @@ def test_accuracy_gate_failure_stops_the_build(demo_model, broken_cache, val_dir
     assert main(["build", str(demo_model.onnx), "--fp16", "--val", str(val_dir),
                  "--out", str(tmp_path)]) == 1
     assert "--val (the accuracy gate) applies to --int8 builds" in capsys.readouterr().err
+
+
+def test_accuracy_check_of_a_multilabel_model_compares_label_decisions(demo_model, tmp_path):
+    """Sigmoid presets are checked on per-label decisions at the preset threshold, not argmax."""
+    from helpers.chexnet import chexnet_parity
+    from medtrt.build import _check_accuracy
+    from medtrt.export import read_metadata
+    from medtrt.precision import to_fp16
+
+    c = chexnet_parity(demo_model)
+    preset = read_metadata(c.onnx)[0]
+    to_fp16(c.onnx, tmp_path / "m.fp16.onnx")
+    acc = _check_accuracy(c.onnx, tmp_path / "m.fp16.onnx", preset, c.test_images[:48])
+    assert acc["metric"] == "label decisions" and "top1_agreement" not in acc
+    assert acc["agreement"] == acc["decision_agreement"] >= 0.99
+    assert acc["images_with_all_decisions_equal"] <= acc["decision_agreement"]
+    assert acc["images"] == 48 and acc["max_abs_prob_diff"] < 0.05

@@ -74,10 +74,12 @@ class BuildResult:
 
 
 def _check_accuracy(fp32: Path, candidate: Path, preset: Any, images: list[np.ndarray]) -> dict[str, Any]:
-    """Top-1 agreement and max |dprob| of the precision graph vs the FP32 graph (ONNX Runtime)."""
+    """Agreement of the precision graph with the FP32 graph (ONNX Runtime): top-1 for softmax
+    presets, per-label decisions at the preset's threshold for sigmoid ones; max |dprob|."""
     ort = require("onnxruntime")
     from medtrt.ops import resize_normalize
     from medtrt.reference import activate
+    from medtrt.testing import agreement
 
     x = resize_normalize(images, **preset.preprocess_kwargs())
     runs = {}
@@ -85,10 +87,18 @@ def _check_accuracy(fp32: Path, candidate: Path, preset: Any, images: list[np.nd
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         runs[key] = activate(session.run(None, {session.get_inputs()[0].name: x})[0],
                              preset.activation)
-    a, b = runs["fp32"], runs["candidate"]
-    return {"images": len(images), "reference": "FP32 ONNX in ONNX Runtime (CPU)",
-            "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-            "max_abs_prob_diff": float(np.abs(a - b).max())}
+    rep = agreement(runs["candidate"], runs["fp32"], activation=preset.activation,
+                    threshold=preset.threshold)
+    out = {"images": len(images), "reference": "FP32 ONNX in ONNX Runtime (CPU)",
+           "metric": "top-1" if preset.activation == "softmax" else "label decisions",
+           "agreement": rep.top1_agreement if preset.activation == "softmax" else rep.decision_agreement,
+           "max_abs_prob_diff": rep.max_abs_prob_diff}
+    if preset.activation == "softmax":
+        out["top1_agreement"] = rep.top1_agreement
+    else:
+        out["decision_agreement"] = rep.decision_agreement
+        out["images_with_all_decisions_equal"] = rep.top1_agreement
+    return out
 
 
 def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,

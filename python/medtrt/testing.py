@@ -97,7 +97,7 @@ def _describe(probs: np.ndarray, activation: str, threshold: float,
     if activation == "softmax":
         i = int(np.argmax(probs))
         return f"{name(i)} ({probs[i]:.4f})"
-    on = [f"{name(i)} ({probs[i]:.3f})" for i in np.flatnonzero(probs >= threshold)]
+    on = [f"{name(i)} ({probs[i]:.3f})" for i in np.flatnonzero(probs > threshold)]
     return "{" + ", ".join(on) + "}" if on else "{} (no label above threshold)"
 
 
@@ -140,7 +140,7 @@ def agreement(candidate_probs: Any, reference_probs: Any, *, activation: str = "
         same = a.argmax(1) == r.argmax(1)
         decisions = float(same.mean())
     else:
-        same_label = (a >= threshold) == (r >= threshold)
+        same_label = (a > threshold) == (r > threshold)  # positive above, as Engine.infer decides
         same = same_label.all(1)
         decisions = float(same_label.mean())
     per_sample = diff.max(1)

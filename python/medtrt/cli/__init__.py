@@ -121,7 +121,7 @@ def _build(args: argparse.Namespace) -> int:
         ("engine build", f"{b['timings']['engine_build_s']:.1f} s"),
         ("calibration", "-" if not cal else "reused cache" if cal["reused_cache"] else
          f"{cal['method']}, {cal['images']} images, {cal['seconds']:.1f} s"),
-        ("vs FP32 (CPU, ORT)", f"top-1 agreement {acc['top1_agreement']:.4f}, max |dprob| "
+        ("vs FP32 (CPU, ORT)", f"{acc['metric']} agreement {acc['agreement']:.4f}, max |dprob| "
                                f"{acc['max_abs_prob_diff']:.2e} on {acc['images']} images"),
         ("accuracy gate", _gate_row(b.get("accuracy_gate"))),
         ("TensorRT", f"{b['tensorrt']['flavour']} {b['tensorrt']['version']}, targets "
