@@ -154,3 +154,9 @@ def test_cli_eval_multilabel_and_its_errors(chexnet_folder, demo_model, folder, 
     assert "label table" in capsys.readouterr().err
     assert main(["eval", str(demo_model.onnx), "--data", str(folder), "--labels", str(table), "--quiet"]) == 1
     assert "is single-label and reads class folders (drop --labels)" in capsys.readouterr().err
+
+
+def test_reference_of_another_model_is_refused(chexnet_folder, demo_model, tmp_path):
+    c, root, _ = chexnet_folder
+    with pytest.raises(ValueError, match=r"pass the checkpoint the model was exported from"):
+        evaluate(c.onnx, root, reference=demo_model.checkpoint, out=tmp_path / "e")

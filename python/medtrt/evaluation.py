@@ -148,6 +148,7 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
     listed, not fatal.
     """
     from medtrt import Engine
+    from medtrt.data import iter_images
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,15 +170,33 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
                                  "preset is single-label and reads class folders (drop --labels)")
             paths, truth = _class_folder(data, preset)
         probs = np.full((len(paths), preset.num_classes), np.nan, np.float32)
+        ref_probs = probs.copy() if reference is not None else None
+        if reference is not None:
+            from medtrt.models import load
+            from medtrt.reference import predict
+
+            ref_model, ref_preset = load(reference)
+            if tuple(ref_preset.labels) != tuple(preset.labels):
+                raise ValueError(f"reference {reference} predicts {list(ref_preset.labels)}; the "
+                                 f"model predicts {list(preset.labels)}: pass the checkpoint the "
+                                 "model was exported from")
         latencies: list[float] = []
         start = time.perf_counter()
         for lo in range(0, len(paths), batch_size):
             chunk = paths[lo:lo + batch_size]
             t0 = time.perf_counter()
-            r = engine.infer(chunk, k=1, return_probs=True)
+            read = list(iter_images(chunk))  # decoded once, for the model and the reference
+            good = [lo + i for i, x in enumerate(read) if x.ok]
+            failures += [{"path": str(x.path), "error": str(x.error)} for x in read if not x.ok]
+            images = [x.image for x in read if x.ok]
+            if images:
+                r = engine.infer(images, k=1, return_probs=True)
+                probs[good] = r.probs
+                failures += [{"path": str(chunk[good[x.index] - lo]), "error": str(x.error)}
+                             for x in r.errors]
             latencies.append((time.perf_counter() - t0) / len(chunk))
-            probs[lo:lo + len(chunk)] = r.probs
-            failures += [{"path": str(x.source), "error": str(x.error)} for x in r.errors]
+            if reference is not None and images:
+                ref_probs[good] = predict(ref_model, images, preset=ref_preset).probs
             if progress:
                 progress(min(lo + batch_size, len(paths)), len(paths))
         wall = time.perf_counter() - start
@@ -205,8 +224,8 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
     }
     if reference is not None:
         report["reference"] = _compare_with_reference(reference, [p for p, good in zip(paths, ok) if good],
-                                                      probs[ok], truth[ok] if multilabel else None,
-                                                      preset.threshold)
+                                                      probs[ok], ref_probs[ok],
+                                                      truth[ok] if multilabel else None, preset.threshold)
     files = {"json": out / "eval.json", "confusion": out / "confusion.png",
              "reliability": out / "reliability.png", "summary": out / "summary.md"}
     files["json"].write_text(json.dumps(report, indent=2) + "\n")
@@ -235,14 +254,10 @@ def _class_folder(data: str | os.PathLike[str], preset: Any) -> tuple[list[Path]
 
 
 def _compare_with_reference(reference: str | os.PathLike[str], paths: list[Path], probs: np.ndarray,
-                            targets: np.ndarray | None, threshold: float) -> dict[str, Any]:
-    """Agreement with the PyTorch FP32 reference on the same images: top-1 (single-label) or
-    threshold decisions and per-label AUROC change (multi-label), and max |Δprob| with the worst
-    image."""
-    from medtrt.data import read_image
-    from medtrt.reference import predict
-
-    ref = predict(reference, [read_image(p) for p in paths]).probs
+                            ref: np.ndarray, targets: np.ndarray | None, threshold: float) -> dict[str, Any]:
+    """Agreement with the PyTorch FP32 reference's ``ref`` probabilities on the same images:
+    top-1 (single-label) or threshold decisions and per-label AUROC change (multi-label), and
+    max |Δprob| with the worst image."""
     dprob = np.abs(probs - ref)
     worst = int(dprob.max(1).argmax())
     out: dict[str, Any] = {"checkpoint": str(reference)}
