@@ -76,24 +76,17 @@ class BuildResult:
 def _check_accuracy(fp32: Path, candidate: Path, preset: Any, images: list[np.ndarray]) -> dict[str, Any]:
     """Agreement of the precision graph with the FP32 graph (ONNX Runtime): top-1 for softmax
     presets, per-label decisions at the preset's threshold for sigmoid ones; max |dprob|."""
-    ort = require("onnxruntime")
     from medtrt.ops import resize_normalize
-    from medtrt.reference import activate
+    from medtrt.precision.gate import ort_probs
     from medtrt.testing import agreement
 
     x = resize_normalize(images, **preset.preprocess_kwargs())
-    runs = {}
-    for key, path in (("fp32", fp32), ("candidate", candidate)):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        runs[key] = activate(session.run(None, {session.get_inputs()[0].name: x})[0],
-                             preset.activation)
-    rep = agreement(runs["candidate"], runs["fp32"], activation=preset.activation,
-                    threshold=preset.threshold)
+    rep = agreement(ort_probs(candidate, x, preset.activation, len(x)),
+                    ort_probs(fp32, x, preset.activation, len(x)),
+                    activation=preset.activation, threshold=preset.threshold)
     out = {"images": len(images), "reference": "FP32 ONNX in ONNX Runtime (CPU)",
-           "metric": "top-1" if preset.activation == "softmax" else "label decisions",
-           "agreement": rep.top1_agreement if preset.activation == "softmax" else rep.decision_agreement,
-           "max_abs_prob_diff": rep.max_abs_prob_diff}
-    if preset.activation == "softmax":
+           "metric": rep.metric, "agreement": rep.agreement, "max_abs_prob_diff": rep.max_abs_prob_diff}
+    if rep.metric == "top1":
         out["top1_agreement"] = rep.top1_agreement
     else:
         out["decision_agreement"] = rep.decision_agreement

@@ -223,9 +223,9 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
         "images_per_s": len(paths) / wall,
     }
     if reference is not None:
-        report["reference"] = _compare_with_reference(reference, [p for p, good in zip(paths, ok) if good],
-                                                      probs[ok], ref_probs[ok],
-                                                      truth[ok] if multilabel else None, preset.threshold)
+        report["reference"] = _compare_with_reference(
+            reference, [p for p, good in zip(paths, ok) if good], probs[ok], ref_probs[ok], metrics,
+            preset.labels, multilabel, truth[ok] if multilabel else None, preset.threshold)
     files = {"json": out / "eval.json", "confusion": out / "confusion.png",
              "reliability": out / "reliability.png", "summary": out / "summary.md"}
     files["json"].write_text(json.dumps(report, indent=2) + "\n")
@@ -254,34 +254,31 @@ def _class_folder(data: str | os.PathLike[str], preset: Any) -> tuple[list[Path]
 
 
 def _compare_with_reference(reference: str | os.PathLike[str], paths: list[Path], probs: np.ndarray,
-                            ref: np.ndarray, targets: np.ndarray | None, threshold: float) -> dict[str, Any]:
+                            ref: np.ndarray, metrics: dict[str, Any], labels: tuple[str, ...],
+                            multilabel: bool, targets: np.ndarray | None,
+                            threshold: float) -> dict[str, Any]:
     """Agreement with the PyTorch FP32 reference's ``ref`` probabilities on the same images:
-    top-1 (single-label) or threshold decisions and per-label AUROC change (multi-label), and
-    max |Δprob| with the worst image."""
-    dprob = np.abs(probs - ref)
-    worst = int(dprob.max(1).argmax())
-    out: dict[str, Any] = {"checkpoint": str(reference)}
-    if targets is None:
-        out["top1_agreement"] = float(np.mean(probs.argmax(1) == ref.argmax(1)))
-    else:
-        from medtrt.testing import auroc
+    top-1 (single-label) or threshold decisions and per-label AUROC change against the model's
+    ``metrics`` (multi-label), and max |Δprob| with the worst image."""
+    from medtrt.testing import agreement
 
-        same = (probs > threshold) == (ref > threshold)
-        out["decision_agreement"] = float(same.mean())
-        out["images_with_all_decisions_equal"] = float(same.all(1).mean())
-        known = ~np.isnan(targets)
-        change = []
-        for j in range(targets.shape[1]):
-            k = known[:, j]
-            y = targets[k, j][:, None] == 1
-            d = auroc(y, probs[k, j][:, None])[0] - auroc(y, ref[k, j][:, None])[0] if k.any() else np.nan
-            change.append(_nan_to_none(d))
+    rep = agreement(probs, ref, activation="sigmoid" if multilabel else "softmax", threshold=threshold)
+    worst = int(np.abs(probs - ref).max(1).argmax())
+    out: dict[str, Any] = {"checkpoint": str(reference)}
+    if not multilabel:
+        out["top1_agreement"] = rep.top1_agreement
+    else:
+        out["decision_agreement"] = rep.decision_agreement
+        out["images_with_all_decisions_equal"] = rep.top1_agreement
+        theirs = multilabel_metrics(targets, ref, labels, threshold=threshold)["per_label"]
+        change = [None if metrics["per_label"][n]["auroc"] is None or theirs[n]["auroc"] is None
+                  else metrics["per_label"][n]["auroc"] - theirs[n]["auroc"] for n in labels]
         out["auroc_change"] = change
         defined = [abs(c) for c in change if c is not None]
         out["max_abs_auroc_change"] = max(defined) if defined else None
     out.update({
-        "max_abs_dprob": float(dprob.max()),
-        "mean_abs_dprob": float(dprob.mean()),
+        "max_abs_dprob": rep.max_abs_prob_diff,
+        "mean_abs_dprob": rep.mean_abs_prob_diff,
         "worst": {"path": str(paths[worst]), "model": probs[worst].tolist(), "reference": ref[worst].tolist()},
     })
     return out

@@ -114,6 +114,12 @@ class AgreementReport:
     worst_candidate: str
     worst_reference: str
     disagreements: tuple[int, ...]
+    metric: str = "top1"  # the agreement that fits the activation: "top1" or "label decisions"
+
+    @property
+    def agreement(self) -> float:
+        """top-1 agreement (softmax) or per-label decision agreement (sigmoid)."""
+        return self.top1_agreement if self.metric == "top1" else self.decision_agreement
 
     def row(self) -> dict[str, Any]:
         return {"samples": self.samples, "top1_agreement": self.top1_agreement,
@@ -151,7 +157,8 @@ def agreement(candidate_probs: Any, reference_probs: Any, *, activation: str = "
         max_abs_prob_diff=float(diff.max()), mean_abs_prob_diff=float(diff.mean()),
         worst_index=worst, worst_candidate=_describe(a[worst], activation, threshold, labels),
         worst_reference=_describe(r[worst], activation, threshold, labels),
-        disagreements=tuple(int(i) for i in np.flatnonzero(~same)))
+        disagreements=tuple(int(i) for i in np.flatnonzero(~same)),
+        metric="top1" if activation == "softmax" else "label decisions")
 
 
 def assert_agreement(candidate_probs: Any, reference_probs: Any, *, min_top1: float,

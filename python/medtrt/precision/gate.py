@@ -115,22 +115,17 @@ def load_validation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
     return images, y, bad
 
 
-class _Runner:
-    """Runs graph variants in ONNX Runtime on pre-processed inputs, in batches."""
+def ort_probs(model: Any, x: np.ndarray, activation: str, batch_size: int = 32) -> np.ndarray:
+    """Probabilities of an ONNX graph (path or ModelProto) on pre-processed ``x``, run in ONNX
+    Runtime on the CPU in batches."""
+    from medtrt.reference import activate
 
-    def __init__(self, batch_size: int) -> None:
-        self.ort = require("onnxruntime")
-        self.batch_size = batch_size
-
-    def probs(self, model: Any, x: np.ndarray, activation: str) -> np.ndarray:
-        from medtrt.reference import activate
-
-        data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
-        session = self.ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        out = [session.run(None, {name: x[s:s + self.batch_size]})[0]
-               for s in range(0, len(x), self.batch_size)]
-        return activate(np.concatenate(out), activation)
+    ort = require("onnxruntime")
+    data = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: x[s:s + batch_size]})[0] for s in range(0, len(x), batch_size)]
+    return activate(np.concatenate(out), activation)
 
 
 def _sqnr(fp32_path: Path, plan: Any, amax: dict[str, float], x: np.ndarray,
@@ -182,11 +177,9 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
     kwargs = preset.preprocess_kwargs()
     x = np.concatenate([resize_normalize_mixed(images[s:s + cfg.batch_size], **kwargs)
                         for s in range(0, len(images), cfg.batch_size)])
-    runner = _Runner(cfg.batch_size)
     act = preset.activation
-    ref = runner.probs(str(fp32_onnx), x, act)
+    ref = ort_probs(fp32_onnx, x, act, cfg.batch_size)
     probe = np.linspace(0, len(x) - 1, min(cfg.probe_images, len(x))).astype(int)
-    metric = "top1" if act == "softmax" else "label decisions"
 
     def variant(fp16_layers: Sequence[str]) -> Any:
         plan = plan_qdq(fp32, share_concat_scales=share_concat_scales, exclude_nodes=fp16_layers)
@@ -196,11 +189,11 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
 
     def score_of(p: np.ndarray, rs: np.ndarray) -> Any:
         rep = agreement(p, rs, activation=act, threshold=preset.threshold, labels=preset.labels)
-        return rep, rep.top1_agreement if act == "softmax" else rep.decision_agreement
+        return rep, rep.agreement
 
     def check(model: Any, rows: np.ndarray | None = None) -> Any:
         xs, rs = (x, ref) if rows is None else (x[rows], ref[rows])
-        p = runner.probs(model, xs, act)
+        p = ort_probs(model, xs, act, cfg.batch_size)
         return (*score_of(p, rs), p)
 
     phase("accuracy gate: checking the INT8 graph against FP32")
@@ -247,7 +240,7 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
         accuracy = {"fp32": float(np.mean(ref.argmax(1) == labels)),
                     "int8": float(np.mean(probs.argmax(1) == labels))}
     result = GateResult(
-        passed=score >= cfg.min_agreement, min_agreement=cfg.min_agreement, metric=metric,
+        passed=score >= cfg.min_agreement, min_agreement=cfg.min_agreement, metric=rep.metric,
         images=len(x), unreadable=bad, agreement_before=before, agreement=score,
         max_abs_prob_diff=rep.max_abs_prob_diff, fp16_layers=kept,
         max_fp16_layers=cfg.max_fp16_layers, sensitivity=sensitivity, steps=steps,
