@@ -141,3 +141,49 @@ def test_unknown_baseline_is_refused():
     with pytest.raises(ValueError, match=r"unknown backend\(s\) \['nope'\]"):
         BenchConfig(baseline="nope")
 
+
+
+def test_tensorrt_backend_says_why_a_bundle_cannot_run_here(model_dir, tmp_path):
+    """A bundle is found beside the model, but this machine cannot run it: the skip reason is the
+    runtime's own (here: the TensorRT flavour it was built with is not installed)."""
+    from medtrt.bench import make_backend
+
+    root = tmp_path / "m"
+    shutil.copytree(model_dir, root)
+    engine = root / "engines" / "model.fp16.engine"
+    engine.write_bytes(b"\0" * 16)
+    engine.with_name(engine.name + ".json").write_text(json.dumps({
+        "format": "medtrt-engine-bundle/1", "engine_bytes": 16,
+        "tensorrt": {"flavour": "tensorrt", "version": "0.0-not-here"}}))
+    art = find_artifacts(root / "model.pt")
+    assert art.engines == {"fp16": engine}
+    for mode in ("engine", "pipeline"):
+        why = make_backend("trt-fp16", mode, art, 1)
+        assert isinstance(why, str) and "tensorrt 0.0-not-here" in why and "not installed" in why
+    assert "run medtrt build --int8" in make_backend("trt-int8", "engine", art, 1)
+
+
+def test_tensorrt_compute_splits_at_the_profile_max_and_pads_to_its_min():
+    """Engine-mode TensorRT: the batch is cut into profile-sized parts outside the timing, and
+    every part goes to the execution context as one call (checked with a recording stage on the
+    CPU; the real stage is the pipeline's TensorRTStage, run only where TensorRT and a GPU are)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from medtrt.bench import TensorRTCompute
+
+    calls = []
+    be = object.__new__(TensorRTCompute)
+    be.torch, be.device, be.in_dtype = torch, "cpu", torch.float16
+    be.min_batch, be.max_batch = 2, 4
+    be.out = torch.empty(4, 6)
+    be.stage = lambda view: calls.append((view.slot, view.batch, view.input, view.logits))
+    x = np.arange(9 * 3, dtype=np.float32).reshape(9, 1, 3, 1)
+    parts = be.prepare(9, x)
+    assert [len(p) for p in parts] == [4, 4, 2]  # 9 = 4 + 4 + 1 padded to 2
+    assert all(p.dtype == torch.float16 and p.is_contiguous() for p in parts)
+    np.testing.assert_array_equal(torch.cat(parts).float().numpy()[:9], x)
+    np.testing.assert_array_equal(parts[-1][1].float().numpy(), x[8])  # padding repeats the last
+    be.call(parts)
+    assert calls == [(0, len(p), p.data_ptr(), be.out.data_ptr()) for p in parts]
+    assert [len(p) for p in be.prepare(1, x[:1])] == [2]

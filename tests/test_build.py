@@ -171,6 +171,9 @@ def test_build_argument_errors(demo_model, tmp_path, capsys):
         (["build", str(demo_model.onnx), "--batch", "8,4,16"], "1 <= min <= opt <= max"),
         (["build", str(demo_model.onnx), "--int8", "--calib", str(bad), "--calib-images", "4"],
          "cannot read image"),
+        (["build", str(demo_model.onnx), "--fp16", "--keep-fp16", "stem"], "apply to --int8 builds"),
+        (["build", str(demo_model.onnx), "--int8", "--calib", str(few), "--calib-images", "3",
+          "--keep-fp16", "stem,nope"], "no layer named 'nope'"),
     ]
     for argv, message in cases:
         assert main(argv + ["--out", str(tmp_path / "o")]) == 1, argv
@@ -217,6 +220,28 @@ def test_accuracy_gate_keeps_the_broken_layer_in_fp16(demo_model, broken_cache, 
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "image" for n in graph.node)
     printed = " ".join(capsys.readouterr().out.split())
     assert "accuracy gate" in printed and "FP16 layers: node_Conv_1698" in printed
+
+
+@pytest.mark.trt
+def test_recipe_keeps_the_stem_in_fp16_from_the_start(demo_model, broken_cache, val_dir, tmp_path,
+                                                      capsys):
+    """--concat float --keep-fp16 stem: the broken threshold is the stem's input, which the recipe
+    no longer quantizes, so the gate passes with no fallback layer; the bundle records the recipe."""
+    assert main(["build", str(demo_model.onnx), "--int8", "--calib-cache", str(broken_cache),
+                 "--concat", "float", "--keep-fp16", "stem", "--val", str(val_dir),
+                 "--out", str(tmp_path), "--batch", "1,4,16"]) == 0
+    b = json.loads((tmp_path / "model.int8.engine.json").read_text())
+    q, gate = b["quantization"], b["accuracy_gate"]
+    assert gate["passed"] and gate["agreement_before"] >= 0.99 and gate["fp16_layers"] == []
+    assert q["concat"] == "float" and q["keep_fp16"] == ["stem"] and not q["share_concat_scales"]
+    assert q["fp16_layers"] == q["keep_fp16_layers"] == ["node_Conv_1698"]
+    assert q["gate_fp16_layers"] == []
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert "image" not in quantized and len(quantized) == q["activation_tensors"] < 241
+    assert "node_Conv_1698_CastToFp16" in {n.name for n in graph.node}
+    printed = " ".join(capsys.readouterr().out.replace("│", " ").split())  # wrapped cells rejoined
+    assert "Concat float; FP16 layers: node_Conv_1698" in printed, printed
 
 
 @pytest.mark.trt

@@ -309,6 +309,61 @@ class OrtCompute(Backend):
         self.session.run(None, {self.input: inputs})
 
 
+class TensorRTCompute(Backend):
+    """A TensorRT engine alone (engine mode): a device-resident input of the engine's dtype ->
+    logits on the device, on torch's current stream; the execution context is driven by the
+    pipeline's own TensorRT stage (one slot), so both modes time the same calls. Batches above
+    the engine profile's maximum run as several calls, below its minimum are padded, as
+    ``Engine.infer`` does."""
+
+    def __init__(self, name: str, path: Path, flavour: str) -> None:
+        super().__init__(name)
+        import torch
+
+        from medtrt.runtime.engine import _read_bundle
+        from medtrt.runtime.stages import TensorRTStage
+        from medtrt.trt import import_trt
+
+        bundle, engine_file = _read_bundle(path)
+        trt, _ = import_trt(flavour)
+        self.torch = torch
+        self.stage = TensorRTStage(trt, engine_file, 1, 0)
+        profile = bundle["input"]["profile"]
+        self.min_batch, self.max_batch = int(profile["min"][0]), int(profile["max"][0])
+        self.stage.shape = tuple(int(d) for d in profile["opt"][1:])
+        self.classes = len(bundle["output"]["labels"])
+        self.in_dtype = getattr(torch, self.stage.input_dtype)
+        self.out = torch.empty((self.max_batch, self.classes),
+                               dtype=getattr(torch, self.stage.logits_dtype), device=self.device)
+
+    device = "cuda:0"
+
+    def prepare(self, batch: int, inputs: Any) -> Any:
+        """The batch on the device, split at the profile's maximum and each part padded to its
+        minimum (outside the timing, like the other backends' host-to-device copies)."""
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device, self.in_dtype)
+        chunks = []
+        for s in range(0, len(x), self.max_batch):
+            c = x[s:s + self.max_batch]
+            if len(c) < self.min_batch:
+                c = torch.cat([c, c[-1:].expand(self.min_batch - len(c), *c.shape[1:])])
+            chunks.append(c.contiguous())
+        return chunks
+
+    def call(self, inputs: Any) -> None:
+        from types import SimpleNamespace
+
+        torch = self.torch
+        stream = torch.cuda.current_stream().cuda_stream if self.device.startswith("cuda") else 0
+        for c in inputs:
+            self.stage(SimpleNamespace(slot=0, batch=len(c), input=c.data_ptr(),
+                                       logits=self.out.data_ptr(), stream=stream))
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize()
+
+
 class EnginePipeline(Backend):
     """medtrt.Engine: host images -> top-k on the host; files mode: paths, decoded in a thread
     pool while earlier batches run (infer_many keeps the slots busy)."""
@@ -444,14 +499,16 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
         prec = name.split("-")[1]
         if prec not in art.engines:
             return f"no {art.checkpoint.stem}.{prec}.engine bundle: run medtrt build --{prec}"
+        from medtrt.runtime.engine import BundleError, _read_bundle, check_bundle_runnable
+
         try:
-            __import__("tensorrt")
-        except ImportError:
-            return "full TensorRT is not installed (TensorRT-RTX cannot run on data-centre GPUs)"
-        if not cuda_ok:
-            return why_no_cuda
+            flavour = check_bundle_runnable(_read_bundle(art.engines[prec])[0])
+        except BundleError as exc:
+            return str(exc)
         if mode == "engine":
-            return "engine (compute-only) mode for TensorRT is not implemented; use --mode pipeline"
+            if not cuda_ok:
+                return f"engine mode keeps inputs on the GPU through torch: {why_no_cuda}"
+            return TensorRTCompute(name, art.engines[prec], flavour)
         return EnginePipeline(name, art.engines[prec], decode, backend="tensorrt", device=0)
     if name.startswith("ort-"):
         prec = name.split("-")[2]

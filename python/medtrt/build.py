@@ -41,7 +41,7 @@ class BuildOptions:
     calib: str | None = None  # folder of calibration images (INT8)
     calib_cache: str | None = None  # JSON cache from an earlier calibration (INT8)
     calibration: Any = None  # medtrt.precision.CalibrationConfig; default: entropy, 512 images
-    share_concat_scales: bool = True
+    recipe: Any = None  # medtrt.precision.QdqRecipe; default: shared Concat scales, no FP16 layers
     batch: tuple[int, int, int] = (1, 32, 256)
     flavour: str = "auto"
     workspace_mib: int = 2048
@@ -60,6 +60,8 @@ class BuildOptions:
                              "--calib-cache FILE (from an earlier build)")
         if self.precision != "int8" and (self.calib or self.calib_cache):
             raise ValueError("--calib/--calib-cache only apply to --int8")
+        if self.recipe is not None and self.precision != "int8":
+            raise ValueError("--concat/--keep-fp16 shape the INT8 graph: they apply to --int8 builds")
         if self.val and self.precision != "int8":
             raise ValueError("--val (the accuracy gate) applies to --int8 builds")
 
@@ -99,8 +101,8 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
           on_phase: Callable[[str], None] | None = None) -> BuildResult:
     """Build an engine bundle from a medtrt-exported FP32 ONNX (see module docstring)."""
     from medtrt.export import read_metadata, sha256_file, verification_images
-    from medtrt.precision import (CalibrationConfig, calibrate, insert_qdq, plan_qdq, read_cache,
-                                  to_fp16, write_trt_cache)
+    from medtrt.precision import (CalibrationConfig, QdqRecipe, calibrate, read_cache,
+                                  resolve_layers, to_fp16, write_trt_cache)
     from medtrt.trt import build_engine, import_trt
 
     opts = options or BuildOptions()
@@ -133,7 +135,8 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         phase("converting to FP16")
         to_fp16(model, precision_onnx)
     else:
-        plan = plan_qdq(model, share_concat_scales=opts.share_concat_scales)
+        recipe = opts.recipe or QdqRecipe()
+        plan = recipe.plan(model)
         if opts.calib_cache:
             phase("reading calibration cache")
             cal = read_cache(opts.calib_cache, expect_sha256=source_sha)
@@ -153,7 +156,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         trt_cache = write_trt_cache(cal, out / f"{name}.calib.cache",
                                     trt_version=str(trt_mod.__version__) if flavour == "tensorrt" else None)
         phase("inserting Q/DQ")
-        qdq_model, final_plan = insert_qdq(model, cal.amax, plan=plan)
+        qdq_model, final_plan = recipe.apply(model, cal.amax)
         fp16_layers: list[str] = []
         if opts.val:
             from medtrt.errors import GateError
@@ -162,23 +165,20 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
             t_gate = time.perf_counter()
             qdq_model, gate = accuracy_gate(onnx_path, cal.amax, opts.val, preset=preset,
                                             config=opts.gate or GateConfig(),
-                                            share_concat_scales=opts.share_concat_scales,
-                                            on_phase=phase)
+                                            recipe=recipe, on_phase=phase)
             timings["gate_s"] = time.perf_counter() - t_gate
             gate_info = gate.to_json()
             fp16_layers = gate.fp16_layers
             if fp16_layers:  # the plan the gated graph was made with, for the bundle's counts
-                _, final_plan = insert_qdq(model, cal.amax, plan=plan_qdq(
-                    model, share_concat_scales=opts.share_concat_scales,
-                    exclude_nodes=fp16_layers))
+                final_plan = recipe.plan(model, fp16_layers)
             if not gate.passed:
                 path = out / f"{name}.gate.json"
                 path.write_text(json.dumps(gate_info, indent=2, default=float) + "\n")
                 raise GateError(
                     f"{gate.summary()}; no engine built. The most sensitive layers are listed "
                     f"in {path}; compare layer outputs with `medtrt debug-layers` to see where "
-                    "the INT8 error grows, then try --calib-method max, "
-                    "--no-shared-concat-scales, more calibration images, or a larger "
+                    "the INT8 error grows, then try --concat float, --keep-fp16 stem, "
+                    "--calib-method max, more calibration images, or a larger "
                     "--max-fp16-layers", gate_info, path)
         onnx.save(qdq_model, str(precision_onnx))
         calibration_info = {"method": cal.config.method, "images": cal.images,
@@ -190,9 +190,11 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                             "seconds": cal.seconds}
         quantization = {"activation_tensors": len(final_plan.tensors),
                         "scale_groups": len(final_plan.groups),
-                        "share_concat_scales": opts.share_concat_scales,
+                        **recipe.to_json(model),
+                        "share_concat_scales": recipe.concat == "shared",
                         "kept_in_float": final_plan.skipped,
-                        "fp16_layers": fp16_layers}
+                        "fp16_layers": [*resolve_layers(model, recipe.keep_fp16), *fp16_layers],
+                        "gate_fp16_layers": fp16_layers}
     timings["precision_s"] = time.perf_counter() - t0
 
     phase("checking accuracy on the CPU")

@@ -27,7 +27,8 @@ class ParityCase:
 
 
 def build_artifacts(fp32_onnx: Path, calib_paths, out: Path, calib_images: int, method: str = "entropy"):
-    from medtrt.precision import CalibrationConfig, calibrate, insert_qdq, plan_qdq, to_fp16
+    from medtrt.precision import (CalibrationConfig, QdqRecipe, calibrate, insert_qdq, plan_qdq,
+                                  to_fp16)
 
     fp32 = onnx.load(str(fp32_onnx))
     plan = plan_qdq(fp32)
@@ -35,7 +36,12 @@ def build_artifacts(fp32_onnx: Path, calib_paths, out: Path, calib_images: int, 
                     CalibrationConfig(method=method, num_images=calib_images))
     insert_qdq(fp32, cal.amax, plan=plan, out=out / "model.int8.onnx")
     to_fp16(fp32_onnx, out / "model.fp16.onnx")
-    return {"fp32": fp32_onnx, "fp16": out / "model.fp16.onnx", "int8": out / "model.int8.onnx"}
+    # `medtrt build --int8 --concat float --keep-fp16 stem,head`: its tensors are a subset of the
+    # default plan's, calibrated on the same images (per-tensor histograms: the same thresholds).
+    accurate, _ = QdqRecipe(concat="float", keep_fp16=("stem", "head")).apply(fp32, cal.amax)
+    onnx.save(accurate, str(out / "model.int8-float-concat.onnx"))
+    return {"fp32": fp32_onnx, "fp16": out / "model.fp16.onnx", "int8": out / "model.int8.onnx",
+            "int8-float-concat": out / "model.int8-float-concat.onnx"}
 
 
 def engine_logits(path, images, **kwargs) -> np.ndarray:

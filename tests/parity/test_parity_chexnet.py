@@ -14,7 +14,7 @@ from medtrt.reference import activate
 from medtrt.testing import PARITY, assert_agreement, assert_auroc_change, auroc
 from helpers.parity import engine_logits
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-float-concat")
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,30 @@ def test_int8_measured_against_the_floor_it_reaches(chexnet_case, outputs):
     print(f"int8: max AUROC change {np.nanmax(change):.4f}, decisions {rep.decision_agreement:.4f}")
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: INT8 (entropy) on the synthetic CheXNet-shaped "
-                   "model changes one label's AUROC by ~0.01 (target 0.005); see README Parity")
-def test_int8_meets_the_target(chexnet_case, outputs):
-    case, t = chexnet_case, PARITY["int8"]
+def _int8_target(case, probs, name):
+    t = PARITY["int8"]
     ref = activate(case.reference, "sigmoid")
-    assert_auroc_change(case.labels, outputs["int8"], ref, max_change=t["max_auroc_change"],
-                        names=case.preset.labels, name="int8 ONNX")
-    rep = assert_agreement(outputs["int8"], ref, activation="sigmoid", min_top1=0.0,
-                           max_prob_diff=1.0, labels=case.preset.labels)
-    assert rep.decision_agreement >= t["min_decisions"]
+    change = assert_auroc_change(case.labels, probs, ref, max_change=t["max_auroc_change"],
+                                 names=case.preset.labels, name=name)
+    rep = assert_agreement(probs, ref, activation="sigmoid", min_top1=0.0, max_prob_diff=1.0,
+                           labels=case.preset.labels, name=name)
+    assert rep.decision_agreement >= t["min_decisions"], (
+        f"{name}: decision agreement {rep.decision_agreement:.4f}; worst sample "
+        f"{rep.worst_index}: {rep.worst_candidate} vs reference {rep.worst_reference}")
+    print(f"{name}: max AUROC change {np.nanmax(change):.4f}, decisions "
+          f"{rep.decision_agreement:.4f}")
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: INT8 with the default recipe (shared Concat "
+                   "scales, every layer INT8) on the synthetic CheXNet-shaped model changes one "
+                   "label's AUROC by ~0.01 (target 0.005); see README Parity")
+def test_int8_default_recipe_meets_the_target(chexnet_case, outputs):
+    _int8_target(chexnet_case, outputs["int8"], "int8 ONNX")
+
+
+def test_int8_float_concat_fp16_stem_and_head_meets_the_target(chexnet_case, outputs):
+    """`medtrt build --int8 --concat float --keep-fp16 stem,head`: Concat left in floating point
+    (DenseNet's features are quantized once, at the next convolution, instead of twice) and the
+    stem convolution and the classifier in FP16; 119 of 121 weighted layers stay INT8.
+    Measured 0.0043 / 0.994 here, and 0.0048 / 0.993 on 256 fresh images (README Parity)."""
+    _int8_target(chexnet_case, outputs["int8-float-concat"], "int8 ONNX (float concat, FP16 stem+head)")

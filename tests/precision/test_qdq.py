@@ -102,3 +102,43 @@ def test_all_zero_tensor_stays_float(int8):
     assert final.tensors[0] in plan.skipped
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == final.tensors[0]
                    for n in model.graph.node)
+
+
+def test_recipe_float_concat_and_fp16_stem_and_head(int8):
+    """--concat float --keep-fp16 stem,head: Concat inputs are no longer quantized (only the
+    inputs of weighted layers and pools are), the stem convolution and the classifier read float
+    inputs and run in FP16 between Casts, and every other weighted layer is still INT8."""
+    from medtrt.precision import QdqRecipe, resolve_layers
+
+    fp32, _, default_plan, _, cal, _ = int8
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
+    gemm = [n.name for n in fp32.graph.node if n.op_type == "Gemm"]
+    assert resolve_layers(fp32, ["stem"]) == [convs[0].name]
+    assert resolve_layers(fp32, ["head", "stem", convs[5].name, "head"]) == [
+        *gemm, convs[0].name, convs[5].name]
+    with pytest.raises(ValueError, match="no layer named 'nope'.*stem / head"):
+        resolve_layers(fp32, ["nope"])
+    with pytest.raises(ValueError, match="concat must be one of"):
+        QdqRecipe(concat="int8")
+
+    recipe = QdqRecipe(concat="float", keep_fp16=("stem", "head"))
+    model, plan = recipe.apply(fp32, cal.amax)
+    concat_inputs = {t for n in fp32.graph.node if n.op_type == "Concat" for t in n.input}
+    pool_or_weighted = {n.input[0] for n in fp32.graph.node
+                        if n.op_type in ("Conv", "Gemm", "MaxPool", "AveragePool")}
+    assert set(plan.tensors) <= pool_or_weighted
+    assert set(default_plan.tensors) - set(plan.tensors) >= concat_inputs - pool_or_weighted
+    assert len(plan.tensors) == len(pool_or_weighted) - 2  # stem and head inputs stay float
+    assert all(len(g) == 1 for g in plan.groups)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        kept = node.name in (convs[0].name, *gemm)
+        assert (producers[node.input[0]].op_type == "Cast") == kept, node.name
+        weight = producers.get(node.input[1])  # kept: an FP16 initializer, no producer
+        assert (weight is not None and weight.op_type == "DequantizeLinear") != kept, node.name
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == set(plan.tensors)
+    assert recipe.to_json(fp32) == {"concat": "float", "keep_fp16": ["stem", "head"],
+                                    "keep_fp16_layers": [convs[0].name, *gemm]}

@@ -98,7 +98,7 @@ def _build(args: argparse.Namespace) -> int:
                            calibration=CalibrationConfig(method=args.calib_method,
                                                          num_images=args.calib_images),
                            batch=batch, flavour=args.trt,  # type: ignore[arg-type]
-                           share_concat_scales=not args.no_shared_concat_scales,
+                           recipe=_recipe(args),
                            optimization_level=args.opt_level, workspace_mib=args.workspace_mib,
                            compute_capabilities=tuple(args.target or ()),
                            val=str(args.val) if args.val else None,
@@ -123,6 +123,7 @@ def _build(args: argparse.Namespace) -> int:
          f"{cal['method']}, {cal['images']} images, {cal['seconds']:.1f} s"),
         ("vs FP32 (CPU, ORT)", f"{acc['metric']} agreement {acc['agreement']:.4f}, max |dprob| "
                                f"{acc['max_abs_prob_diff']:.2e} on {acc['images']} images"),
+        ("quantization", _quant_row(b.get("quantization"))),
         ("accuracy gate", _gate_row(b.get("accuracy_gate"))),
         ("TensorRT", f"{b['tensorrt']['flavour']} {b['tensorrt']['version']}, targets "
                      f"{', '.join(b['tensorrt']['targets']) or 'build GPU'}"),
@@ -212,6 +213,24 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"GPU telemetry: {report['telemetry']['nvml']}")
     print(f"wrote {args.out / 'bench.json'} and {', '.join(report['plots'])}")
     return 0
+
+
+def _recipe(args: argparse.Namespace) -> Any:
+    """The QdqRecipe the flags ask for; None when they are left at their defaults."""
+    from medtrt.precision import QdqRecipe
+
+    keep = tuple(n.strip() for n in (args.keep_fp16 or "").split(",") if n.strip())
+    if args.concat == "shared" and not keep:
+        return None
+    return QdqRecipe(concat=args.concat, keep_fp16=keep)
+
+
+def _quant_row(q: dict | None) -> str:
+    if not q:
+        return "-"
+    kept = q.get("fp16_layers") or []
+    return (f"{q['activation_tensors']} activation tensors in INT8, Concat {q.get('concat', 'shared')}"
+            f"; FP16 layers: {', '.join(kept) if kept else 'none'}")
 
 
 def _gate_row(gate: dict | None) -> str:
@@ -305,8 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--calib-cache", type=Path, help="JSON calibration cache to reuse")
     b.add_argument("--calib-method", choices=("entropy", "max", "percentile"), default="entropy")
     b.add_argument("--calib-images", type=int, default=512, help="images used to calibrate (512)")
-    b.add_argument("--no-shared-concat-scales", action="store_true",
-                   help="give each Concat input its own INT8 scale")
+    b.add_argument("--concat", choices=("shared", "separate", "float"), default="shared",
+                   help="INT8 Concat inputs: one shared scale per Concat (default; TensorRT "
+                        "concatenates in INT8), a scale per input, or left in floating point "
+                        "(more accurate for DenseNet: one quantization per value, not two)")
+    b.add_argument("--keep-fp16", metavar="LAYERS",
+                   help="comma-separated layers kept in FP16 from the start: 'stem' (first "
+                        "weighted layer), 'head' (last), or node names")
     b.add_argument("--val", type=Path, help="validation image folder: gate the INT8 graph on its "
                                             "agreement with FP32 before building")
     b.add_argument("--min-agreement", type=float, default=0.99,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from medtrt.precision.calibrate import Calibration, CalibrationConfig, calibrate, read_cache, write_trt_cache
 from medtrt.precision.fp16 import to_fp16
 from medtrt.precision.gate import GateConfig, GateResult, accuracy_gate
-from medtrt.precision.qdq import QdqPlan, insert_qdq, keep_in_fp16, plan_qdq
+from medtrt.precision.qdq import QdqPlan, QdqRecipe, insert_qdq, keep_in_fp16, plan_qdq, resolve_layers
 
-__all__ = ["Calibration", "CalibrationConfig", "GateConfig", "GateResult", "QdqPlan",
+__all__ = ["Calibration", "CalibrationConfig", "GateConfig", "GateResult", "QdqPlan", "QdqRecipe",
            "accuracy_gate", "calibrate", "insert_qdq", "keep_in_fp16", "plan_qdq", "read_cache",
-           "to_fp16", "write_trt_cache"]
+           "resolve_layers", "to_fp16", "write_trt_cache"]

@@ -153,20 +153,23 @@ def _sqnr(fp32_path: Path, plan: Any, amax: dict[str, float], x: np.ndarray,
 def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
                   val: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
                   preset: Any = None, config: GateConfig | None = None,
-                  share_concat_scales: bool = True,
+                  recipe: Any = None,
                   on_phase: Callable[[str], None] | None = None) -> tuple[Any, GateResult]:
     """Check (and if needed repair) the INT8 Q/DQ graph of ``fp32_onnx`` with ``amax``.
 
-    Returns (the final Q/DQ ModelProto, with any FP16 fallback layers; the GateResult). The
-    caller decides what a failed gate means (``medtrt build`` stops).
+    ``recipe`` (a ``QdqRecipe``; default: shared Concat scales, no layer kept) is how the graph
+    is quantized; its own FP16 layers are not candidates. Returns (the final Q/DQ ModelProto,
+    with any FP16 fallback layers; the GateResult). The caller decides what a failed gate means
+    (``medtrt build`` stops).
     """
     onnx = require("onnx")
     from medtrt.export import read_metadata
     from medtrt.ops import resize_normalize_mixed
-    from medtrt.precision.qdq import FP16_OPS, insert_qdq, keep_in_fp16, plan_qdq
+    from medtrt.precision.qdq import FP16_OPS, QdqRecipe
     from medtrt.testing import agreement
 
     cfg = config or GateConfig()
+    recipe = recipe or QdqRecipe()
     phase = on_phase or (lambda _s: None)
     t0 = time.perf_counter()
     fp32_onnx = Path(fp32_onnx)
@@ -182,10 +185,7 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
     probe = np.linspace(0, len(x) - 1, min(cfg.probe_images, len(x))).astype(int)
 
     def variant(fp16_layers: Sequence[str]) -> Any:
-        plan = plan_qdq(fp32, share_concat_scales=share_concat_scales, exclude_nodes=fp16_layers)
-        model, _ = insert_qdq(fp32, amax, plan=plan)
-        keep_in_fp16(model, fp16_layers)
-        return model
+        return recipe.apply(fp32, amax, fp16_layers)[0]
 
     def score_of(p: np.ndarray, rs: np.ndarray) -> Any:
         rep = agreement(p, rs, activation=act, threshold=preset.threshold, labels=preset.labels)
@@ -205,7 +205,7 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
     sensitivity: list[dict[str, Any]] = []
     if score < cfg.min_agreement and cfg.max_fp16_layers > 0 and cfg.candidates > 0:
         phase("accuracy gate: ranking layers by quantization SQNR")
-        plan = plan_qdq(fp32, share_concat_scales=share_concat_scales)
+        plan = recipe.plan(fp32)
         sqnr = _sqnr(fp32_onnx, plan, amax, x[probe], cfg.batch_size)
         op_of = {n.name: n.op_type for n in fp32.graph.node}
         layer_sqnr: dict[str, float] = {}

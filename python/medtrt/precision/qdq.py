@@ -12,13 +12,18 @@ Placement follows TensorRT's Q/DQ guidance:
   without requantizing. ``share_concat_scales=False`` gives each input its own scale;
   ``quantize_concat=False`` leaves concatenation in floating point.
 Each quantized tensor gets one Q/DQ pair, whatever number of consumers read it through it.
+
+A ``QdqRecipe`` bundles these choices with layers kept in FP16 from the start (``stem``: the
+weighted layers that read the network input through no other weighted layer; ``head``: those
+whose output reaches the network output through none; or node names), as ``medtrt build
+--concat float --keep-fp16 stem,head`` passes them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +31,8 @@ import numpy as np
 
 from medtrt._lazy import require
 
-__all__ = ["QdqPlan", "plan_qdq", "insert_qdq", "keep_in_fp16", "name_nodes", "ACTIVATION_OPS",
-           "WEIGHTED_OPS"]
+__all__ = ["QdqPlan", "QdqRecipe", "plan_qdq", "insert_qdq", "keep_in_fp16", "name_nodes",
+           "resolve_layers", "ACTIVATION_OPS", "WEIGHTED_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,96 @@ def plan_qdq(model: Any, *, quantize_concat: bool = True,
         groups.setdefault(find(t), []).append(t)
     return QdqPlan(tuple(order), tuple(tuple(g) for g in groups.values()),
                    {t: tuple(c) for t, c in consumers.items()})
+
+
+CONCAT_MODES = ("shared", "separate", "float")
+LAYER_ALIASES = ("stem", "head")
+
+
+def resolve_layers(model: Any, names: Iterable[str]) -> list[str]:
+    """Node names for ``names``: node names as they are, plus ``stem`` / ``head`` resolved on the
+    graph (weighted layers with no weighted layer before / after them on any path)."""
+    name_nodes(model)
+    graph = model.graph
+    nodes = list(graph.node)
+    weighted = [n for n in nodes if n.op_type in WEIGHTED_OPS]
+    producer = {t: n for n in nodes for t in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+
+    def reaches_weighted(start: Any, step: Callable[[Any], Iterable[Any]]) -> bool:
+        seen, todo = set(), list(step(start))
+        while todo:
+            n = todo.pop()
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op_type in WEIGHTED_OPS:
+                return True
+            todo.extend(step(n))
+        return False
+
+    def before(n: Any) -> list[Any]:
+        return [producer[t] for t in n.input if t in producer]
+
+    def after(n: Any) -> list[Any]:
+        return [r for t in n.output for r in readers.get(t, ())]
+
+    by_name = {n.name for n in nodes}
+    out: list[str] = []
+    for name in names:
+        if name == "stem":
+            found = [n.name for n in weighted if not reaches_weighted(n, before)]
+        elif name == "head":
+            found = [n.name for n in weighted if not reaches_weighted(n, after)]
+        elif name in by_name:
+            found = [name]
+        else:
+            raise ValueError(f"no layer named {name!r} in the graph; name nodes as in "
+                             f"`medtrt debug-layers` output, or use {' / '.join(LAYER_ALIASES)}")
+        out += [f for f in found if f not in out]
+    return out
+
+
+@dataclass(frozen=True)
+class QdqRecipe:
+    """Where INT8 goes: Concat handling and layers kept in FP16 from the start.
+
+    ``concat``: "shared" (every Concat input quantized, one scale per Concat: TensorRT
+    concatenates in INT8), "separate" (each input its own scale) or "float" (Concat and what
+    follows it stay in floating point until the next weighted layer or pool quantizes its input:
+    one quantization per value instead of two in DenseNet's BN-ReLU-Conv blocks).
+    ``keep_fp16``: node names, ``stem`` or ``head`` (see ``resolve_layers``).
+    """
+
+    concat: str = "shared"
+    keep_fp16: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.concat not in CONCAT_MODES:
+            raise ValueError(f"concat must be one of {CONCAT_MODES}; got {self.concat!r}")
+        object.__setattr__(self, "keep_fp16", tuple(self.keep_fp16))
+
+    def plan(self, model: Any, fp16_layers: Iterable[str] = ()) -> QdqPlan:
+        """The plan with ``keep_fp16`` and ``fp16_layers`` (e.g. the gate's) left unquantized."""
+        return plan_qdq(model, quantize_concat=self.concat != "float",
+                        share_concat_scales=self.concat == "shared",
+                        exclude_nodes=[*resolve_layers(model, self.keep_fp16), *fp16_layers])
+
+    def apply(self, model: Any, amax: dict[str, float],
+              fp16_layers: Iterable[str] = ()) -> tuple[Any, QdqPlan]:
+        """(The Q/DQ graph with the kept layers cast to FP16, its plan)."""
+        extra = list(fp16_layers)
+        plan = self.plan(model, extra)
+        qdq, plan = insert_qdq(model, amax, plan=plan)
+        keep_in_fp16(qdq, [*resolve_layers(model, self.keep_fp16), *extra])
+        return qdq, plan
+
+    def to_json(self, model: Any) -> dict[str, Any]:
+        return {"concat": self.concat, "keep_fp16": list(self.keep_fp16),
+                "keep_fp16_layers": resolve_layers(model, self.keep_fp16)}
 
 
 def _weight_qdq(onnx: Any, numpy_helper: Any, w: np.ndarray, name: str,
