@@ -316,27 +316,24 @@ class TensorRTCompute(Backend):
     the engine profile's maximum run as several calls, below its minimum are padded, as
     ``Engine.infer`` does."""
 
-    def __init__(self, name: str, path: Path, flavour: str) -> None:
+    device = "cuda:0"
+
+    def __init__(self, name: str, bundle: dict[str, Any], engine_file: Path, flavour: str) -> None:
         super().__init__(name)
         import torch
 
-        from medtrt.runtime.engine import _read_bundle
         from medtrt.runtime.stages import TensorRTStage
         from medtrt.trt import import_trt
 
-        bundle, engine_file = _read_bundle(path)
         trt, _ = import_trt(flavour)
         self.torch = torch
         self.stage = TensorRTStage(trt, engine_file, 1, 0)
         profile = bundle["input"]["profile"]
         self.min_batch, self.max_batch = int(profile["min"][0]), int(profile["max"][0])
         self.stage.shape = tuple(int(d) for d in profile["opt"][1:])
-        self.classes = len(bundle["output"]["labels"])
         self.in_dtype = getattr(torch, self.stage.input_dtype)
-        self.out = torch.empty((self.max_batch, self.classes),
+        self.out = torch.empty((self.max_batch, len(bundle["output"]["labels"])),
                                dtype=getattr(torch, self.stage.logits_dtype), device=self.device)
-
-    device = "cuda:0"
 
     def prepare(self, batch: int, inputs: Any) -> Any:
         """The batch on the device, split at the profile's maximum and each part padded to its
@@ -502,13 +499,14 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
         from medtrt.runtime.engine import BundleError, _read_bundle, check_bundle_runnable
 
         try:
-            flavour = check_bundle_runnable(_read_bundle(art.engines[prec])[0])
+            bundle, engine_file = _read_bundle(art.engines[prec])
+            flavour = check_bundle_runnable(bundle)
         except BundleError as exc:
             return str(exc)
         if mode == "engine":
             if not cuda_ok:
                 return f"engine mode keeps inputs on the GPU through torch: {why_no_cuda}"
-            return TensorRTCompute(name, art.engines[prec], flavour)
+            return TensorRTCompute(name, bundle, engine_file, flavour)
         return EnginePipeline(name, art.engines[prec], decode, backend="tensorrt", device=0)
     if name.startswith("ort-"):
         prec = name.split("-")[2]

@@ -101,8 +101,8 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
           on_phase: Callable[[str], None] | None = None) -> BuildResult:
     """Build an engine bundle from a medtrt-exported FP32 ONNX (see module docstring)."""
     from medtrt.export import read_metadata, sha256_file, verification_images
-    from medtrt.precision import (CalibrationConfig, QdqRecipe, calibrate, read_cache,
-                                  resolve_layers, to_fp16, write_trt_cache)
+    from medtrt.precision import (CalibrationConfig, QdqRecipe, calibrate, read_cache, to_fp16,
+                                  write_trt_cache)
     from medtrt.trt import build_engine, import_trt
 
     opts = options or BuildOptions()
@@ -193,7 +193,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                         **recipe.to_json(model),
                         "share_concat_scales": recipe.concat == "shared",
                         "kept_in_float": final_plan.skipped,
-                        "fp16_layers": [*resolve_layers(model, recipe.keep_fp16), *fp16_layers],
+                        "fp16_layers": recipe.layers(model, fp16_layers),
                         "gate_fp16_layers": fp16_layers}
     timings["precision_s"] = time.perf_counter() - t0
 

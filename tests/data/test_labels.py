@@ -56,15 +56,13 @@ def test_errors_name_the_fix(tmp_path):
     _image(tmp_path / "a.png")
     with pytest.raises(FileNotFoundError, match=r"needs a CSV with an image column"):
         read_label_table(tmp_path / "absent.csv", LABELS)
-    (tmp_path / "t.csv").write_text("path,Effusion\na.png,maybe\n")
-    with pytest.raises(ValueError, match=r"t.csv:2: column 'Effusion' holds 'maybe'; expected 1, 0, -1"):
-        read_label_table(tmp_path / "t.csv", LABELS)
-    (tmp_path / "t.csv").write_text("path,Cardiomegaly\na.png,1\n")
-    with pytest.raises(ValueError, match=r"no column names a label of the model"):
-        read_label_table(tmp_path / "t.csv", LABELS)
-    (tmp_path / "t.csv").write_text("Image Index,Finding Labels\na.png,Hernia\n")
-    with pytest.raises(ValueError, match=r"findings \['hernia'\] are not labels of the model"):
-        read_label_table(tmp_path / "t.csv", LABELS)
-    (tmp_path / "t.csv").write_text("path,Effusion\nnope.png,1\n")
-    with pytest.raises(ValueError, match=r"none of its 1 rows names an existing image"):
-        read_label_table(tmp_path / "t.csv", LABELS)
+    cases = [
+        ("path,Effusion\na.png,maybe\n", r"t.csv:2: column 'Effusion' holds 'maybe'; expected 1, 0, -1"),
+        ("path,Cardiomegaly\na.png,1\n", r"no column names a label of the model"),
+        ("Image Index,Finding Labels\na.png,Hernia\n", r"findings \['hernia'\] are not labels of the model"),
+        ("path,Effusion\nnope.png,1\n", r"none of its 1 rows names an existing image"),
+    ]
+    for text, message in cases:
+        (tmp_path / "t.csv").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_label_table(tmp_path / "t.csv", LABELS)

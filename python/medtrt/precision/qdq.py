@@ -196,24 +196,30 @@ class QdqRecipe:
             raise ValueError(f"concat must be one of {CONCAT_MODES}; got {self.concat!r}")
         object.__setattr__(self, "keep_fp16", tuple(self.keep_fp16))
 
+    def layers(self, model: Any, fp16_layers: Iterable[str] = ()) -> list[str]:
+        """Every layer left out of INT8: ``keep_fp16`` resolved on the graph, then
+        ``fp16_layers`` (e.g. the gate's)."""
+        return [*resolve_layers(model, self.keep_fp16), *fp16_layers]
+
     def plan(self, model: Any, fp16_layers: Iterable[str] = ()) -> QdqPlan:
-        """The plan with ``keep_fp16`` and ``fp16_layers`` (e.g. the gate's) left unquantized."""
-        return plan_qdq(model, quantize_concat=self.concat != "float",
-                        share_concat_scales=self.concat == "shared",
-                        exclude_nodes=[*resolve_layers(model, self.keep_fp16), *fp16_layers])
+        """The plan with ``keep_fp16`` and ``fp16_layers`` left unquantized."""
+        return self._plan(model, self.layers(model, fp16_layers))
 
     def apply(self, model: Any, amax: dict[str, float],
               fp16_layers: Iterable[str] = ()) -> tuple[Any, QdqPlan]:
         """(The Q/DQ graph with the kept layers cast to FP16, its plan)."""
-        extra = list(fp16_layers)
-        plan = self.plan(model, extra)
-        qdq, plan = insert_qdq(model, amax, plan=plan)
-        keep_in_fp16(qdq, [*resolve_layers(model, self.keep_fp16), *extra])
+        kept = self.layers(model, fp16_layers)
+        qdq, plan = insert_qdq(model, amax, plan=self._plan(model, kept))
+        keep_in_fp16(qdq, kept)
         return qdq, plan
 
     def to_json(self, model: Any) -> dict[str, Any]:
         return {"concat": self.concat, "keep_fp16": list(self.keep_fp16),
-                "keep_fp16_layers": resolve_layers(model, self.keep_fp16)}
+                "keep_fp16_layers": self.layers(model)}
+
+    def _plan(self, model: Any, kept: list[str]) -> QdqPlan:
+        return plan_qdq(model, quantize_concat=self.concat != "float",
+                        share_concat_scales=self.concat == "shared", exclude_nodes=kept)
 
 
 def _weight_qdq(onnx: Any, numpy_helper: Any, w: np.ndarray, name: str,
