@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -220,10 +221,15 @@ py::dict times_dict(const runtime::StageTimes& t) {
   return d;
 }
 
-// The binding owns the NumPy arrays while their pixels are copied into staging.
+// The binding owns the NumPy arrays while their pixels are copied into staging (or, on the host
+// device, read in place by a resident batch).
 struct HostBatch {
   std::vector<py::array> arrays;
-  std::vector<runtime::HostImage> images;
+  std::vector<runtime::ImageRef> images;
+  // Resident batches: the stream the images were written on (from the call, else from the
+  // __cuda_array_interface__ 'stream' entry, where 1 and 2 are the default streams).
+  bool has_producer = false;
+  std::uintptr_t producer = 0;
 };
 
 HostBatch host_batch(const py::list& images) {
@@ -241,19 +247,94 @@ HostBatch host_batch(const py::list& images) {
   return b;
 }
 
+std::string cai_dtype(const std::string& typestr) {
+  if (typestr == "|u1") return "uint8";
+  if (typestr == "<u2") return "uint16";
+  if (typestr == "<i2") return "int16";
+  if (typestr == "<f4") return "float32";
+  return {};
+}
+
+// Images in device memory, described by __cuda_array_interface__ (torch, CuPy, Numba, ...). The
+// caller keeps the objects alive until wait(); only their addresses are taken here.
+HostBatch device_batch(const py::list& images, const py::object& producer) {
+  HostBatch b;
+  std::vector<std::int64_t> streams;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const py::handle item = images[i];
+    if (!py::hasattr(item, "__cuda_array_interface__"))
+      throw py::type_error(detail::concat(
+          "Pipeline: image ", i, " is a ", py::str(py::type::of(item)).cast<std::string>(),
+          " without __cuda_array_interface__; a resident batch takes GPU arrays (a CUDA torch "
+          "tensor, a CuPy array)"));
+    const auto cai = item.attr("__cuda_array_interface__").cast<py::dict>();
+    const auto shape = cai["shape"].cast<std::vector<std::int64_t>>();
+    const auto typestr = cai["typestr"].cast<std::string>();
+    const std::string dtype = cai_dtype(typestr);
+    MEDTRT_CHECK(!dtype.empty(), "Pipeline: image ", i, " has element type '", typestr,
+                 "'; expected uint8, uint16, int16 or float32");
+    const std::size_t itemsize = dtype == "uint8" ? 1 : dtype == "float32" ? 4 : 2;
+    std::size_t bytes = itemsize;
+    for (std::int64_t d : shape) bytes *= static_cast<std::size_t>(std::max<std::int64_t>(d, 0));
+    if (cai.contains("strides") && !cai["strides"].is_none()) {
+      const auto strides = cai["strides"].cast<std::vector<std::int64_t>>();
+      auto expect = static_cast<std::int64_t>(itemsize);
+      bool contiguous = strides.size() == shape.size();
+      for (std::size_t d = shape.size(); contiguous && d-- > 0;) {
+        contiguous = shape[d] == 1 || strides[d] == expect;
+        expect *= shape[d];
+      }
+      MEDTRT_CHECK(contiguous, "Pipeline: image ", i, " is not contiguous (strides ",
+                   py::str(cai["strides"]).cast<std::string>(), "); pass .contiguous()");
+    }
+    const auto data = cai["data"].cast<py::tuple>();
+    const auto address = data[0].cast<std::uintptr_t>();
+    b.images.push_back({reinterpret_cast<const void*>(address), bytes, ops::ImageShape{shape, dtype}});
+    if (cai.contains("stream") && !cai["stream"].is_none())
+      streams.push_back(cai["stream"].cast<std::int64_t>());
+  }
+  if (!producer.is_none()) {
+    b.has_producer = true;
+    b.producer = producer.cast<std::uintptr_t>();
+  } else if (!streams.empty()) {
+    MEDTRT_CHECK(std::all_of(streams.begin(), streams.end(),
+                             [&](std::int64_t x) { return x == streams[0]; }),
+                 "Pipeline: the images were written on different CUDA streams; synchronize them "
+                 "or pass producer= (a stream that has waited for all of them)");
+    b.has_producer = true;
+    b.producer = static_cast<std::uintptr_t>(streams[0]);
+  }
+  return b;
+}
+
+// Resident on the host device means NumPy arrays (the host twin of device memory).
+HostBatch resident_batch(const runtime::Pipeline& p, const py::list& images,
+                         const py::object& producer) {
+  if (p.device().is_host()) return host_batch(images);
+  return device_batch(images, producer);
+}
+
 runtime::SlotView stage_in(runtime::Pipeline& p, std::int32_t slot, const py::list& images) {
   HostBatch b = host_batch(images);
   py::gil_scoped_release nogil;
   return p.stage_in(slot, b.images);
 }
 
+runtime::SlotView stage_in_resident(runtime::Pipeline& p, std::int32_t slot,
+                                    const py::list& images, const py::object& producer) {
+  HostBatch b = resident_batch(p, images, producer);
+  py::gil_scoped_release nogil;
+  return p.stage_in_resident(slot, b.images, reinterpret_cast<void*>(b.producer), b.has_producer);
+}
+
 // acquire -> stage_in -> compute(view) (GIL held: the compute stage is Python) -> stage_out.
 // `slot` >= 0: a slot the caller already acquired. On any error the slot is given back.
+// resident: the images are in the pipeline device's memory (see stage_in_resident).
 std::int32_t submit(runtime::Pipeline& p, const py::list& images, const py::function& compute,
-                    bool want_logits, std::int32_t slot) {
+                    bool want_logits, std::int32_t slot, bool resident, const py::object& producer) {
   HostBatch b;
   try {
-    b = host_batch(images);
+    b = resident ? resident_batch(p, images, producer) : host_batch(images);
   } catch (...) {
     if (slot >= 0) p.release(slot);
     throw;
@@ -266,7 +347,9 @@ std::int32_t submit(runtime::Pipeline& p, const py::list& images, const py::func
     runtime::SlotView view;
     {
       py::gil_scoped_release nogil;
-      view = p.stage_in(slot, b.images);
+      view = resident ? p.stage_in_resident(slot, b.images, reinterpret_cast<void*>(b.producer),
+                                            b.has_producer)
+                      : p.stage_in(slot, b.images);
     }
     compute(view);
     p.stage_out(slot, want_logits);
@@ -472,12 +555,15 @@ PYBIND11_MODULE(_C, m) {
       .def("acquire", &runtime::Pipeline::acquire, py::call_guard<py::gil_scoped_release>())
       .def("try_acquire", &runtime::Pipeline::try_acquire)
       .def("stage_in", &stage_in, py::arg("slot"), py::arg("images"))
+      .def("stage_in_resident", &stage_in_resident, py::arg("slot"), py::arg("images"),
+           py::arg("producer") = py::none())
       .def("stage_out", &runtime::Pipeline::stage_out, py::arg("slot"),
            py::arg("want_logits") = false, py::call_guard<py::gil_scoped_release>())
       .def("release", &runtime::Pipeline::release, py::arg("slot"),
            py::call_guard<py::gil_scoped_release>())
       .def("submit", &submit, py::arg("images"), py::arg("compute"),
-           py::arg("want_logits") = false, py::arg("slot") = -1)
+           py::arg("want_logits") = false, py::arg("slot") = -1, py::kw_only(),
+           py::arg("resident") = false, py::arg("producer") = py::none())
       .def("wait", &wait, py::arg("slot"))
       .def("reserve", &runtime::Pipeline::reserve, py::arg("batch"), py::arg("raw_bytes"),
            py::call_guard<py::gil_scoped_release>())

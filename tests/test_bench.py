@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from medtrt.bench import BenchConfig, find_artifacts, run_bench
+from medtrt.bench import BenchConfig, find_artifacts, make_backend, run_bench
 from medtrt.cli import main
 
 
@@ -87,8 +87,13 @@ def test_pipeline_and_files_modes_with_stage_breakdown_and_seed_baseline(model_d
     assert "stages.png" in pipe["plots"]
     files = run_bench(model_dir / "model.pt", BenchConfig(
         mode="files", batches=(16,), duration=0.05, repeats=1, warmup=0, threads=2,
-        backends=("ort-cpu-int8",)), tmp_path / "f")
+        backends=("ort-cpu-int8", "torch-cuda-fp16+nvjpeg")), tmp_path / "f")
     rows = {(r["backend"], r["batch"]): r for r in files["results"]}
+    assert files["config"]["file_format"] == "jpeg"
+    if not files["machine"].get("gpu"):  # no GPU here: the nvJPEG backend says why
+        assert files["skipped"]["torch-cuda-fp16+nvjpeg"]
+    assert make_backend("torch-cuda-fp16+nvjpeg", "engine", find_artifacts(model_dir / "model.pt"),
+                        1) == "nvJPEG decode applies to files mode"
     # The seed path runs at its own batch (32) over the same 32 files; medtrt at 16 and 32.
     assert ("seed-dataloader", 32) in rows and ("seed-dataloader", 16) not in rows
     assert rows[("ort-cpu-int8", 16)]["latency_ms"]["images_per_call"] == 32

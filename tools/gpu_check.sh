@@ -6,7 +6,8 @@
 #             short run of the pipeline tests
 #   bench     tools/bench_ops.py --gpu-only, tools/bench_pipeline.py (FP16, batch 256) and
 #             medtrt bench: engine and pipeline modes interleaved in one run (torch CPU/CUDA/
-#             compile, ORT CPU; pipeline/engine ratios), and files mode vs the seed baseline
+#             compile, ORT CPU; pipeline/engine ratios), and files mode (Pillow decode in threads
+#             and nvJPEG on the GPU) vs the seed baseline
 # Default: all three (may not fit 10 minutes; then call once per phase: the build is reused).
 # MONAI is not on that machine: carry it as a wheel, prepared here once with
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -59,7 +60,7 @@ for phase in $PHASES; do
         MEDTRT_SANITIZER=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 140 compute-sanitizer \
           --tool "$tool" --target-processes all --error-exitcode 99 --print-limit 50 \
           $PY -m pytest -m gpu -p no:cacheprovider -q -x -k "not large_batch and not overlap \
-            and not 10000 and not engine" tests/ops tests/runtime/test_pipeline_gpu.py \
+            and not 10000 and not engine and not nvjpeg and not cuda_tensor_input" tests/ops tests/runtime/test_pipeline_gpu.py \
           >>"$OUT/sanitizer.log" 2>&1
         status+=("compute-sanitizer $tool: rc=$?")
       done
@@ -77,7 +78,7 @@ for phase in $PHASES; do
         --out "$OUT/bench-gpu-engine-pipeline" 2>&1 | tee "$OUT/bench_engine_pipeline.log"
       status+=("medtrt bench engine,pipeline: rc=${PIPESTATUS[0]}")
       timeout 240 $PY -m medtrt bench "$MODEL" --mode files --batch 32,256 --duration 2 \
-        --repeats 2 -q --backends torch-cuda-fp16,ort-cpu-fp32 \
+        --repeats 2 -q --backends torch-cuda-fp16,torch-cuda-fp16+nvjpeg,ort-cpu-fp32 \
         --out "$OUT/bench-gpu-files" 2>&1 | tee "$OUT/bench_files.log"
       status+=("medtrt bench files: rc=${PIPESTATUS[0]}")
       ;;

@@ -64,6 +64,8 @@ class HostDevice final : public Device {
   }
   void topk(const ops::TopkParams& params, void*) override { ops::topk_cpu(params); }
   void record(void* event, void*) override { *static_cast<Clock::time_point*>(event) = Clock::now(); }
+  void wait_for(void*, void*, void*) override {}  // host work is done when it is enqueued
+  std::string check_readable(const void*) const override { return {}; }
   void wait_event(void*) override {}
   void wait_stream(void*) override {}
   float elapsed_ms(void* start, void* end) override {
@@ -103,7 +105,8 @@ Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
   try {
     for (Slot& s : slots_) {
       s.stream = device_->create_stream();
-      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done})
+      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done,
+                              &s.ev_ready})
         *e = device_->create_event();
     }
   } catch (...) {
@@ -131,7 +134,8 @@ void Pipeline::destroy(Slot& s) noexcept {
     if (b->ptr) device_->free_device(b->ptr, s.stream), *b = Buffer{};
   for (Buffer* b : {&s.staging, &s.descs_host, &s.scores_host, &s.indices_host, &s.logits_host})
     if (b->ptr) device_->free_pinned(b->ptr), *b = Buffer{};
-  for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done})
+  for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done,
+                        &s.ev_ready})
     if (*e) device_->destroy_event(*e), *e = nullptr;
   if (s.stream) device_->destroy_stream(s.stream), s.stream = nullptr;
 }
@@ -237,10 +241,21 @@ void Pipeline::reserve(std::int32_t batch, std::size_t raw_bytes) {
   for (std::int32_t i : taken) release(i);
 }
 
-SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& images) {
-  check_slot(slot, State::kTaken, "stage_in");
+SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<ImageRef>& images) {
+  return stage(slot, images, false, nullptr, false);
+}
+
+SlotView Pipeline::stage_in_resident(std::int32_t slot, const std::vector<ImageRef>& images,
+                                     void* producer, bool has_producer) {
+  return stage(slot, images, true, producer, has_producer);
+}
+
+SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
+                         void* producer, bool has_producer) {
+  const char* what = resident ? "stage_in_resident" : "stage_in";
+  check_slot(slot, State::kTaken, what);
   Slot& s = slots_[static_cast<std::size_t>(slot)];
-  const std::string op = "Pipeline.stage_in: ";
+  const std::string op = detail::concat("Pipeline.", what, ": ");
   // A second stage_in would overwrite staging an upload may still be reading.
   MEDTRT_CHECK(s.batch == 0, op, "slot ", slot, " already holds a staged batch (stage_out() and "
                "wait() for it, or release() it, first)");
@@ -283,39 +298,57 @@ SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<HostImage>& ima
     p.batch = static_cast<std::int32_t>(members.size());
     launches.push_back({p, at});
     for (const std::int32_t i : members) {
-      const HostImage& im = images[static_cast<std::size_t>(i)];
+      const ImageRef& im = images[static_cast<std::size_t>(i)];
       std::size_t expect = pixel_bytes(dtype);
       for (std::int64_t d : im.shape.shape) expect *= static_cast<std::size_t>(d);
       MEDTRT_CHECK(im.bytes == expect && im.data != nullptr, op, "image ", i, " has ", im.bytes,
                    " bytes; its shape and dtype need ", expect);
+      if (resident) {  // read in place: the kernel needs each pixel aligned to its size
+        MEDTRT_CHECK(reinterpret_cast<std::uintptr_t>(im.data) % pixel_bytes(dtype) == 0, op,
+                     "image ", i, " (", dtype, ") does not start on a ", pixel_bytes(dtype),
+                     "-byte boundary; pass a contiguous copy");
+      }
       descs[at++] = image_descs[static_cast<std::size_t>(i)];
       offsets[static_cast<std::size_t>(i)] = raw_bytes;
-      raw_bytes += align_up(im.bytes, kImageAlign);
+      if (!resident) raw_bytes += align_up(im.bytes, kImageAlign);
     }
   }
 
   device_->activate();
+  if (resident) {
+    for (std::int32_t i = 0; i < batch; ++i) {
+      const std::string why = device_->check_readable(images[static_cast<std::size_t>(i)].data);
+      MEDTRT_CHECK(why.empty(), op, "image ", i, " is not in ", device_->name(), " memory (", why,
+                   "); pass host images to stage_in, or move it to this device first");
+    }
+  }
   ensure(s, batch, raw_bytes);
 
   // Pack the pixels into pinned staging (host time, not on the stream).
   const auto t0 = Clock::now();
-  auto* staging = static_cast<unsigned char*>(s.staging.ptr);
-  for (std::size_t i = 0; i < images.size(); ++i)
-    std::memcpy(staging + offsets[i], images[i].data, images[i].bytes);
+  if (!resident) {
+    auto* staging = static_cast<unsigned char*>(s.staging.ptr);
+    for (std::size_t i = 0; i < images.size(); ++i)
+      std::memcpy(staging + offsets[i], images[i].data, images[i].bytes);
+  }
   s.staging_ms = ms_between(t0, Clock::now());
 
   const bool host = device_->is_host();
   const auto raw_base = reinterpret_cast<std::uintptr_t>(host ? s.staging.ptr : s.raw.ptr);
   auto* descs_host = static_cast<ops::ImageDesc*>(s.descs_host.ptr);
   for (std::size_t j = 0; j < descs.size(); ++j) {
-    descs[j].src = raw_base + offsets[static_cast<std::size_t>(descs[j].out_row)];
+    const auto i = static_cast<std::size_t>(descs[j].out_row);
+    descs[j].src = resident ? reinterpret_cast<std::uintptr_t>(images[i].data)
+                            : raw_base + offsets[i];
     descs_host[j] = descs[j];
   }
   auto* descs_dev = static_cast<ops::ImageDesc*>(host ? s.descs_host.ptr : s.descs.ptr);
 
+  // The producer's work so far (what wrote the images) before anything of this batch.
+  if (has_producer) device_->wait_for(s.stream, s.ev_ready, producer);
   device_->record(s.ev_start, s.stream);
   if (!host) {
-    device_->copy_to_device(s.raw.ptr, s.staging.ptr, raw_bytes, s.stream);
+    if (raw_bytes) device_->copy_to_device(s.raw.ptr, s.staging.ptr, raw_bytes, s.stream);
     device_->copy_to_device(s.descs.ptr, s.descs_host.ptr, descs.size() * sizeof(ops::ImageDesc),
                             s.stream);
   }

@@ -7,6 +7,9 @@
 //   stage_in(slot, ...)  packs the images into the slot's pinned staging (host memcpy), then
 //                        enqueues H2D -> resize_normalize on the slot's stream and returns the
 //                        addresses the compute stage reads and writes
+//   stage_in_resident    the same for images already in device memory (decoded there, or a
+//                        CUDA tensor): no staging and no pixel upload, the kernel reads them
+//                        in place after the producer's stream has reached this point
 //   (compute stage)      the caller enqueues the network on the slot's stream: input -> logits
 //   stage_out(slot, ..)  enqueues topk (all classes, sorted) -> D2H of the results and returns
 //   wait(slot)           blocks on the slot's done event, copies the results out, frees the slot
@@ -53,6 +56,12 @@ class Device {
   virtual void resize_normalize(const ops::ResizeNormalizeParams& params, void* stream) = 0;
   virtual void topk(const ops::TopkParams& params, void* stream) = 0;
   virtual void record(void* event, void* stream) = 0;
+  // Work enqueued on `stream` from now on waits until `producer` has finished what it has
+  // enqueued so far (`event` is recorded on the producer for that). No host blocking.
+  virtual void wait_for(void* stream, void* event, void* producer) = 0;
+  // Whether the device's kernels can read `p`: device or managed memory of this GPU; anything on
+  // the host. Empty when they can, else why not.
+  virtual std::string check_readable(const void* p) const = 0;
   virtual void wait_event(void* event) = 0;      // blocks the calling host thread
   virtual void wait_stream(void* stream) = 0;    // blocks the calling host thread
   virtual float elapsed_ms(void* start, void* end) = 0;
@@ -63,8 +72,10 @@ std::unique_ptr<Device> make_host_device();
 std::unique_ptr<Device> make_cuda_device(int ordinal);
 #endif
 
-// One host image: contiguous H x W[ x C] pixels. The pointer must stay valid during stage_in.
-struct HostImage {
+// One image: contiguous H x W[ x C] pixels. For stage_in `data` is host memory and must stay
+// valid during the call; for stage_in_resident it is device memory and must stay allocated until
+// wait() for the slot returns.
+struct ImageRef {
   const void* data;
   std::size_t bytes;
   ops::ImageShape shape;
@@ -118,7 +129,12 @@ class Pipeline {
 
   std::int32_t acquire();
   std::int32_t try_acquire();  // -1 when every slot is taken or in flight
-  SlotView stage_in(std::int32_t slot, const std::vector<HostImage>& images);
+  SlotView stage_in(std::int32_t slot, const std::vector<ImageRef>& images);
+  // Images in the device's memory, read in place. With `producer` (has_producer: the legacy
+  // default stream is 0), the slot's work waits for that stream's work so far, i.e. for
+  // whatever wrote the images.
+  SlotView stage_in_resident(std::int32_t slot, const std::vector<ImageRef>& images,
+                             void* producer, bool has_producer);
   void stage_out(std::int32_t slot, bool want_logits);
   Collected wait(std::int32_t slot);
   // Gives a taken slot back without results (after an error between acquire and wait); waits for
@@ -147,6 +163,7 @@ class Pipeline {
     void* ev_compute = nullptr;
     void* ev_post = nullptr;
     void* ev_done = nullptr;
+    void* ev_ready = nullptr;  // recorded on a resident batch's producer stream
     Buffer staging, descs_host, scores_host, indices_host, logits_host;      // pinned
     Buffer raw, descs, input, logits, scores, indices;                       // device
     State state = State::kFree;
@@ -155,6 +172,8 @@ class Pipeline {
     float staging_ms = 0;
   };
 
+  SlotView stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
+                 void* producer, bool has_producer);
   void check_slot(std::int32_t slot, State expected, const char* what) const;
   void grow_pinned(Buffer& b, std::size_t bytes);
   void grow_device(Buffer& b, std::size_t bytes, void* stream);

@@ -74,6 +74,29 @@ class CudaDevice final : public Device {
   void record(void* event, void* stream) override {
     MEDTRT_CUDA_CHECK(cudaEventRecord(as_event(event), as_stream(stream)));
   }
+  void wait_for(void* stream, void* event, void* producer) override {
+    MEDTRT_CUDA_CHECK(cudaEventRecord(as_event(event), as_stream(producer)));
+    MEDTRT_CUDA_CHECK(cudaStreamWaitEvent(as_stream(stream), as_event(event), 0));
+  }
+  std::string check_readable(const void* p) const override {
+    cudaPointerAttributes attr{};
+    const cudaError_t err = cudaPointerGetAttributes(&attr, p);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // not sticky; do not leave it for the next call to report
+      return std::string("cudaPointerGetAttributes: ") + cudaGetErrorString(err);
+    }
+    switch (attr.type) {
+      case cudaMemoryTypeManaged:
+        return {};
+      case cudaMemoryTypeDevice:
+        if (attr.device == ordinal_) return {};
+        return "it is memory of CUDA device " + std::to_string(attr.device);
+      case cudaMemoryTypeHost:
+        return "it is pinned host memory";
+      default:
+        return "it is ordinary host memory";
+    }
+  }
   void wait_event(void* event) override { MEDTRT_CUDA_CHECK(cudaEventSynchronize(as_event(event))); }
   void wait_stream(void* stream) override { MEDTRT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
   float elapsed_ms(void* start, void* end) override {

@@ -6,11 +6,13 @@ Modes (what one timed call covers):
     pipeline  host uint8 images -> top-k on the host, through medtrt.Engine (pinned
               double-buffered slots on a GPU; the kernels' CPU twins on a CPU). The
               ``torch-reference`` baseline does the same with NumPy pre-processing + eager torch.
-    files     a folder's worth of image files (as many as the largest batch) -> top-k, one call
-              per pass over all of them in batches of the given size: decode in a thread pool
-              overlapped with the pipeline (Engine.infer_many). The ``seed-dataloader``
-              baseline is the seed case study's CPU path: a PyTorch DataLoader (Pillow decode,
-              one worker per core) feeding the eager model, batch 32.
+    files     a folder's worth of image files (as many as the largest batch; generated ones are
+              JPEG like MedNIST's) -> top-k, one call per pass over all of them in batches of the
+              given size: decode in a thread pool overlapped with the pipeline
+              (Engine.infer_many). The ``+nvjpeg`` backends decode JPEGs on the GPU instead
+              (batched nvJPEG, Engine(decode="nvjpeg")) and the pipeline reads them there. The
+              ``seed-dataloader`` baseline is the seed case study's CPU path: a PyTorch
+              DataLoader (Pillow decode, one worker per core) feeding the eager model, batch 32.
 
 Several modes in one run (``mode="engine,pipeline"``) interleave them too, and each backend
 that ran in two modes gets the ratio between them at each batch size (``mode_ratios``:
@@ -51,7 +53,9 @@ __all__ = ["BenchConfig", "BACKENDS", "MODES", "run_bench", "machine_info"]
 MODES = ("engine", "pipeline", "files")
 BACKENDS = ("torch-cpu-fp32", "torch-cuda-fp32", "torch-cuda-fp16", "torch-compile-cuda-fp16",
             "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8", "trt-fp16", "trt-int8",
+            "torch-cuda-fp16+nvjpeg", "trt-fp16+nvjpeg", "trt-int8+nvjpeg",
             "torch-reference", "seed-dataloader")
+NVJPEG = "+nvjpeg"  # files mode: the same backend with JPEGs decoded on the GPU
 DEFAULT_BASELINE = {"engine": "torch-cpu-fp32", "pipeline": "torch-reference",
                     "files": "seed-dataloader"}
 
@@ -65,7 +69,8 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 2  # calls before timing, per (backend, batch), first repeat
     baseline: str | None = None  # default per mode (DEFAULT_BASELINE)
-    data: str | None = None  # files mode: an image folder; default: generated PNGs
+    data: str | None = None  # files mode: an image folder; default: generated files
+    file_format: str = "jpeg"  # generated files: jpeg (as MedNIST) or png
     threads: int = 0  # decode threads / DataLoader workers; 0: cpu count
     telemetry_hz: float = 10.0
     seed: int = 0
@@ -85,6 +90,8 @@ class BenchConfig:
                    if b not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown backend(s) {unknown}; expected some of {list(BACKENDS)}")
+        if self.file_format not in ("jpeg", "png"):
+            raise ValueError(f"file format must be jpeg or png; got {self.file_format!r}")
         if self.duration <= 0 or self.repeats < 1 or self.warmup < 0:
             raise ValueError("--duration must be > 0, repeats >= 1, warmup >= 0")
 
@@ -363,14 +370,17 @@ class TensorRTCompute(Backend):
 
 class EnginePipeline(Backend):
     """medtrt.Engine: host images -> top-k on the host; files mode: paths, decoded in a thread
-    pool while earlier batches run (infer_many keeps the slots busy)."""
+    pool (or by nvJPEG on the GPU, decode="nvjpeg") while earlier batches run (infer_many keeps
+    the slots busy)."""
 
     def __init__(self, name: str, path: Path, decode_threads: int, **kwargs: Any) -> None:
         super().__init__(name)
         from medtrt import Engine
 
         self.engine = Engine(path, **kwargs)
-        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads else None
+        self.files = bool(decode_threads) or self.engine.decode == "nvjpeg"
+        self.pool = (ThreadPoolExecutor(decode_threads)
+                     if decode_threads and self.engine.decode == "cpu" else None)
         self.batch = 1
 
     def prepare(self, batch: int, inputs: Any) -> Any:
@@ -378,11 +388,12 @@ class EnginePipeline(Backend):
         return inputs
 
     def call(self, inputs: Any) -> None:
-        if self.pool is not None:
+        if self.files:
             from medtrt.data import read_image
 
-            for _ in self.engine.infer_many(self.pool.map(read_image, inputs),
-                                            batch_size=self.batch, k=1):
+            # nvJPEG: the engine reads the paths (its decoder, in infer_many's reader thread)
+            source = inputs if self.pool is None else self.pool.map(read_image, inputs)
+            for _ in self.engine.infer_many(source, batch_size=self.batch, k=1):
                 pass
             self.stage_times = None
             return
@@ -481,10 +492,43 @@ def _cuda() -> tuple[bool, str]:
     return True, ""
 
 
+def _trt_bundle(prec: str, art: Artifacts) -> tuple[dict[str, Any], Path, str] | str:
+    """(bundle, engine file, TensorRT flavour) of the model's engine at ``prec``, or why it
+    cannot run here."""
+    if prec not in art.engines:
+        return f"no {art.checkpoint.stem}.{prec}.engine bundle: run medtrt build --{prec}"
+    from medtrt.runtime.engine import BundleError, _read_bundle, check_bundle_runnable
+
+    try:
+        bundle, engine_file = _read_bundle(art.engines[prec])
+        return bundle, engine_file, check_bundle_runnable(bundle)
+    except BundleError as exc:
+        return str(exc)
+
+
 def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend | str:
     """The backend, or the reason it cannot run here in this mode."""
     cuda_ok, why_no_cuda = _cuda()
     decode = threads if mode == "files" else 0
+    if name.endswith(NVJPEG):
+        if mode != "files":
+            return "nvJPEG decode applies to files mode"
+        if not cuda_ok:
+            return why_no_cuda
+        from medtrt.data.gpu_decode import nvjpeg_status
+
+        ok, why = nvjpeg_status()
+        if not ok:
+            return why
+        base = name[: -len(NVJPEG)]
+        if base.startswith("trt-"):
+            got = _trt_bundle(base.split("-")[1], art)
+            if isinstance(got, str):
+                return got
+            return EnginePipeline(name, art.engines[base.split("-")[1]], 0, backend="tensorrt",
+                                  device=0, decode="nvjpeg")
+        return EnginePipeline(name, art.checkpoint, 0, backend="torch", device=0, decode="nvjpeg",
+                              precision="fp16" if base.endswith("fp16") else "fp32")
     if name in ("torch-reference", "seed-dataloader"):
         if name == "torch-reference" and mode != "pipeline":
             return "the NumPy+eager reference path is the pipeline-mode baseline"
@@ -494,15 +538,10 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
                 else SeedDataLoader(name, art.checkpoint, threads))
     if name.startswith("trt-"):
         prec = name.split("-")[1]
-        if prec not in art.engines:
-            return f"no {art.checkpoint.stem}.{prec}.engine bundle: run medtrt build --{prec}"
-        from medtrt.runtime.engine import BundleError, _read_bundle, check_bundle_runnable
-
-        try:
-            bundle, engine_file = _read_bundle(art.engines[prec])
-            flavour = check_bundle_runnable(bundle)
-        except BundleError as exc:
-            return str(exc)
+        got = _trt_bundle(prec, art)
+        if isinstance(got, str):
+            return got
+        bundle, engine_file, flavour = got
         if mode == "engine":
             if not cuda_ok:
                 return f"engine mode keeps inputs on the GPU through torch: {why_no_cuda}"
@@ -533,7 +572,8 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
 # ----------------------------------------------------------------------------------------- run
 
 
-def _inputs(mode: str, preset: Any, n: int, seed: int, data: str | None, tmp: Path) -> Any:
+def _inputs(mode: str, preset: Any, n: int, seed: int, data: str | None, tmp: Path,
+            file_format: str = "jpeg") -> Any:
     """The largest batch's inputs; smaller batches take a prefix."""
     from medtrt.data.synth import CLASSES, render
     from medtrt.ops import resize_normalize
@@ -552,8 +592,8 @@ def _inputs(mode: str, preset: Any, n: int, seed: int, data: str | None, tmp: Pa
 
         paths = []
         for i in range(min(n, 256)):  # distinct files, reused cyclically for larger batches
-            p = tmp / f"{i:04d}.png"
-            Image.fromarray(render(CLASSES[i % len(CLASSES)], rng, size)).save(p)
+            p = tmp / f"{i:04d}.{'jpg' if file_format == 'jpeg' else 'png'}"
+            Image.fromarray(render(CLASSES[i % len(CLASSES)], rng, size)).save(p, quality=95)
             paths.append(p)
         return [paths[i % len(paths)] for i in range(n)]
     images = [render(CLASSES[i % len(CLASSES)], rng, size) for i in range(min(n, 256))]
@@ -629,7 +669,8 @@ def _measure(cfg: BenchConfig, backends: dict[tuple[str, str], Backend], batches
     total = cfg.repeats * len(runs)
     done = 0
     with tempfile.TemporaryDirectory() as tmpdir, Telemetry(cfg.telemetry_hz) as tel:
-        inputs = {mode: _inputs(mode, preset, max(batches), cfg.seed, cfg.data, Path(tmpdir))
+        inputs = {mode: _inputs(mode, preset, max(batches), cfg.seed, cfg.data, Path(tmpdir),
+                                cfg.file_format)
                   for mode in cfg.modes}
         for rep in range(cfg.repeats):
             for batch in batches:

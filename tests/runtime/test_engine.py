@@ -146,6 +146,32 @@ def test_torch_only_options_are_refused_elsewhere(demo_model):
         Engine(demo_model.checkpoint, device="cpu", precision="int8")
 
 
+def test_decode_option(demo_model):
+    """nvJPEG decode is a GPU option: refused on a CPU engine, 'auto' falls back to the CPU
+    readers, and where it cannot run the error says why (the GPU half is in
+    test_pipeline_gpu.py)."""
+    from medtrt.data.gpu_decode import DeviceImage, NvjpegDecoder, nvjpeg_status
+    from medtrt.errors import MissingDependencyError
+
+    with pytest.raises(ValueError, match=r"decode must be one of \('cpu', 'nvjpeg', 'auto'\)"):
+        Engine(demo_model.onnx, decode="gpu")
+    with pytest.raises(ValueError, match=r"decode='nvjpeg' decodes on the GPU; this engine runs "
+                                         r"on the CPU"):
+        Engine(demo_model.onnx, decode="nvjpeg")
+    auto = Engine(demo_model.onnx, decode="auto")
+    assert auto.decode == "cpu" and "decode=cpu" in repr(auto)
+    ok, why = nvjpeg_status()
+    if not ok:  # this machine: no GPU (or no torchvision) -> the reason, and a clear error
+        assert why
+        with pytest.raises(MissingDependencyError, match=r"nvJPEG decode is not available: .*"
+                                                         r"use decode='cpu'"):
+            NvjpegDecoder(0)
+    with pytest.raises(ValueError, match="expected a contiguous CUDA tensor"):
+        DeviceImage(torch.zeros((4, 4), dtype=torch.uint8), "uint8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        DeviceImage(torch.zeros((4, 4), dtype=torch.uint8), "int64")
+
+
 def test_infer_many_keeps_order(demo_model, data):
     engine = Engine(demo_model.onnx)
     out = list(engine.infer_many(data.images[:25], batch_size=10))

@@ -237,3 +237,39 @@ def test_acquire_blocks_until_a_slot_is_collected(rng):
     t.join(timeout=10)
     assert got == [0]
     pipe.release(0)
+
+
+def test_resident_batch_matches_a_staged_one(rng):
+    """Images already in the device's memory (host memory on the cpu device) are read in place:
+    same results as the staged path, and no staging or raw-pixel buffer is allocated."""
+    staged, resident = make_pipeline(channels=3), make_pipeline(channels=3)
+    stage = LinearStage(staged, rng)
+    resident_stage = LinearStage(resident, rng)
+    resident_stage.w = stage.w
+    for _ in range(3):
+        images = random_images(rng, 23, ("uint8", "uint16", "int16", "float32"), (1, 3))
+        a = staged.wait(staged.submit(images, stage, True))
+        b = resident.wait(resident.submit(images, resident_stage, True, resident=True))
+        for x, y in zip(a[:3], b[:3]):
+            np.testing.assert_array_equal(x, y)
+        assert b[3]["staging"] < 1.0  # nothing packed
+    # The staged pipeline packs the pixels (staging and raw buffers); the resident one holds only
+    # descriptors, input, logits and results.
+    assert resident.memory()["pinned"] < staged.memory()["pinned"]
+    slot = resident.acquire()
+    view = resident.stage_in_resident(slot, images[:4])
+    assert view.batch == 4
+    resident.stage_out(slot)
+    resident.release(slot)
+
+
+def test_resident_batch_errors(rng):
+    pipe = make_pipeline()
+    stage = LinearStage(pipe, rng)
+    good = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"Pipeline.stage_in_resident: resize_normalize: image 1 "
+                                         r"has 4 channels"):
+        pipe.submit([good, np.zeros((8, 8, 4), np.uint8)], stage, resident=True)
+    with pytest.raises(ValueError, match="empty batch"):
+        pipe.submit([], stage, resident=True)
+    assert pipe.try_acquire() >= 0  # every failure gave its slot back

@@ -91,6 +91,49 @@ def test_slot_reuse_over_1000_batches_matches_the_host_twin(rng, slots):
         gpu.wait(slot)
 
 
+def test_resident_batch_waits_for_its_producer_and_matches_the_host_twin(rng):
+    """CUDA tensors read in place (no staging, no pixel upload) after the stream that wrote them:
+    the images are filled on a side stream behind a long sleep, so a slot that did not wait for
+    that stream would read them unwritten."""
+    import torch
+
+    gpu, host = make(0, 2), make("cpu", 1)
+    probe = Probe(gpu, rng, cuda=True)
+    twin = Probe(host, rng, cuda=False)
+    twin.where = probe.where
+    side = torch.cuda.Stream()
+    for i in range(20):
+        images = [rng.integers(0, 256, rng.integers(8, 160, 2), dtype=np.uint8)
+                  for _ in range(int(rng.integers(1, 17)))]
+        with torch.cuda.stream(side):
+            dev = [torch.zeros(im.shape, dtype=torch.uint8, device="cuda") for im in images]
+            torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time before the pixels land
+            for d, im in zip(dev, images):
+                d.copy_(torch.from_numpy(im))
+        got = gpu.wait(gpu.submit(dev, probe, True, resident=True, producer=side.cuda_stream))
+        want = host.wait(host.submit(images, twin, True))
+        assert np.array_equal(got[2], want[2]), f"batch {i}: logits differ"
+        assert np.array_equal(got[1], want[1]), f"batch {i}: indices differ"
+        assert got[3]["staging"] == 0.0
+    # Non-contiguous, host memory and the wrong element type are refused with the fix.
+    x = torch.zeros((40, 30), dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match=r"not contiguous .*\.contiguous\(\)"):
+        gpu.submit([x.t()], probe, resident=True)
+    with pytest.raises(ValueError, match="element type"):
+        gpu.submit([x.to(torch.int32)], probe, resident=True)
+    with pytest.raises(TypeError, match="__cuda_array_interface__"):
+        gpu.submit([np.zeros((4, 4), np.uint8)], probe, resident=True)
+    pinned = torch.zeros((8, 8), dtype=torch.uint8).pin_memory()
+
+    class HostPretendingToBeDevice:
+        __cuda_array_interface__ = {"shape": (8, 8), "typestr": "|u1", "strides": None,
+                                    "data": (pinned.data_ptr(), False), "version": 2}
+
+    with pytest.raises(ValueError, match="image 0 is not in cuda:0 .* memory \\(it is pinned host"):
+        gpu.submit([HostPretendingToBeDevice()], probe, resident=True)
+    assert gpu.try_acquire() >= 0  # every failure gave its slot back
+
+
 def test_memory_is_flat_over_10000_batches(rng):
     import torch
 
@@ -204,3 +247,75 @@ def test_tensorrt_engine_vs_pytorch_reference(demo_model, data, tmp_path):
             r = e.infer(data.images, return_probs=True)
         assert np.mean(r.top1 == data.reference_probs.argmax(1)) >= agreement
         assert np.abs(r.probs - data.reference_probs).max() <= tol
+
+
+def test_cuda_tensor_input_is_read_in_place_and_matches_host_input(demo_model, data):
+    """A CUDA tensor batch goes to the pipeline without a host copy and gives the same results
+    as the same pixels from the host; a float batch with NaN is refused as on the host path."""
+    import torch
+
+    from medtrt import Engine
+
+    stack = np.stack(data.images[:64])
+    with Engine(demo_model.checkpoint, device=0) as e:
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):  # the caller's current stream is the producer
+            x = torch.from_numpy(stack).cuda()
+            dev = e.infer(x, return_probs=True)
+            ragged = e.infer([x[i, : 40 + i % 24] for i in range(8)], return_probs=True)
+        assert e.memory()["pinned"] < 64 * stack[0].nbytes  # no packed staging for 64 images
+        host = e.infer(stack, return_probs=True)
+        bad = torch.from_numpy(stack[:2].astype(np.float32)).cuda()
+        bad[1, 3, 3] = float("nan")
+        with pytest.raises(ValueError, match="item 1 contains NaN"):
+            e.infer(bad)
+    np.testing.assert_array_equal(dev.indices, host.indices)
+    np.testing.assert_allclose(dev.probs, host.probs, rtol=0, atol=1e-6)
+    want = Engine(demo_model.checkpoint, device=0).infer(
+        [stack[i, : 40 + i % 24] for i in range(8)], return_probs=True)
+    np.testing.assert_allclose(ragged.probs, want.probs, rtol=0, atol=1e-6)
+
+
+def test_nvjpeg_decode_matches_the_cpu_readers(demo_model, data, tmp_path):
+    """Files decoded by nvJPEG on the GPU vs the CPU readers: pixels within nvJPEG's rounding,
+    the same top-1; a broken JPEG and a PNG in the same batch are handled per item."""
+    pytest.importorskip("torchvision", reason="nvJPEG decode goes through torchvision")
+    from PIL import Image
+
+    from medtrt import Engine
+    from medtrt.data import read_image
+    from medtrt.data.gpu_decode import NvjpegDecoder
+
+    paths = []
+    for i, im in enumerate(data.images[:96]):
+        paths.append(tmp_path / f"{i:03d}.jpg")
+        Image.fromarray(im).save(paths[-1], quality=95)
+    rgb = tmp_path / "rgb.jpg"
+    Image.fromarray(np.stack([data.images[0]] * 3, -1)).save(rgb, quality=95)
+    png = tmp_path / "gray.png"
+    Image.fromarray(data.images[1]).save(png)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(paths[0].read_bytes()[:200])
+
+    decoder = NvjpegDecoder(0)
+    got = decoder.decode([*paths[:8], rgb, png, broken])
+    for p, d in zip([*paths[:8], png], [*got[:8], got[9]]):
+        want = read_image(p)
+        assert d.shape == want.shape and d.dtype == "uint8"
+        diff = np.abs(d.tensor.cpu().numpy().astype(int) - want.astype(int))
+        assert diff.max() <= 3 and diff.mean() < 0.5, (p, diff.max(), diff.mean())
+    assert got[8].shape == (*data.images[0].shape, 3)
+    assert "broken.jpg" in str(got[10])
+    assert decoder.fallbacks >= 2  # the PNG and the broken file went to the CPU readers
+    decoder.close()
+
+    with Engine(demo_model.checkpoint, device=0, decode="nvjpeg") as gpu_decode, \
+            Engine(demo_model.checkpoint, device=0) as cpu_decode:
+        assert gpu_decode.decode == "nvjpeg" and "decode=nvjpeg" in repr(gpu_decode)
+        a = gpu_decode.infer([*paths, broken], return_probs=True)
+        b = cpu_decode.infer([*paths, broken], return_probs=True)
+        many = list(gpu_decode.infer_many(paths, batch_size=32, return_probs=True))
+    assert a[len(paths)].error is not None and b[len(paths)].error is not None
+    assert np.mean(a.top1[:-1] == b.top1[:-1]) >= 0.99
+    assert np.nanmax(np.abs(a.probs - b.probs)) < 0.05
+    np.testing.assert_allclose(np.concatenate([r.probs for r in many]), a.probs[:-1], atol=1e-6)

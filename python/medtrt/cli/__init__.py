@@ -182,7 +182,8 @@ def _bench(args: argparse.Namespace) -> int:
                       batches=tuple(_positive_int(b, "--batch") for b in args.batch.split(",")),
                       backends=tuple(args.backends.split(",")) if args.backends else None,
                       duration=args.duration, repeats=args.repeats, baseline=args.baseline,
-                      data=str(args.data) if args.data else None, threads=args.threads)
+                      data=str(args.data) if args.data else None, threads=args.threads,
+                      file_format=args.file_format)
     with Progress(transient=True, disable=args.quiet) as progress:
         task = progress.add_task("benchmarking", total=None)
         report = run_bench(args.model, cfg, args.out, on_progress=lambda what, done, total:
@@ -376,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--repeats", type=int, default=3, help="interleaved repeats; median reported")
     bn.add_argument("--baseline", help="backend the ratios are taken to (default per mode)")
     bn.add_argument("--data", type=Path, help="files mode: image folder (default: generated)")
+    bn.add_argument("--file-format", choices=("jpeg", "png"), default="jpeg",
+                    help="files mode without --data: format of the generated files (jpeg, as MedNIST)")
     bn.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     bn.add_argument("--out", type=Path, default=Path("bench"), help="output folder (./bench)")
     bn.add_argument("-q", "--quiet", action="store_true", help="no progress display")

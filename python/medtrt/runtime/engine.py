@@ -29,6 +29,7 @@ from medtrt.runtime.stages import OnnxRuntimeStage, TensorRTStage, TorchStage
 __all__ = ["Engine", "BundleError"]
 
 BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+DECODERS = ("cpu", "nvjpeg", "auto")
 
 
 class BundleError(MedtrtError, ValueError):
@@ -115,10 +116,13 @@ class _Flight:
 
     def __init__(self, engine: Engine, want_logits: bool) -> None:
         self.engine, self.want_logits = engine, want_logits
-        self.pending: deque[tuple[int, int, int]] = deque()  # (slot, real rows, tag)
+        # (slot, real rows, tag, the chunk: device images must live until their slot is collected)
+        self.pending: deque[tuple[int, int, int, list[Any]]] = deque()
         self.done: dict[int, list[tuple[Any, ...]]] = {}
 
-    def launch(self, images: list[np.ndarray], tag: int) -> None:
+    def launch(self, images: list[Any], tag: int, producer: int | None = None) -> None:
+        """Submits ``images`` in chunks of at most max_batch. ``producer``: the images are
+        DeviceImages written on that CUDA stream (read in place once it gets there)."""
         e = self.engine
         pipe = e._pipeline
         for start in range(0, len(images), e.max_batch):
@@ -132,25 +136,26 @@ class _Flight:
                 slot = pipe.try_acquire()
             if slot < 0:
                 slot = pipe.acquire()
-            pipe.submit(chunk, e._stage, self.want_logits, slot)
-            self.pending.append((slot, n, tag))
+            pipe.submit(chunk, e._stage, self.want_logits, slot, resident=producer is not None,
+                        producer=producer)
+            self.pending.append((slot, n, tag, chunk))
 
     def collect(self, tag: int) -> list[tuple[Any, ...]]:
-        while any(t == tag for _, _, t in self.pending):
+        while any(t == tag for _, _, t, _ in self.pending):
             self._collect_oldest()
         return self.done.pop(tag, [])
 
     def drain(self) -> None:
         """Waits for everything in flight (after an error), dropping the results."""
         while self.pending:
-            slot, _, _ = self.pending.popleft()
+            slot, _, _, _ = self.pending.popleft()
             try:
                 self.engine._pipeline.wait(slot)
             except Exception:  # noqa: BLE001 - the first error is the one being raised
                 pass
 
     def _collect_oldest(self) -> None:
-        slot, n, tag = self.pending.popleft()
+        slot, n, tag, _ = self.pending.popleft()
         scores, indices, logits, times = self.engine._pipeline.wait(slot)
         self.done.setdefault(tag, []).append(
             (scores[:n], indices[:n], None if logits is None else logits[:n], times))
@@ -175,16 +180,26 @@ class Engine:
             bundle's profile max, else 64). Batches below the profile minimum are padded.
         precision: torch backend only: "fp32" (default) or "fp16" (GPU).
         cuda_graphs: torch backend on a GPU: replay a CUDA graph per (slot, batch size).
+        decode: how file paths are decoded on a GPU backend: "cpu" (default: the CPU readers in
+            the calling thread), "nvjpeg" (batched nvJPEG decode on the GPU through torchvision;
+            PNG/DICOM and JPEGs nvJPEG refuses go through the CPU readers), or "auto" (nvJPEG
+            where it works). nvJPEG pixels differ from libjpeg's by about one grey level.
+
+    CUDA tensors given to ``infer`` on a GPU backend are read where they are (no host copy),
+    after the caller's current stream has reached the ``infer`` call.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, device: Any = 0, slots: int = 2,
                  backend: str = "auto", max_batch: int | None = None,
-                 precision: str | None = None, cuda_graphs: bool = False) -> None:
+                 precision: str | None = None, cuda_graphs: bool = False,
+                 decode: str = "cpu") -> None:
         from medtrt._native import native
         from medtrt.ops.resize_normalize import make_options
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {DECODERS}; got {decode!r}")
         if not 1 <= slots <= 16:
             raise ValueError(f"slots must be in [1, 16]; got {slots}")
         path = Path(path)
@@ -256,6 +271,8 @@ class Engine:
             logits_dtype=stage.logits_dtype, activation=self.preset.activation,
             device="cpu" if self.device == "cpu" else _cuda_index(self.device))
         stage.bind(self._pipeline)
+        self._decoder = _make_decoder(decode, self.device)
+        self.decode = "nvjpeg" if self._decoder else "cpu"
         self.last_stage_times: list[dict[str, float]] = []  # per chunk of the latest infer()
         self._closed = False
 
@@ -266,15 +283,17 @@ class Engine:
 
         ``batch``: a list of file paths, a list of arrays (H x W or H x W x C; uint8, uint16,
         int16 or float32; ragged sizes allowed; dtypes may differ), one [B, H, W] /
-        [B, H, W, C] array, or a torch tensor (CPU or CUDA; copied to the host first).
+        [B, H, W, C] array, or a torch tensor (CPU or CUDA: on a GPU backend a CUDA tensor is
+        read in place, after the current stream; else it is copied to the host).
         Pre-processing comes from the model's preset. An unreadable file gives that item an
         ``error`` and the rest of the batch goes on; a malformed array raises.
         """
         self._check_open()
-        prepared = self._prepare(batch, k)
+        producer = self._producer()
+        prepared = self._prepare(batch, k, producer)
         flight = _Flight(self, return_probs)
         try:
-            flight.launch(prepared.images, 0)
+            flight.launch(prepared.images, 0, prepared.producer)
             return self._results(prepared, flight.collect(0), return_probs)
         finally:
             flight.drain()
@@ -287,19 +306,21 @@ class Engine:
         self._check_open()
         source = _chunks(batches, batch_size) if batch_size else iter(batches)
         flight = _Flight(self, return_probs)
+        producer = self._producer()  # the caller's stream, also for batches read in the worker
         with ThreadPoolExecutor(max_workers=1) as pool:
             try:
                 first = next(source, None)
                 if first is None:
                     return
-                reading = pool.submit(self._prepare, first, k)
+                reading = pool.submit(self._prepare, first, k, producer)
                 previous: tuple[int, _Prepared] | None = None
                 tag = 0
                 while reading is not None:
                     prepared = reading.result()
                     nxt = next(source, None)
-                    reading = pool.submit(self._prepare, nxt, k) if nxt is not None else None
-                    flight.launch(prepared.images, tag)
+                    reading = (pool.submit(self._prepare, nxt, k, producer) if nxt is not None
+                               else None)
+                    flight.launch(prepared.images, tag, prepared.producer)
                     if previous is not None:
                         done = flight.collect(previous[0])
                         # Across the yield keep at most slots - 1 chunks in flight, so the
@@ -323,6 +344,9 @@ class Engine:
         self._closed = True
         self._pipeline = None
         self._stage = None
+        if getattr(self, "_decoder", None) is not None:
+            self._decoder.close()
+            self._decoder = None
 
     def __enter__(self) -> Engine:
         return self
@@ -334,7 +358,7 @@ class Engine:
         h, w = self.preset.image_size
         device = "closed" if self._closed else self.device
         return (f"Engine({self.path.name!r}, backend={self.backend}, precision={self.precision}, "
-                f"device={device}, slots={self.slots}, "
+                f"device={device}, slots={self.slots}, decode={self.decode}, "
                 f"input={self.preset.in_channels}x{h}x{w}, labels={self.preset.num_classes}, "
                 f"max_batch={self.max_batch})")
 
@@ -344,20 +368,53 @@ class Engine:
         if self._closed:
             raise RuntimeError("this Engine is closed")
 
-    def _prepare(self, batch: Any, k: int | None) -> _Prepared:
-        items, sources = _as_items(batch)
+    def _producer(self) -> Any:
+        """The calling thread's current CUDA stream on a GPU backend (what CUDA inputs were
+        written on), else None."""
+        if self.device == "cpu":
+            return None
+        torch = require("torch")
+        return torch.cuda.current_stream(self.device)
+
+    def _prepare(self, batch: Any, k: int | None, producer: Any = None) -> _Prepared:
+        items, sources = _as_items(batch, keep_cuda=producer is not None)
         if not items:
             raise ValueError("infer: expected at least one image; got an empty batch")
         k = min(5, self.preset.num_classes) if k is None else k
         if not 1 <= k <= self.preset.num_classes:
             raise ValueError(f"infer: k must be in [1, {self.preset.num_classes}]; got {k}")
         prepared = _Prepared(len(items), sources, k)
+        decoded: dict[int, Any] = {}
+        if self._decoder is not None:
+            paths = [i for i, s in enumerate(sources) if s is not None]
+            if paths:
+                decoded = dict(zip(paths, self._decoder.decode([items[i] for i in paths])))
+                producer.wait_stream(self._decoder.stream)
         for i, item in enumerate(items):
             try:
-                prepared.images.append(self._load(item, i))
+                if i in decoded:
+                    if isinstance(decoded[i], ImageReadError):
+                        raise decoded[i]
+                    image = decoded[i]
+                    self._check_channels(image.shape, i)
+                elif _is_cuda(item):
+                    image = self._load_cuda(item, i, producer)
+                else:
+                    image = self._load(item, i)
+                prepared.images.append(image)
                 prepared.where.append(i)
             except ImageReadError as exc:
                 prepared.failures[i] = failed(i, exc, sources[i])
+        if any(not isinstance(x, np.ndarray) for x in prepared.images):
+            # A resident batch: every image in device memory (host arrays uploaded on the
+            # producer stream), read in place after that stream.
+            from medtrt.data.gpu_decode import upload
+
+            torch = require("torch")
+            with torch.cuda.stream(producer):
+                prepared.images = [upload(x, self.device) if isinstance(x, np.ndarray) else x
+                                   for x in prepared.images]
+            prepared.producer = int(producer.cuda_stream)
         return prepared
 
     def _results(self, p: _Prepared, parts: list[tuple[Any, ...]], return_probs: bool) -> Results:
@@ -403,12 +460,28 @@ class Engine:
             if not np.isfinite(arr).all():
                 raise ValueError(f"infer: item {index} contains NaN or Inf values; expected finite "
                                  "pixel values")
-        channels = 1 if arr.ndim == 2 else arr.shape[-1] if arr.ndim == 3 else None
+        self._check_channels(arr.shape, index)
+        return np.ascontiguousarray(arr)
+
+    def _load_cuda(self, tensor: Any, index: int, producer: Any) -> Any:
+        """A CUDA tensor as a DeviceImage on this engine's GPU (moved there if elsewhere)."""
+        from medtrt.data.gpu_decode import device_image
+
+        torch = require("torch")
+        self._check_channels(tuple(tensor.shape), index)
+        with torch.cuda.stream(producer):
+            image = device_image(tensor.detach(), self.device)
+            if image.dtype == "float32" and not bool(torch.isfinite(image.tensor).all()):
+                raise ValueError(f"infer: item {index} contains NaN or Inf values; expected "
+                                 "finite pixel values")
+        return image
+
+    def _check_channels(self, shape: tuple[int, ...], index: int) -> None:
+        channels = 1 if len(shape) == 2 else shape[-1] if len(shape) == 3 else None
         if channels not in (1, 3):
-            raise ValueError(f"infer: item {index} has shape {arr.shape}; this model expects "
+            raise ValueError(f"infer: item {index} has shape {tuple(shape)}; this model expects "
                              f"H x W or H x W x C images with C in (1, 3) "
                              f"(it takes {self.preset.in_channels}-channel input; gray/RGB convert)")
-        return np.ascontiguousarray(arr)
 
 
 @dataclass
@@ -418,9 +491,32 @@ class _Prepared:
     count: int
     sources: list[str | None]
     k: int
-    images: list[np.ndarray] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)  # NumPy arrays, or DeviceImages
     where: list[int] = field(default_factory=list)
     failures: dict[int, Result] = field(default_factory=dict)
+    producer: int | None = None  # a resident batch: the CUDA stream its images were written on
+
+
+def _make_decoder(decode: str, device: str) -> Any:
+    """An NvjpegDecoder for decode='nvjpeg'/'auto' on a GPU backend, else None."""
+    if decode == "cpu":
+        return None
+    if device == "cpu":
+        if decode == "nvjpeg":
+            raise ValueError("decode='nvjpeg' decodes on the GPU; this engine runs on the CPU "
+                             "(use decode='cpu', or a GPU backend)")
+        return None
+    from medtrt.data.gpu_decode import NvjpegDecoder, nvjpeg_status
+
+    if decode == "auto" and not nvjpeg_status(device)[0]:
+        return None
+    return NvjpegDecoder(_cuda_index(device))
+
+
+def _is_cuda(x: Any) -> bool:
+    from medtrt.ops._common import is_tensor
+
+    return is_tensor(x) and x.is_cuda
 
 
 def _onnx_precision(path: Path) -> str:
@@ -434,11 +530,22 @@ def _onnx_precision(path: Path) -> str:
     return "fp32"
 
 
-def _as_items(batch: Any) -> tuple[list[Any], list[str | None]]:
+def _as_items(batch: Any, keep_cuda: bool = False) -> tuple[list[Any], list[str | None]]:
+    """The items of a batch; torch tensors become NumPy arrays, except CUDA tensors when
+    ``keep_cuda`` (a GPU backend reads them in place)."""
     from medtrt.ops._common import is_tensor
 
+    def host(x: Any) -> Any:
+        return x if keep_cuda and x.is_cuda else x.detach().cpu().numpy()
+
     if is_tensor(batch):
-        batch = batch.detach().cpu().numpy()
+        if keep_cuda and batch.is_cuda:
+            if batch.ndim not in (3, 4):
+                raise ValueError(f"infer: expected a list of images or one [B, H, W] / "
+                                 f"[B, H, W, C] tensor; got shape {tuple(batch.shape)} "
+                                 "(wrap one image in a list)")
+            return list(batch), [None] * len(batch)
+        batch = host(batch)
     if isinstance(batch, np.ndarray):
         if batch.ndim not in (3, 4):
             raise ValueError(f"infer: expected a list of images or one [B, H, W] / [B, H, W, C] "
@@ -447,7 +554,7 @@ def _as_items(batch: Any) -> tuple[list[Any], list[str | None]]:
     elif isinstance(batch, (str, os.PathLike)):
         raise TypeError("infer: expected a list of paths or images; got a single path (wrap it in a list)")
     elif isinstance(batch, Sequence):
-        items = [x.detach().cpu().numpy() if is_tensor(x) else x for x in batch]
+        items = [host(x) if is_tensor(x) else x for x in batch]
     else:
         raise TypeError(f"infer: expected a list of paths or arrays, an array or a tensor; "
                         f"got {type(batch).__name__}")
