@@ -84,6 +84,15 @@ def _decomposition(r: dict) -> list[str]:
     return lines + [""]
 
 
+def _files_note(config: dict) -> str:
+    """Files mode: which files (runs before file_format existed generated PNGs)."""
+    if "files" not in config["mode"]:
+        return ""
+    if config.get("data"):
+        return ", files from --data"
+    return f", generated {config.get('file_format', 'png').upper()} files"
+
+
 def bench(path: Path) -> list[str]:
     """One `medtrt bench` report: images/s per backend and batch, ratio to the baseline."""
     r = json.loads(path.read_text())
@@ -101,7 +110,8 @@ def bench(path: Path) -> list[str]:
         f"**medtrt bench, {r['config']['mode']} mode, {r['preset']}: {where}** — "
         f"{m['date'][:10]}, commit `{m['commit'][:10]}`{' (dirty tree)' if m.get('dirty') else ''}"
         f", {r['config']['repeats']} interleaved repeats x {r['config']['duration']:g} s, "
-        f"{r['config']['threads']} threads; images/s (× {r['baseline']}); source "
+        f"{r['config']['threads']} threads{_files_note(r['config'])}; images/s "
+        f"(× {r['baseline']}); source "
         f"`{path.relative_to(ROOT)}`",
         "",
         "| backend | " + " | ".join(f"batch {b}" for b in batches) + " |",
