@@ -208,6 +208,9 @@ def test_bundle_checks(demo_model, data, tmp_path):
     assert "Engine('model.fp32.engine', backend=onnxruntime, precision=fp32" in repr(auto)
     with pytest.raises(BundleError, match=r"needs a CUDA GPU: .*use backend='onnxruntime'"):
         Engine(result.engine, backend="tensorrt")
+    with pytest.raises(ValueError, match=r"backend='tensorrt' runs on a GPU; with device='cpu'"):
+        Engine(result.engine, backend="tensorrt", device="cpu")
+    assert Engine(result.engine, device="cpu").backend == "onnxruntime"
     meta = json.loads(result.bundle_json.read_text())
     meta["tensorrt"]["version"] = "0.0.1"
     result.bundle_json.write_text(json.dumps(meta))

@@ -54,8 +54,9 @@ def _read_bundle(path: Path) -> tuple[dict[str, Any], Path]:
     return bundle, engine
 
 
-def check_bundle_runnable(bundle: dict[str, Any]) -> str:
-    """Raise BundleError unless TensorRT can run this bundle here; returns the flavour."""
+def check_bundle_runnable(bundle: dict[str, Any], device: int = 0) -> str:
+    """Raise BundleError unless TensorRT can run this bundle here, on GPU ``device``; returns
+    the flavour."""
     from medtrt._native import cuda_ready
     from medtrt.trt import import_trt
 
@@ -72,10 +73,16 @@ def check_bundle_runnable(bundle: dict[str, Any]) -> str:
     if not ok:
         raise BundleError(f"running a TensorRT engine needs a CUDA GPU: {why}; use "
                           "backend='onnxruntime' (runs the bundle's precision ONNX on the CPU)")
+    from medtrt._native import native
+
+    count = native().cuda_device_count()
+    if not 0 <= device < count:
+        raise BundleError(f"GPU {device} does not exist here ({count} visible); pass device=0"
+                          f"{f'..{count - 1}' if count > 1 else ''}")
     built_gpu = bundle.get("build_machine", {}).get("gpu")
     if flavour == "tensorrt" and built_gpu:
         torch = require("torch")
-        here = torch.cuda.get_device_name(0)
+        here = torch.cuda.get_device_name(device)
         if here != built_gpu:
             raise BundleError(f"the engine was built on {built_gpu} but this GPU is {here}; "
                               "TensorRT engines are GPU-specific: rebuild with `medtrt build` here")
@@ -221,9 +228,12 @@ class Engine:
             profile = self.bundle["input"]["profile"]
             min_batch, profile_max = profile["min"][0], profile["max"][0]
             stage: Any = None
-            if backend in ("auto", "tensorrt"):
+            if backend == "tensorrt" and str(device) == "cpu":
+                raise ValueError("backend='tensorrt' runs on a GPU; with device='cpu' use "
+                                 "backend='onnxruntime' (the bundle's precision ONNX)")
+            if backend in ("auto", "tensorrt") and str(device) != "cpu":
                 try:
-                    flavour = check_bundle_runnable(self.bundle)
+                    flavour = check_bundle_runnable(self.bundle, _cuda_index(device))
                 except BundleError:
                     if backend == "tensorrt":
                         raise
