@@ -226,8 +226,9 @@ py::dict times_dict(const runtime::StageTimes& t) {
 struct HostBatch {
   std::vector<py::array> arrays;
   std::vector<runtime::ImageRef> images;
-  // Resident batches: the stream the images were written on (from the call, else from the
-  // __cuda_array_interface__ 'stream' entry, where 1 and 2 are the default streams).
+  // Resident batches: the stream the images were written on: from the call, else from the
+  // __cuda_array_interface__ 'stream' entry (1 and 2 are the default streams), else the legacy
+  // default stream (torch's default; torch's interface has no 'stream' entry).
   bool has_producer = false;
   std::uintptr_t producer = 0;
 };
@@ -303,6 +304,9 @@ HostBatch device_batch(const py::list& images, const py::object& producer) {
                  "or pass producer= (a stream that has waited for all of them)");
     b.has_producer = true;
     b.producer = static_cast<std::uintptr_t>(streams[0]);
+  } else {
+    b.has_producer = true;
+    b.producer = 1;  // cudaStreamLegacy
   }
   return b;
 }

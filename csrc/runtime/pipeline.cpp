@@ -331,7 +331,7 @@ SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images,
     for (std::size_t i = 0; i < images.size(); ++i)
       std::memcpy(staging + offsets[i], images[i].data, images[i].bytes);
   }
-  s.staging_ms = ms_between(t0, Clock::now());
+  s.staging_ms = resident ? 0.f : ms_between(t0, Clock::now());
 
   const bool host = device_->is_host();
   const auto raw_base = reinterpret_cast<std::uintptr_t>(host ? s.staging.ptr : s.raw.ptr);

@@ -132,7 +132,8 @@ class Pipeline {
   SlotView stage_in(std::int32_t slot, const std::vector<ImageRef>& images);
   // Images in the device's memory, read in place. With `producer` (has_producer: the legacy
   // default stream is 0), the slot's work waits for that stream's work so far, i.e. for
-  // whatever wrote the images.
+  // whatever wrote the images. The slot streams are non-blocking: without a producer nothing
+  // orders the read after the writes (the Python binding defaults to the legacy default stream).
   SlotView stage_in_resident(std::int32_t slot, const std::vector<ImageRef>& images,
                              void* producer, bool has_producer);
   void stage_out(std::int32_t slot, bool want_logits);

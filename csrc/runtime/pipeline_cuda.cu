@@ -94,7 +94,7 @@ class CudaDevice final : public Device {
       case cudaMemoryTypeHost:
         return "it is pinned host memory";
       default:
-        return "it is ordinary host memory";
+        return "it is not device memory: host memory, or a freed or foreign pointer";
     }
   }
   void wait_event(void* event) override { MEDTRT_CUDA_CHECK(cudaEventSynchronize(as_event(event))); }

@@ -105,16 +105,18 @@ def test_resident_batch_waits_for_its_producer_and_matches_the_host_twin(rng):
     for i in range(20):
         images = [rng.integers(0, 256, rng.integers(8, 160, 2), dtype=np.uint8)
                   for _ in range(int(rng.integers(1, 17)))]
-        with torch.cuda.stream(side):
+        src = [torch.from_numpy(im).cuda() for im in images]  # uploaded (and synced) first
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):  # then, asynchronously: a sleep, and device copies
             dev = [torch.zeros(im.shape, dtype=torch.uint8, device="cuda") for im in images]
             torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time before the pixels land
-            for d, im in zip(dev, images):
-                d.copy_(torch.from_numpy(im))
+            for d, s in zip(dev, src):
+                d.copy_(s, non_blocking=True)
         got = gpu.wait(gpu.submit(dev, probe, True, resident=True, producer=side.cuda_stream))
         want = host.wait(host.submit(images, twin, True))
         assert np.array_equal(got[2], want[2]), f"batch {i}: logits differ"
         assert np.array_equal(got[1], want[1]), f"batch {i}: indices differ"
-        assert got[3]["staging"] == 0.0
+        assert got[3]["staging"] == 0.0  # nothing packed on the host
     # Non-contiguous, host memory and the wrong element type are refused with the fix.
     x = torch.zeros((40, 30), dtype=torch.uint8, device="cuda")
     with pytest.raises(ValueError, match=r"not contiguous .*\.contiguous\(\)"):
@@ -259,8 +261,12 @@ def test_cuda_tensor_input_is_read_in_place_and_matches_host_input(demo_model, d
     stack = np.stack(data.images[:64])
     with Engine(demo_model.checkpoint, device=0) as e:
         side = torch.cuda.Stream()
+        src = torch.from_numpy(stack).cuda()
+        torch.cuda.synchronize()
         with torch.cuda.stream(side):  # the caller's current stream is the producer
-            x = torch.from_numpy(stack).cuda()
+            x = torch.empty_like(src)
+            torch.cuda._sleep(20_000_000)  # the pixels land ~10 ms after infer() is called
+            x.copy_(src, non_blocking=True)
             dev = e.infer(x, return_probs=True)
             ragged = e.infer([x[i, : 40 + i % 24] for i in range(8)], return_probs=True)
         assert e.memory()["pinned"] < 64 * stack[0].nbytes  # no packed staging for 64 images
@@ -299,6 +305,7 @@ def test_nvjpeg_decode_matches_the_cpu_readers(demo_model, data, tmp_path):
 
     decoder = NvjpegDecoder(0)
     got = decoder.decode([*paths[:8], rgb, png, broken])
+    decoder.stream.synchronize()  # the images were written on the decoder's stream
     for p, d in zip([*paths[:8], png], [*got[:8], got[9]]):
         want = read_image(p)
         assert d.shape == want.shape and d.dtype == "uint8"
@@ -318,4 +325,4 @@ def test_nvjpeg_decode_matches_the_cpu_readers(demo_model, data, tmp_path):
     assert a[len(paths)].error is not None and b[len(paths)].error is not None
     assert np.mean(a.top1[:-1] == b.top1[:-1]) >= 0.99
     assert np.nanmax(np.abs(a.probs - b.probs)) < 0.05
-    np.testing.assert_allclose(np.concatenate([r.probs for r in many]), a.probs[:-1], atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([r.probs for r in many]), a.probs[:-1], atol=1e-5)

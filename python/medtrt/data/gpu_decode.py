@@ -59,14 +59,12 @@ class DeviceImage:
 
 
 def device_image(tensor: Any, device: str) -> DeviceImage:
-    """A torch tensor (any device) as a DeviceImage on ``device``: float64/float16 become
-    float32, bool/int8 become uint8; other integer types are refused (say which pixel type)."""
+    """A torch tensor (any device) as a DeviceImage on ``device``: float64/float16/bfloat16
+    become float32; integer types other than uint8/uint16/int16 are refused, as on the host."""
     import torch
 
     if tensor.dtype in (torch.float64, torch.float16, torch.bfloat16):
         tensor = tensor.float()
-    elif tensor.dtype in (torch.bool, torch.int8):
-        tensor = tensor.to(torch.uint8)
     names = {torch.uint8: "uint8", torch.int16: "int16", torch.float32: "float32"}
     if getattr(torch, "uint16", None) is not None and tensor.dtype == torch.uint16:
         tensor, dtype = tensor.view(torch.int16), "uint16"
@@ -124,10 +122,11 @@ class NvjpegDecoder:
 
     Args:
         device: the CUDA device ("cuda:N" or an index) the images are decoded on.
-        threads: threads that read files (and CPU-decode what nvJPEG cannot).
+        threads: threads that read files (and CPU-decode what nvJPEG cannot); 0: the cores,
+            at most 8.
     """
 
-    def __init__(self, device: Any = 0, threads: int = 4) -> None:
+    def __init__(self, device: Any = 0, threads: int = 0) -> None:
         index = device if isinstance(device, int) else int(str(device).partition(":")[2] or 0)
         self.device = f"cuda:{index}"
         ok, why = nvjpeg_status(self.device)
@@ -139,7 +138,8 @@ class NvjpegDecoder:
 
         self.torch, self.tvio = torch, tvio
         self.stream = torch.cuda.Stream(device=self.device)
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="medtrt-nvjpeg")
+        self.threads = threads or min(8, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="medtrt-nvjpeg")
         self.fallbacks = 0  # images that went through the CPU readers (non-JPEG or refused)
 
     @property
@@ -198,7 +198,7 @@ def _to_hwc(chw: Any) -> Any:
         return chw[0]  # a contiguous view
     if chw.shape[0] == 3:
         return chw.permute(1, 2, 0).contiguous()
-    return None  # e.g. CMYK: the CPU reader converts it
+    return None  # defensive: torchvision returns 1 or 3 channels; anything else goes to the CPU
 
 
 def _read_bytes(path: str | os.PathLike[str]) -> bytes | ImageReadError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -381,8 +382,8 @@ class Engine:
     def _producer(self) -> Any:
         """The calling thread's current CUDA stream on a GPU backend (what CUDA inputs were
         written on), else None."""
-        if self.device == "cpu":
-            return None
+        if self.device == "cpu" or (self._decoder is None and "torch" not in sys.modules):
+            return None  # no torch loaded: no CUDA tensor exists (TensorRT without torch)
         torch = require("torch")
         return torch.cuda.current_stream(self.device)
 
@@ -399,7 +400,6 @@ class Engine:
             paths = [i for i, s in enumerate(sources) if s is not None]
             if paths:
                 decoded = dict(zip(paths, self._decoder.decode([items[i] for i in paths])))
-                producer.wait_stream(self._decoder.stream)
         for i, item in enumerate(items):
             try:
                 if i in decoded:
@@ -415,12 +415,17 @@ class Engine:
                 prepared.where.append(i)
             except ImageReadError as exc:
                 prepared.failures[i] = failed(i, exc, sources[i])
-        if any(not isinstance(x, np.ndarray) for x in prepared.images):
+        if prepared.where and all(i in decoded for i in prepared.where):
+            # Every image came from the decoder: read after the decoder's stream alone.
+            prepared.producer = self._decoder.stream_handle
+        elif any(not isinstance(x, np.ndarray) for x in prepared.images):
             # A resident batch: every image in device memory (host arrays uploaded on the
-            # producer stream), read in place after that stream.
+            # producer stream), read in place after that stream (which waits for the decoder).
             from medtrt.data.gpu_decode import upload
 
             torch = require("torch")
+            if decoded:
+                producer.wait_stream(self._decoder.stream)
             with torch.cuda.stream(producer):
                 prepared.images = [upload(x, self.device) if isinstance(x, np.ndarray) else x
                                    for x in prepared.images]
