@@ -229,8 +229,7 @@ struct HostBatch {
   // Resident batches: the stream the images were written on: from the call, else from the
   // __cuda_array_interface__ 'stream' entry (1 and 2 are the default streams), else the legacy
   // default stream (torch's default; torch's interface has no 'stream' entry).
-  bool has_producer = false;
-  std::uintptr_t producer = 0;
+  std::uintptr_t producer = 1;  // cudaStreamLegacy
 };
 
 HostBatch host_batch(const py::list& images) {
@@ -274,7 +273,7 @@ HostBatch device_batch(const py::list& images, const py::object& producer) {
     const std::string dtype = cai_dtype(typestr);
     MEDTRT_CHECK(!dtype.empty(), "Pipeline: image ", i, " has element type '", typestr,
                  "'; expected uint8, uint16, int16 or float32");
-    const std::size_t itemsize = dtype == "uint8" ? 1 : dtype == "float32" ? 4 : 2;
+    const std::size_t itemsize = runtime::pixel_bytes(dtype);
     std::size_t bytes = itemsize;
     for (std::int64_t d : shape) bytes *= static_cast<std::size_t>(std::max<std::int64_t>(d, 0));
     if (cai.contains("strides") && !cai["strides"].is_none()) {
@@ -295,18 +294,13 @@ HostBatch device_batch(const py::list& images, const py::object& producer) {
       streams.push_back(cai["stream"].cast<std::int64_t>());
   }
   if (!producer.is_none()) {
-    b.has_producer = true;
     b.producer = producer.cast<std::uintptr_t>();
   } else if (!streams.empty()) {
     MEDTRT_CHECK(std::all_of(streams.begin(), streams.end(),
                              [&](std::int64_t x) { return x == streams[0]; }),
                  "Pipeline: the images were written on different CUDA streams; synchronize them "
                  "or pass producer= (a stream that has waited for all of them)");
-    b.has_producer = true;
     b.producer = static_cast<std::uintptr_t>(streams[0]);
-  } else {
-    b.has_producer = true;
-    b.producer = 1;  // cudaStreamLegacy
   }
   return b;
 }
@@ -328,7 +322,7 @@ runtime::SlotView stage_in_resident(runtime::Pipeline& p, std::int32_t slot,
                                     const py::list& images, const py::object& producer) {
   HostBatch b = resident_batch(p, images, producer);
   py::gil_scoped_release nogil;
-  return p.stage_in_resident(slot, b.images, reinterpret_cast<void*>(b.producer), b.has_producer);
+  return p.stage_in_resident(slot, b.images, reinterpret_cast<void*>(b.producer));
 }
 
 // acquire -> stage_in -> compute(view) (GIL held: the compute stage is Python) -> stage_out.
@@ -351,8 +345,7 @@ std::int32_t submit(runtime::Pipeline& p, const py::list& images, const py::func
     runtime::SlotView view;
     {
       py::gil_scoped_release nogil;
-      view = resident ? p.stage_in_resident(slot, b.images, reinterpret_cast<void*>(b.producer),
-                                            b.has_producer)
+      view = resident ? p.stage_in_resident(slot, b.images, reinterpret_cast<void*>(b.producer))
                       : p.stage_in(slot, b.images);
     }
     compute(view);

@@ -20,13 +20,6 @@ constexpr std::size_t kImageAlign = 16;  // every packed image starts 16-byte al
 
 std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
-std::size_t pixel_bytes(const std::string& dtype) {
-  if (dtype == "uint8") return 1;
-  if (dtype == "uint16" || dtype == "int16") return 2;
-  if (dtype == "float32") return 4;
-  return 0;  // the validator names the accepted dtypes
-}
-
 // Room for `need` bytes with headroom, so batches that vary in size do not regrow every time.
 std::size_t grown_size(std::size_t have, std::size_t need) {
   return std::max(need, have + have / 2);
@@ -83,6 +76,13 @@ class HostDevice final : public Device {
 }  // namespace
 
 std::unique_ptr<Device> make_host_device() { return std::make_unique<HostDevice>(); }
+
+std::size_t pixel_bytes(const std::string& dtype) {
+  if (dtype == "uint8") return 1;
+  if (dtype == "uint16" || dtype == "int16") return 2;
+  if (dtype == "float32") return 4;
+  return 0;  // the validator names the accepted dtypes
+}
 
 // ---- pipeline --------------------------------------------------------------------------------------
 
@@ -242,16 +242,16 @@ void Pipeline::reserve(std::int32_t batch, std::size_t raw_bytes) {
 }
 
 SlotView Pipeline::stage_in(std::int32_t slot, const std::vector<ImageRef>& images) {
-  return stage(slot, images, false, nullptr, false);
+  return stage(slot, images, false, nullptr);
 }
 
 SlotView Pipeline::stage_in_resident(std::int32_t slot, const std::vector<ImageRef>& images,
-                                     void* producer, bool has_producer) {
-  return stage(slot, images, true, producer, has_producer);
+                                     void* producer) {
+  return stage(slot, images, true, producer);
 }
 
 SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
-                         void* producer, bool has_producer) {
+                         void* producer) {
   const char* what = resident ? "stage_in_resident" : "stage_in";
   check_slot(slot, State::kTaken, what);
   Slot& s = slots_[static_cast<std::size_t>(slot)];
@@ -345,7 +345,7 @@ SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images,
   auto* descs_dev = static_cast<ops::ImageDesc*>(host ? s.descs_host.ptr : s.descs.ptr);
 
   // The producer's work so far (what wrote the images) before anything of this batch.
-  if (has_producer) device_->wait_for(s.stream, s.ev_ready, producer);
+  if (resident) device_->wait_for(s.stream, s.ev_ready, producer);
   device_->record(s.ev_start, s.stream);
   if (!host) {
     if (raw_bytes) device_->copy_to_device(s.raw.ptr, s.staging.ptr, raw_bytes, s.stream);

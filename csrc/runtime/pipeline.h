@@ -68,6 +68,9 @@ class Device {
 };
 
 std::unique_ptr<Device> make_host_device();
+
+// Bytes per stored pixel of a pixel type (uint8 1, uint16/int16 2, float32 4); 0 for others.
+std::size_t pixel_bytes(const std::string& dtype);
 #if MEDTRT_WITH_CUDA
 std::unique_ptr<Device> make_cuda_device(int ordinal);
 #endif
@@ -130,12 +133,11 @@ class Pipeline {
   std::int32_t acquire();
   std::int32_t try_acquire();  // -1 when every slot is taken or in flight
   SlotView stage_in(std::int32_t slot, const std::vector<ImageRef>& images);
-  // Images in the device's memory, read in place. With `producer` (has_producer: the legacy
-  // default stream is 0), the slot's work waits for that stream's work so far, i.e. for
-  // whatever wrote the images. The slot streams are non-blocking: without a producer nothing
-  // orders the read after the writes (the Python binding defaults to the legacy default stream).
+  // Images in the device's memory, read in place. The slot's work first waits for `producer`'s
+  // work so far, i.e. for whatever wrote the images (the slot streams are non-blocking, so
+  // nothing else orders the read after the writes; 0 is the legacy default stream).
   SlotView stage_in_resident(std::int32_t slot, const std::vector<ImageRef>& images,
-                             void* producer, bool has_producer);
+                             void* producer);
   void stage_out(std::int32_t slot, bool want_logits);
   Collected wait(std::int32_t slot);
   // Gives a taken slot back without results (after an error between acquire and wait); waits for
@@ -174,7 +176,7 @@ class Pipeline {
   };
 
   SlotView stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
-                 void* producer, bool has_producer);
+                 void* producer);
   void check_slot(std::int32_t slot, State expected, const char* what) const;
   void grow_pinned(Buffer& b, std::size_t bytes);
   void grow_device(Buffer& b, std::size_t bytes, void* stream);
