@@ -515,20 +515,20 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
             return "nvJPEG decode applies to files mode"
         if not cuda_ok:
             return why_no_cuda
-        from medtrt.data.gpu_decode import nvjpeg_status
+        from medtrt.errors import MissingDependencyError
 
-        ok, why = nvjpeg_status()
-        if not ok:
-            return why
         base = name[: -len(NVJPEG)]
-        if base.startswith("trt-"):
-            got = _trt_bundle(base.split("-")[1], art)
-            if isinstance(got, str):
-                return got
-            return EnginePipeline(name, art.engines[base.split("-")[1]], 0, backend="tensorrt",
-                                  device=0, decode="nvjpeg")
-        return EnginePipeline(name, art.checkpoint, 0, backend="torch", device=0, decode="nvjpeg",
-                              precision="fp16" if base.endswith("fp16") else "fp32")
+        try:
+            if base.startswith("trt-"):
+                got = _trt_bundle(base.split("-")[1], art)
+                if isinstance(got, str):
+                    return got
+                return EnginePipeline(name, art.engines[base.split("-")[1]], 0,
+                                      backend="tensorrt", device=0, decode="nvjpeg")
+            return EnginePipeline(name, art.checkpoint, 0, backend="torch", device=0,
+                                  decode="nvjpeg", precision="fp16" if base.endswith("fp16") else "fp32")
+        except MissingDependencyError as exc:  # the Engine's decoder says why nvJPEG cannot run
+            return str(exc)
     if name in ("torch-reference", "seed-dataloader"):
         if name == "torch-reference" and mode != "pipeline":
             return "the NumPy+eager reference path is the pipeline-mode baseline"

@@ -76,14 +76,6 @@ def device_image(tensor: Any, device: str) -> DeviceImage:
     return DeviceImage(tensor.to(device).contiguous(), dtype)
 
 
-def _tiny_jpeg() -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def upload(image: np.ndarray, device: str) -> DeviceImage:
     """A host image (uint8/uint16/int16/float32) as a DeviceImage on ``device``, copied on the
     current stream."""
@@ -91,6 +83,14 @@ def upload(image: np.ndarray, device: str) -> DeviceImage:
 
     bits = image.view(np.int16) if image.dtype == np.uint16 else image
     return DeviceImage(torch.from_numpy(np.ascontiguousarray(bits)).to(device), str(image.dtype))
+
+
+def _tiny_jpeg() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def nvjpeg_status(device: Any = "cuda:0") -> tuple[bool, str]:
@@ -121,14 +121,13 @@ class NvjpegDecoder:
     """Decodes batches of image files to CUDA tensors; see the module docstring.
 
     Args:
-        device: the CUDA device ("cuda:N" or an index) the images are decoded on.
+        device: the index of the CUDA device the images are decoded on.
         threads: threads that read files (and CPU-decode what nvJPEG cannot); 0: the cores,
             at most 8.
     """
 
-    def __init__(self, device: Any = 0, threads: int = 0) -> None:
-        index = device if isinstance(device, int) else int(str(device).partition(":")[2] or 0)
-        self.device = f"cuda:{index}"
+    def __init__(self, device: int = 0, threads: int = 0) -> None:
+        self.device = f"cuda:{device}"
         ok, why = nvjpeg_status(self.device)
         if not ok:
             raise MissingDependencyError(f"nvJPEG decode is not available: {why}; "
@@ -140,7 +139,7 @@ class NvjpegDecoder:
         self.stream = torch.cuda.Stream(device=self.device)
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="medtrt-nvjpeg")
-        self.fallbacks = 0  # images that went through the CPU readers (non-JPEG or refused)
+        self.fallbacks = 0  # files that went through the CPU readers (not JPEG, refused, unreadable)
 
     @property
     def stream_handle(self) -> int:
@@ -152,17 +151,15 @@ class NvjpegDecoder:
         readers) or one ``ImageReadError`` per path, in order."""
         blobs = list(self.pool.map(_read_bytes, paths))
         out: list[Any] = [None] * len(paths)
-        jpeg = [i for i, b in enumerate(blobs) if isinstance(b, bytes) and b.startswith(_JPEG)]
-        for i, b in enumerate(blobs):
-            if isinstance(b, ImageReadError):
-                out[i] = b
+        jpeg = [i for i, b in enumerate(blobs) if b is not None and b.startswith(_JPEG)]
         torch = self.torch
         with torch.cuda.stream(self.stream):
             decoded = self._decode_jpegs([blobs[i] for i in jpeg])
             for i, image in zip(jpeg, decoded):
                 if image is not None:
                     out[i] = DeviceImage(image, "uint8")
-            cpu = [i for i in range(len(paths)) if out[i] is None]  # not JPEG, or refused
+            # Not JPEG, refused, or unreadable (the CPU reader names the reason).
+            cpu = [i for i in range(len(paths)) if out[i] is None]
             self.fallbacks += len(cpu)
             for i, got in zip(cpu, self.pool.map(_read_cpu, [paths[i] for i in cpu])):
                 out[i] = got if isinstance(got, ImageReadError) else upload(got, self.device)
@@ -192,7 +189,6 @@ class NvjpegDecoder:
         return [None if t is None else _to_hwc(t) for t in chw]
 
 
-
 def _to_hwc(chw: Any) -> Any:
     if chw.shape[0] == 1:
         return chw[0]  # a contiguous view
@@ -201,15 +197,12 @@ def _to_hwc(chw: Any) -> Any:
     return None  # defensive: torchvision returns 1 or 3 channels; anything else goes to the CPU
 
 
-def _read_bytes(path: str | os.PathLike[str]) -> bytes | ImageReadError:
-    p = Path(path)
+def _read_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    """The file's bytes, or None when it cannot be read (the CPU reader then says why)."""
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        return ImageReadError(p, exc.strerror or str(exc))
-    if not data:
-        return ImageReadError(p, "the file is empty (0 bytes)")
-    return data
+        return Path(path).read_bytes()
+    except OSError:
+        return None
 
 
 def _read_cpu(path: str | os.PathLike[str]) -> np.ndarray | ImageReadError:

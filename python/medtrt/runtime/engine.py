@@ -521,11 +521,15 @@ def _make_decoder(decode: str, device: str) -> Any:
             raise ValueError("decode='nvjpeg' decodes on the GPU; this engine runs on the CPU "
                              "(use decode='cpu', or a GPU backend)")
         return None
-    from medtrt.data.gpu_decode import NvjpegDecoder, nvjpeg_status
+    from medtrt.data.gpu_decode import NvjpegDecoder
+    from medtrt.errors import MissingDependencyError
 
-    if decode == "auto" and not nvjpeg_status(device)[0]:
-        return None
-    return NvjpegDecoder(_cuda_index(device))
+    try:
+        return NvjpegDecoder(_cuda_index(device))
+    except MissingDependencyError:
+        if decode == "auto":
+            return None
+        raise
 
 
 def _is_cuda(x: Any) -> bool:
@@ -554,17 +558,12 @@ def _as_items(batch: Any, keep_cuda: bool = False) -> tuple[list[Any], list[str 
         return x if keep_cuda and x.is_cuda else x.detach().cpu().numpy()
 
     if is_tensor(batch):
-        if keep_cuda and batch.is_cuda:
-            if batch.ndim not in (3, 4):
-                raise ValueError(f"infer: expected a list of images or one [B, H, W] / "
-                                 f"[B, H, W, C] tensor; got shape {tuple(batch.shape)} "
-                                 "(wrap one image in a list)")
-            return list(batch), [None] * len(batch)
         batch = host(batch)
-    if isinstance(batch, np.ndarray):
+    if isinstance(batch, np.ndarray) or is_tensor(batch):  # is_tensor: a CUDA tensor kept
         if batch.ndim not in (3, 4):
             raise ValueError(f"infer: expected a list of images or one [B, H, W] / [B, H, W, C] "
-                             f"array; got an array of shape {batch.shape} (wrap one image in a list)")
+                             f"array; got an array of shape {tuple(batch.shape)} "
+                             "(wrap one image in a list)")
         items: list[Any] = list(batch)
     elif isinstance(batch, (str, os.PathLike)):
         raise TypeError("infer: expected a list of paths or images; got a single path (wrap it in a list)")
