@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
+# setuptools + wheel: tensorrt-rtx-cu13 is an sdist on PyPI, built here without isolation.
+BUILD_TOOLS := scikit-build-core pybind11 cmake ninja setuptools wheel
 SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
 .PHONY: demo test test-fast model bench-ops clean
