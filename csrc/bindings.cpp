@@ -342,6 +342,9 @@ std::int32_t submit(runtime::Pipeline& p, const py::list& images, const py::func
     slot = p.acquire();
   }
   try {
+    // The pipeline's device is current while the compute stage enqueues (TensorRT and CUDA
+    // graphs use the current device); the caller's is restored on return.
+    const runtime::DeviceScope scope(p.device());
     runtime::SlotView view;
     {
       py::gil_scoped_release nogil;
@@ -451,6 +454,20 @@ PYBIND11_MODULE(_C, m) {
     return 0;
 #endif
   });
+  m.def("cuda_current_device", [] {
+#if MEDTRT_WITH_CUDA
+    return cuda_current_device();
+#else
+    return -1;
+#endif
+  }, "The calling thread's current CUDA device; -1 without a device or CUDA support.");
+  m.def("cuda_set_device", [](int ordinal) {
+#if MEDTRT_WITH_CUDA
+    cuda_set_device(ordinal);
+#else
+    MEDTRT_CHECK(false, "cuda_set_device(", ordinal, "): medtrt was built without CUDA");
+#endif
+  }, py::arg("ordinal"), "Makes a CUDA device current for the calling thread.");
   m.def("build_info", &build_info);
   m.attr("IMAGE_DESC_BYTES") = sizeof(ops::ImageDesc);
 

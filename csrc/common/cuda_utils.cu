@@ -1,5 +1,7 @@
 #include "common/cuda_utils.h"
 
+#include "common/check.h"
+
 #include <cuda_runtime.h>
 
 namespace medtrt {
@@ -28,6 +30,17 @@ std::string cuda_device_status() {
 int cuda_runtime_version() noexcept {
   return CUDART_VERSION;
 }
+
+int cuda_current_device() noexcept {
+  int d = -1;
+  if (cudaGetDevice(&d) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return d;
+}
+
+void cuda_set_device(int ordinal) { MEDTRT_CUDA_CHECK(cudaSetDevice(ordinal)); }
 
 int cuda_driver_version() noexcept {
   int v = 0;

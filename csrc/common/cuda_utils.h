@@ -16,6 +16,12 @@ std::string cuda_device_status();
 // Runtime version this extension was linked against, as CUDA encodes it (13000 = 13.0).
 int cuda_runtime_version() noexcept;
 
+// The calling thread's current device; -1 when there is none (no driver or device).
+int cuda_current_device() noexcept;
+
+// Makes `ordinal` the calling thread's current device; throws CudaError on failure.
+void cuda_set_device(int ordinal);
+
 // Latest CUDA version the installed driver supports; 0 when there is no driver.
 int cuda_driver_version() noexcept;
 

@@ -8,6 +8,7 @@
 #include <map>
 #include <new>
 #include <numeric>
+#include <optional>
 
 #include "common/check.h"
 #include "common/half.h"
@@ -37,14 +38,15 @@ class HostDevice final : public Device {
  public:
   std::string name() const override { return "cpu"; }
   bool is_host() const override { return true; }
-  void activate() const override {}
+  int activate() const override { return -1; }
+  void restore(int) const noexcept override {}
   void* alloc_pinned(std::size_t bytes) override { return allocate(bytes); }
   void free_pinned(void* p) noexcept override { std::free(p); }
   void* alloc_device(std::size_t bytes, void*) override { return allocate(bytes); }
   void free_device(void* p, void*) noexcept override { std::free(p); }
   void* create_stream() override { return nullptr; }
   void destroy_stream(void*) noexcept override {}
-  void* create_event() override { return new Clock::time_point(); }
+  void* create_event(bool) override { return new Clock::time_point(); }
   void destroy_event(void* e) noexcept override { delete static_cast<Clock::time_point*>(e); }
   void copy_to_device(void* dst, const void* src, std::size_t bytes, void*) override {
     if (dst != src) std::memcpy(dst, src, bytes);
@@ -100,14 +102,14 @@ Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
   ops::validate_resize_normalize({ops::ImageShape{{1, 1}, "uint8"}}, config_.preprocess, &probe);
   logit_bytes_ = config_.logits_dtype == "float32" ? 4 : 2;
 
-  device_->activate();
+  const DeviceScope scope(*device_);
   slots_.resize(static_cast<std::size_t>(config_.slots));
   try {
     for (Slot& s : slots_) {
       s.stream = device_->create_stream();
-      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done,
-                              &s.ev_ready})
-        *e = device_->create_event();
+      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done})
+        *e = device_->create_event(true);
+      s.ev_ready = device_->create_event(false);  // orders work only
     }
   } catch (...) {
     for (Slot& s : slots_) destroy(s);
@@ -116,8 +118,9 @@ Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
 }
 
 Pipeline::~Pipeline() {
+  std::optional<DeviceScope> scope;
   try {
-    device_->activate();
+    scope.emplace(*device_);
   } catch (...) {  // a destructor must not throw; the frees below are best effort
   }
   for (Slot& s : slots_) {
@@ -229,7 +232,7 @@ void Pipeline::ensure(Slot& s, std::int32_t batch, std::size_t raw_bytes) {
 
 void Pipeline::reserve(std::int32_t batch, std::size_t raw_bytes) {
   MEDTRT_CHECK(batch >= 1, "Pipeline.reserve: batch must be >= 1; got ", batch);
-  device_->activate();
+  const DeviceScope scope(*device_);
   std::vector<std::int32_t> taken;
   try {
     for (std::int32_t i = 0; i < config_.slots; ++i) taken.push_back(acquire());
@@ -314,7 +317,7 @@ SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images,
     }
   }
 
-  device_->activate();
+  const DeviceScope scope(*device_);
   if (resident) {
     for (std::int32_t i = 0; i < batch; ++i) {
       const std::string why = device_->check_readable(images[static_cast<std::size_t>(i)].data);
@@ -374,7 +377,7 @@ void Pipeline::stage_out(std::int32_t slot, bool want_logits) {
   check_slot(slot, State::kTaken, "stage_out");
   Slot& s = slots_[static_cast<std::size_t>(slot)];
   MEDTRT_CHECK(s.batch >= 1, "Pipeline.stage_out: slot ", slot, " has no batch (stage_in() first)");
-  device_->activate();
+  const DeviceScope scope(*device_);
   device_->record(s.ev_compute, s.stream);
   ops::TopkParams p = ops::validate_topk({s.batch, config_.classes}, config_.logits_dtype,
                                          config_.classes, config_.activation);
@@ -398,7 +401,7 @@ Collected Pipeline::wait(std::int32_t slot) {
   Slot& s = slots_[static_cast<std::size_t>(slot)];
   Collected r;
   try {
-    device_->activate();
+    const DeviceScope scope(*device_);
     device_->wait_event(s.ev_done);
     r.batch = s.batch;
     r.classes = config_.classes;
@@ -441,7 +444,7 @@ void Pipeline::release(std::int32_t slot) noexcept {
   if (slot < 0 || slot >= config_.slots) return;
   Slot& s = slots_[static_cast<std::size_t>(slot)];
   try {
-    device_->activate();
+    const DeviceScope scope(*device_);
     device_->wait_stream(s.stream);
   } catch (...) {
   }

@@ -41,14 +41,17 @@ class Device {
   virtual ~Device() = default;
   virtual std::string name() const = 0;
   virtual bool is_host() const = 0;     // true: device memory is host memory, work is synchronous
-  virtual void activate() const = 0;    // make this device current for the calling thread
+  // Makes this device current for the calling thread; returns the device that was current
+  // (-1 where there is nothing to restore). Use DeviceScope, which restores it.
+  virtual int activate() const = 0;
+  virtual void restore(int previous) const noexcept = 0;
   virtual void* alloc_pinned(std::size_t bytes) = 0;
   virtual void free_pinned(void* p) noexcept = 0;
   virtual void* alloc_device(std::size_t bytes, void* stream) = 0;  // stream-ordered on CUDA
   virtual void free_device(void* p, void* stream) noexcept = 0;
   virtual void* create_stream() = 0;
   virtual void destroy_stream(void* s) noexcept = 0;
-  virtual void* create_event() = 0;
+  virtual void* create_event(bool timing) = 0;  // timing: elapsed_ms may measure from/to it
   virtual void destroy_event(void* e) noexcept = 0;
   virtual void copy_to_device(void* dst, const void* src, std::size_t bytes, void* stream) = 0;
   virtual void copy_to_host(void* dst, const void* src, std::size_t bytes, void* stream) = 0;
@@ -65,6 +68,20 @@ class Device {
   virtual void wait_event(void* event) = 0;      // blocks the calling host thread
   virtual void wait_stream(void* stream) = 0;    // blocks the calling host thread
   virtual float elapsed_ms(void* start, void* end) = 0;
+};
+
+// The device current for the calling thread while the scope lives; the one current before is
+// restored after (CUDA's current device is per thread, and callers such as torch rely on theirs).
+class DeviceScope {
+ public:
+  explicit DeviceScope(const Device& device) : device_(device), previous_(device.activate()) {}
+  ~DeviceScope() { device_.restore(previous_); }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  const Device& device_;
+  int previous_;
 };
 
 std::unique_ptr<Device> make_host_device();

@@ -1,5 +1,6 @@
 // The CUDA Device of the pipeline: pinned host memory, stream-ordered device memory, one
-// non-blocking stream per slot, timing events, the CUDA kernels.
+// non-blocking stream per slot, timing events, the CUDA kernels. Every call expects the device
+// current (the pipeline holds a DeviceScope around its calls).
 #include <cuda_runtime.h>
 
 #include "common/check.h"
@@ -25,7 +26,15 @@ class CudaDevice final : public Device {
 
   std::string name() const override { return name_; }
   bool is_host() const override { return false; }
-  void activate() const override { MEDTRT_CUDA_CHECK(cudaSetDevice(ordinal_)); }
+  int activate() const override {
+    int previous = -1;
+    MEDTRT_CUDA_CHECK(cudaGetDevice(&previous));
+    if (previous != ordinal_) MEDTRT_CUDA_CHECK(cudaSetDevice(ordinal_));
+    return previous;
+  }
+  void restore(int previous) const noexcept override {
+    if (previous >= 0 && previous != ordinal_) cudaSetDevice(previous);
+  }
 
   void* alloc_pinned(std::size_t bytes) override {
     void* p = nullptr;
@@ -50,9 +59,9 @@ class CudaDevice final : public Device {
   void destroy_stream(void* s) noexcept override {
     if (s) cudaStreamDestroy(as_stream(s));
   }
-  void* create_event() override {
+  void* create_event(bool timing) override {
     cudaEvent_t e = nullptr;
-    MEDTRT_CUDA_CHECK(cudaEventCreate(&e));
+    MEDTRT_CUDA_CHECK(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming));
     return e;
   }
   void destroy_event(void* e) noexcept override {
@@ -112,10 +121,6 @@ class CudaDevice final : public Device {
 
 }  // namespace
 
-std::unique_ptr<Device> make_cuda_device(int ordinal) {
-  auto device = std::make_unique<CudaDevice>(ordinal);
-  device->activate();
-  return device;
-}
+std::unique_ptr<Device> make_cuda_device(int ordinal) { return std::make_unique<CudaDevice>(ordinal); }
 
 }  // namespace medtrt::runtime

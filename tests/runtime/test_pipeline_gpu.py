@@ -282,6 +282,32 @@ def test_cuda_tensor_input_is_read_in_place_and_matches_host_input(demo_model, d
     np.testing.assert_allclose(ragged.probs, want.probs, rtol=0, atol=1e-6)
 
 
+def test_an_engine_on_another_gpu_leaves_the_callers_device(demo_model, data):
+    """CUDA's current device is per thread and torch relies on it: an Engine on GPU 1 makes
+    GPU 1 current only inside its calls (the C++ pipeline's DeviceScope, submit around the
+    compute stage) and gives the same results as one on GPU 0."""
+    import torch
+
+    from medtrt import Engine
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs (an Engine on GPU 1 while the caller's device is GPU 0)")
+    images = data.images[:16]
+    torch.cuda.set_device(0)
+    with Engine(demo_model.checkpoint, device=1) as e:
+        assert torch.cuda.current_device() == 0
+        on1 = e.infer(images, return_probs=True)
+        assert torch.cuda.current_device() == 0
+        x = torch.from_numpy(np.stack(images)).cuda(1)
+        cuda_in = e.infer(x, return_probs=True)
+        assert torch.cuda.current_device() == 0
+    assert torch.cuda.current_device() == 0
+    on0 = Engine(demo_model.checkpoint, device=0).infer(images, return_probs=True)
+    np.testing.assert_array_equal(on1.indices, on0.indices)
+    np.testing.assert_allclose(on1.probs, on0.probs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cuda_in.probs, on1.probs, rtol=0, atol=1e-6)
+
+
 def test_nvjpeg_decode_matches_the_cpu_readers(demo_model, data, tmp_path):
     """Files decoded by nvJPEG on the GPU vs the CPU readers: pixels within nvJPEG's rounding,
     the same top-1; a broken JPEG and a PNG in the same batch are handled per item."""

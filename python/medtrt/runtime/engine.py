@@ -353,7 +353,10 @@ class Engine:
 
     def close(self) -> None:
         self._closed = True
-        self._pipeline = None
+        self._pipeline = None  # drains the slots (the C++ destructor waits on their streams)
+        stage = getattr(self, "_stage", None)
+        if hasattr(stage, "close"):
+            stage.close()
         self._stage = None
         if getattr(self, "_decoder", None) is not None:
             self._decoder.close()
@@ -423,6 +426,7 @@ class Engine:
             # producer stream), read in place after that stream (which waits for the decoder).
             from medtrt.data.gpu_decode import upload
 
+            self._check_finite_cuda(prepared.images, prepared.where, producer)
             torch = require("torch")
             if decoded:
                 producer.wait_stream(self._decoder.stream)
@@ -485,11 +489,22 @@ class Engine:
         torch = require("torch")
         self._check_channels(tuple(tensor.shape), index)
         with torch.cuda.stream(producer):
-            image = device_image(tensor.detach(), self.device)
-            if image.dtype == "float32" and not bool(torch.isfinite(image.tensor).all()):
-                raise ValueError(f"infer: item {index} contains NaN or Inf values; expected "
-                                 "finite pixel values")
-        return image
+            return device_image(tensor.detach(), self.device)
+
+    @staticmethod
+    def _check_finite_cuda(images: list[Any], where: list[int], producer: Any) -> None:
+        """NaN/Inf in float CUDA images, with one device-to-host sync for the whole batch."""
+        floats = [(i, x) for i, x in zip(where, images)
+                  if not isinstance(x, np.ndarray) and x.dtype == "float32"]
+        if not floats:
+            return
+        torch = require("torch")
+        with torch.cuda.stream(producer):
+            finite = torch.stack([torch.isfinite(x.tensor).all() for _, x in floats]).tolist()
+        bad = [i for (i, _), ok in zip(floats, finite) if not ok]
+        if bad:
+            raise ValueError(f"infer: item {bad[0]} contains NaN or Inf values (items {bad}); "
+                             "expected finite pixel values")
 
     def _check_channels(self, shape: tuple[int, ...], index: int) -> None:
         channels = 1 if len(shape) == 2 else shape[-1] if len(shape) == 3 else None

@@ -17,18 +17,37 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from medtrt._lazy import require
 
-__all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage", "cuda_alias"]
+__all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage", "cuda_alias", "on_cuda_device"]
 
 _TYPESTR = {"float32": "<f4", "float16": "<f2"}
 _CAPTURE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
+
+
+@contextmanager
+def on_cuda_device(index: int) -> Iterator[None]:
+    """CUDA device ``index`` current for the calling thread inside the block, the previous one
+    restored after (TensorRT deserializes and executes on the current device)."""
+    from medtrt._native import native
+
+    c = native()
+    previous = c.cuda_current_device()
+    if previous != index:
+        c.cuda_set_device(index)
+    try:
+        yield
+    finally:
+        if previous not in (index, -1):
+            c.cuda_set_device(previous)
 
 
 def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) -> Any:
@@ -176,6 +195,12 @@ class TensorRTStage:
     def __init__(self, trt: Any, engine_path: str | Path, slots: int, device: int) -> None:
         self.trt = trt
         self.device = f"cuda:{device}"
+        self.index = device
+        with on_cuda_device(device):
+            self._load(trt, engine_path, slots)
+        self.shape: tuple[int, int, int] = (1, 1, 1)
+
+    def _load(self, trt: Any, engine_path: str | Path, slots: int) -> None:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -195,7 +220,6 @@ class TensorRTStage:
         if any(c is None for c in self.contexts):
             raise RuntimeError("TensorRT could not create an execution context per slot "
                                "(out of GPU memory?); use fewer slots")
-        self.shape: tuple[int, int, int] = (1, 1, 1)
 
     def bind(self, pipeline: Any) -> None:
         self.shape = tuple(pipeline.input_shape)
@@ -207,7 +231,18 @@ class TensorRTStage:
             return "float16"
         raise RuntimeError(f"engine I/O tensor of type {dt}; medtrt feeds float32 or float16")
 
+    def close(self) -> None:
+        """Frees the contexts and the engine with their device current (call it after the
+        pipeline has drained: Engine.close drops the pipeline first)."""
+        with on_cuda_device(self.index):
+            self.contexts = []
+            self.engine = None
+
     def __call__(self, view: Any) -> None:
+        with on_cuda_device(self.index):  # Pipeline.submit has made it current already
+            self._execute(view)
+
+    def _execute(self, view: Any) -> None:
         ctx = self.contexts[view.slot]
         if not ctx.set_input_shape(self.input_name, (view.batch, *self.shape)):
             raise RuntimeError(f"TensorRT refused input shape {(view.batch, *self.shape)} "

@@ -1,0 +1,177 @@
+"""TensorRTStage's calls and the CUDA device it makes them on, with a recording stand-in for the
+tensorrt module and for the CUDA current-device calls (no machine here executes a TensorRT
+engine; the stage is written against the documented TensorRT 10/11 Python API)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import medtrt._native
+from medtrt.runtime.stages import TensorRTStage, on_cuda_device
+
+
+class FakeCuda:
+    """cuda_current_device / cuda_set_device of one host thread."""
+
+    def __init__(self, current: int) -> None:
+        self.current = current
+        self.sets: list[int] = []
+
+    def cuda_current_device(self) -> int:
+        return self.current
+
+    def cuda_set_device(self, ordinal: int) -> None:
+        self.sets.append(ordinal)
+        self.current = ordinal
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    fake = FakeCuda(current=3)
+    monkeypatch.setattr(medtrt._native, "native", lambda: fake)
+    return fake
+
+
+class FakeTrt:
+    """What TensorRTStage uses of the tensorrt module; every call records the current device."""
+
+    class DataType:
+        FLOAT, HALF, INT8 = "FLOAT", "HALF", "INT8"
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, level: str) -> None:
+            self.level = level
+
+    def __init__(self, cuda: FakeCuda, tensors=None, deserializes=True, accepts_shape=True):
+        self.cuda, self.calls = cuda, []
+        self.tensors = tensors or {"input": ("INPUT", "HALF"), "logits": ("OUTPUT", "FLOAT")}
+        self.deserializes, self.accepts_shape = deserializes, accepts_shape
+
+    def log(self, *call):
+        self.calls.append((self.cuda.current, *call))
+
+    def Runtime(self, logger):  # noqa: N802 (tensorrt's name)
+        trt = self
+
+        class Runtime:
+            def deserialize_cuda_engine(self, blob):
+                trt.log("deserialize", blob)
+                return FakeEngine(trt) if trt.deserializes else None
+
+        return Runtime()
+
+
+class FakeEngine:
+    def __init__(self, trt: FakeTrt) -> None:
+        self.trt, self.names = trt, list(trt.tensors)
+        self.num_io_tensors = len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return self.trt.tensors[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.trt.tensors[name][1]
+
+    def create_execution_context(self):
+        self.trt.log("context")
+        return FakeContext(self.trt)
+
+
+class FakeContext:
+    def __init__(self, trt: FakeTrt) -> None:
+        self.trt = trt
+
+    def __del__(self):
+        self.trt.log("free context")
+
+    def set_input_shape(self, name, shape):
+        self.trt.log("shape", self, name, tuple(shape))
+        return self.trt.accepts_shape
+
+    def set_tensor_address(self, name, address):
+        self.trt.log("address", self, name, address)
+
+    def execute_async_v3(self, stream):
+        self.trt.log("execute", self, stream)
+        return True
+
+
+@pytest.fixture
+def engine_file(tmp_path):
+    path = tmp_path / "model.engine"
+    path.write_bytes(b"plan")
+    return path
+
+
+def test_tensorrt_stage_loads_and_executes_on_its_device_and_restores_the_callers(cuda,
+                                                                                 engine_file):
+    trt = FakeTrt(cuda)
+    stage = TensorRTStage(trt, engine_file, slots=2, device=1)
+    assert cuda.current == 3  # the caller's device is back after loading
+    assert [c[:2] for c in trt.calls] == [(1, "deserialize"), (1, "context"), (1, "context")]
+    assert trt.calls[0][2] == b"plan"
+    assert (stage.input_dtype, stage.logits_dtype, stage.device) == ("float16", "float32", "cuda:1")
+
+    stage.bind(SimpleNamespace(input_shape=(1, 64, 64)))
+    trt.calls.clear()
+    stage(SimpleNamespace(slot=1, batch=5, input=0x1000, logits=0x2000, stream=0x77))
+    ctx = stage.contexts[1]
+    assert trt.calls == [(1, "shape", ctx, "input", (5, 1, 64, 64)),
+                         (1, "address", ctx, "input", 0x1000),
+                         (1, "address", ctx, "logits", 0x2000),
+                         (1, "execute", ctx, 0x77)]
+    assert cuda.current == 3
+    assert cuda.sets == [1, 3, 1, 3]
+
+    trt.calls.clear()
+    del ctx
+    stage.close()  # the contexts go with their device current
+    assert trt.calls == [(1, "free context"), (1, "free context")]
+    assert cuda.current == 3
+
+
+def test_tensorrt_stage_errors_leave_the_callers_device(cuda, engine_file):
+    with pytest.raises(RuntimeError, match="could not deserialize.*rebuild it with `medtrt build`"):
+        TensorRTStage(FakeTrt(cuda, deserializes=False), engine_file, slots=2, device=0)
+    assert cuda.current == 3
+
+    two_inputs = {"a": ("INPUT", "FLOAT"), "b": ("INPUT", "FLOAT"), "y": ("OUTPUT", "FLOAT")}
+    with pytest.raises(RuntimeError, match=r"one input and one output.*\['a', 'b'\]"):
+        TensorRTStage(FakeTrt(cuda, tensors=two_inputs), engine_file, slots=1, device=0)
+    int8_io = {"x": ("INPUT", "INT8"), "y": ("OUTPUT", "FLOAT")}
+    with pytest.raises(RuntimeError, match="medtrt feeds float32 or float16"):
+        TensorRTStage(FakeTrt(cuda, tensors=int8_io), engine_file, slots=1, device=0)
+    assert cuda.current == 3
+
+    stage = TensorRTStage(FakeTrt(cuda, accepts_shape=False), engine_file, slots=1, device=0)
+    stage.bind(SimpleNamespace(input_shape=(1, 64, 64)))
+    with pytest.raises(RuntimeError, match=r"refused input shape \(300, 1, 64, 64\)"):
+        stage(SimpleNamespace(slot=0, batch=300, input=1, logits=2, stream=0))
+    assert cuda.current == 3
+
+
+def test_on_cuda_device_sets_only_when_needed(cuda):
+    with on_cuda_device(3):
+        assert cuda.current == 3
+    assert cuda.sets == []  # already current: no calls
+
+    cuda.current = -1  # nothing current yet (or no device): nothing to restore
+    with on_cuda_device(2):
+        assert cuda.current == 2
+    assert cuda.sets == [2] and cuda.current == 2
+
+    cuda.current, cuda.sets = 0, []
+    with pytest.raises(KeyError), on_cuda_device(1):
+        assert cuda.current == 1
+        raise KeyError("inside")
+    assert cuda.sets == [1, 0] and cuda.current == 0
