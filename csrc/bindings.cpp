@@ -468,6 +468,14 @@ PYBIND11_MODULE(_C, m) {
     MEDTRT_CHECK(false, "cuda_set_device(", ordinal, "): medtrt was built without CUDA");
 #endif
   }, py::arg("ordinal"), "Makes a CUDA device current for the calling thread.");
+  m.def("cuda_restore_device", [](int previous) {
+#if MEDTRT_WITH_CUDA
+    cuda_restore_device(previous);
+#else
+    (void)previous;
+#endif
+  }, py::arg("previous"), "Makes `previous` current again unless it is -1 or a GPU the process "
+     "has not used (no primary context: setting it would create one). Never raises.");
   m.def("build_info", &build_info);
   m.attr("IMAGE_DESC_BYTES") = sizeof(ops::ImageDesc);
 

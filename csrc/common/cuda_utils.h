@@ -22,6 +22,14 @@ int cuda_current_device() noexcept;
 // Makes `ordinal` the calling thread's current device; throws CudaError on failure.
 void cuda_set_device(int ordinal);
 
+// Whether `device` has an active primary context (the process has used it); true when it cannot
+// tell (CUDA < 12.5 or no driver entry point).
+bool cuda_has_primary_context(int device) noexcept;
+
+// Makes `previous` current again, unless it is -1 or has no primary context: setting it would
+// create one, taking memory on a GPU the caller never used. Never throws.
+void cuda_restore_device(int previous) noexcept;
+
 // Latest CUDA version the installed driver supports; 0 when there is no driver.
 int cuda_driver_version() noexcept;
 

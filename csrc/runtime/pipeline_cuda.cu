@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "common/check.h"
+#include "common/cuda_utils.h"
 #include "runtime/pipeline.h"
 
 namespace medtrt::runtime {
@@ -33,7 +34,7 @@ class CudaDevice final : public Device {
     return previous;
   }
   void restore(int previous) const noexcept override {
-    if (previous >= 0 && previous != ordinal_) cudaSetDevice(previous);
+    if (previous != ordinal_) cuda_restore_device(previous);
   }
 
   void* alloc_pinned(std::size_t bytes) override {

@@ -294,6 +294,7 @@ def test_an_engine_on_another_gpu_leaves_the_callers_device(demo_model, data):
         pytest.skip("needs two GPUs (an Engine on GPU 1 while the caller's device is GPU 0)")
     images = data.images[:16]
     torch.cuda.set_device(0)
+    torch.zeros(1, device="cuda:0")  # GPU 0 in use (a device never used is not restored to)
     with Engine(demo_model.checkpoint, device=1) as e:
         assert torch.cuda.current_device() == 0
         on1 = e.infer(images, return_probs=True)

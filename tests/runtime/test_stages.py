@@ -26,6 +26,10 @@ class FakeCuda:
         self.sets.append(ordinal)
         self.current = ordinal
 
+    def cuda_restore_device(self, previous: int) -> None:  # every device "used" here
+        if previous >= 0:
+            self.cuda_set_device(previous)
+
 
 @pytest.fixture
 def cuda(monkeypatch):
@@ -175,3 +179,26 @@ def test_on_cuda_device_sets_only_when_needed(cuda):
         assert cuda.current == 1
         raise KeyError("inside")
     assert cuda.sets == [1, 0] and cuda.current == 0
+
+
+def test_native_current_device_calls_on_this_machine():
+    """The real calls behind on_cuda_device: without a usable GPU there is no current device,
+    setting one raises naming the call, restoring never raises and leaves no error behind."""
+    from medtrt._native import native
+
+    c = native()
+    status = c.cuda_device_status()
+    c.cuda_restore_device(-1)
+    if c.cuda_device_count() == 0:
+        assert c.cuda_current_device() == -1
+        with pytest.raises(Exception, match="cudaSetDevice|without CUDA"):
+            c.cuda_set_device(0)
+        c.cuda_restore_device(0)  # fails inside, silently
+        assert c.cuda_current_device() == -1
+    else:
+        previous = c.cuda_current_device()
+        assert 0 <= previous < c.cuda_device_count()
+        c.cuda_set_device(previous)
+        c.cuda_restore_device(previous)
+        assert c.cuda_current_device() == previous
+    assert c.cuda_device_status() == status

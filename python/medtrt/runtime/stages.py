@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 @contextmanager
 def on_cuda_device(index: int) -> Iterator[None]:
     """CUDA device ``index`` current for the calling thread inside the block, the previous one
-    restored after (TensorRT deserializes and executes on the current device)."""
+    restored after (TensorRT deserializes and executes on the current device), unless the
+    process has not used it (restoring would create a context there)."""
     from medtrt._native import native
 
     c = native()
@@ -46,8 +47,8 @@ def on_cuda_device(index: int) -> Iterator[None]:
     try:
         yield
     finally:
-        if previous not in (index, -1):
-            c.cuda_set_device(previous)
+        if previous != index:
+            c.cuda_restore_device(previous)
 
 
 def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) -> Any:
