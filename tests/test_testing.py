@@ -91,8 +91,8 @@ def test_logit_parity_against_the_baseline_error():
 
 
 def test_samples_beyond_the_bounds_are_held_to_the_baseline():
-    """outside_bounds finds the samples where the baseline itself breaks a per-sample bound (by
-    logit or by probability); assert_like_baseline holds a candidate to the baseline there."""
+    """outside_bounds finds the samples whose logits break a per-sample bound (by logit or by
+    probability); assert_like_baseline holds a candidate to a baseline's error on given samples."""
     rng = np.random.default_rng(2)
     ref = rng.normal(size=(40, 4))
     baseline = ref + 0.01 * rng.normal(size=ref.shape)

@@ -75,9 +75,10 @@ bool cuda_has_primary_context(int device) noexcept {
   return true;
 #endif
 }
+
 void cuda_restore_device(int previous) noexcept {
-  if (previous >= 0 && cuda_has_primary_context(previous) && cudaSetDevice(previous) != cudaSuccess)
-    cudaGetLastError();
+  if (previous < 0 || !cuda_has_primary_context(previous)) return;
+  if (cudaSetDevice(previous) != cudaSuccess) cudaGetLastError();
 }
 
 int cuda_driver_version() noexcept {

@@ -62,7 +62,8 @@ class CudaDevice final : public Device {
   }
   void* create_event(bool timing) override {
     cudaEvent_t e = nullptr;
-    MEDTRT_CUDA_CHECK(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming));
+    const unsigned int flags = timing ? cudaEventDefault : cudaEventDisableTiming;
+    MEDTRT_CUDA_CHECK(cudaEventCreateWithFlags(&e, flags));
     return e;
   }
   void destroy_event(void* e) noexcept override {
@@ -122,6 +123,8 @@ class CudaDevice final : public Device {
 
 }  // namespace
 
-std::unique_ptr<Device> make_cuda_device(int ordinal) { return std::make_unique<CudaDevice>(ordinal); }
+std::unique_ptr<Device> make_cuda_device(int ordinal) {
+  return std::make_unique<CudaDevice>(ordinal);
+}
 
 }  // namespace medtrt::runtime

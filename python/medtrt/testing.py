@@ -286,12 +286,6 @@ def assert_auroc_change(labels: Any, candidate_probs: Any, reference_probs: Any,
     return change
 
 
-# Parity thresholds per precision, against the PyTorch FP32 reference on the same pre-processed
-# inputs. k: the artifact's logit RMS error may be at most k x PyTorch's own at that precision
-# (FP32: PyTorch FP32 vs float64; FP16: PyTorch FP16; INT8: PyTorch fake-quantized with medtrt's
-# recipe, see medtrt.reference.lowp). ceiling: max |dlogit| in units of the reference logits'
-# standard deviation. Single-label: top-1 agreement and max |dprob|. Multi-label: per-label
-# threshold-decision agreement and per-label AUROC change.
 def _per_sample_errors(x: Any, reference: Any, activation: str) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: max |dlogit| and max |dprob| of ``x`` against ``reference``."""
     a = to_numpy(x).astype(np.float64)
@@ -302,17 +296,16 @@ def _per_sample_errors(x: Any, reference: Any, activation: str) -> tuple[np.ndar
     return np.abs(a - r).max(1), dprob
 
 
-def outside_bounds(baseline: Any, reference: Any, *, ceiling: float, max_prob_diff: float,
+def outside_bounds(logits: Any, reference: Any, *, ceiling: float, max_prob_diff: float,
                    activation: str = "softmax") -> np.ndarray:
-    """Indices of the samples on which ``baseline`` logits (the framework's own run at the
-    candidate's precision, e.g. PyTorch fake-quantized INT8) already break a per-sample bound
-    against ``reference``: max |dlogit| > ``ceiling`` or max |dprob| > ``max_prob_diff``.
+    """Indices of the samples on which ``logits`` break a per-sample bound against
+    ``reference``: max |dlogit| > ``ceiling`` or max |dprob| > ``max_prob_diff``.
 
-    No faithful implementation at that precision can be held to those bounds on those samples;
-    hold the candidate to the baseline there instead (``assert_like_baseline``), and keep their
-    number small, or the bounds say nothing.
+    Where a model moves a few samples far under any implementation at a precision (PyTorch's own
+    fake quantization too), hold the candidate to that baseline on them
+    (``assert_like_baseline``) and keep their number small, or the bounds say nothing.
     """
-    dlogit, dprob = _per_sample_errors(baseline, reference, activation)
+    dlogit, dprob = _per_sample_errors(logits, reference, activation)
     return np.flatnonzero((dlogit > ceiling) | (dprob > max_prob_diff))
 
 
@@ -328,16 +321,23 @@ def assert_like_baseline(candidate: Any, reference: Any, baseline: Any, samples:
                                          activation)
     b_logit, b_prob = _per_sample_errors(to_numpy(baseline)[idx], to_numpy(reference)[idx],
                                          activation)
-    bad = [(int(i), cl, bl, cp, bp) for i, cl, bl, cp, bp in zip(idx, c_logit, b_logit, c_prob, b_prob)
+    rows = zip(idx, c_logit, b_logit, c_prob, b_prob)
+    bad = [(int(i), cl, bl, cp, bp) for i, cl, bl, cp, bp in rows
            if cl > factor * bl or cp > factor * bp]
     if bad:
         i, cl, bl, cp, bp = bad[0]
-        raise AssertionError(f"{name}: on {len(bad)} sample(s) where the baseline itself is beyond "
-                             f"the bounds, the candidate is more than {factor:g} x worse, e.g. "
+        raise AssertionError(f"{name}: on {len(bad)} sample(s) the error is more than {factor:g} x "
+                             f"the baseline's on the same sample, e.g. "
                              f"sample {i}: max |dlogit| {cl:.4g} vs baseline {bl:.4g}, max |dprob| "
                              f"{cp:.4g} vs {bp:.4g}")
 
 
+# Parity thresholds per precision, against the PyTorch FP32 reference on the same pre-processed
+# inputs. k: the artifact's logit RMS error may be at most k x PyTorch's own at that precision
+# (FP32: PyTorch FP32 vs float64; FP16: PyTorch FP16; INT8: PyTorch fake-quantized with medtrt's
+# recipe, see medtrt.reference.lowp). ceiling: max |dlogit| in units of the reference logits'
+# standard deviation. Single-label: top-1 agreement and max |dprob|. Multi-label: per-label
+# threshold-decision agreement and per-label AUROC change.
 PARITY: dict[str, dict[str, float]] = {
     "fp32": {"k": 4.0, "ceiling": 3e-5, "min_top1": 0.999, "max_prob_diff": 1e-4,
              "min_decisions": 0.999, "max_auroc_change": 0.005},
