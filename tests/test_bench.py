@@ -170,19 +170,28 @@ def test_tensorrt_backend_says_why_a_bundle_cannot_run_here(model_dir, tmp_path)
 
 def test_tensorrt_compute_splits_at_the_profile_max_and_pads_to_its_min():
     """Engine-mode TensorRT: the batch is cut into profile-sized parts outside the timing, and
-    every part goes to the execution context as one call (checked with a recording stage on the
-    CPU; the real stage is the pipeline's TensorRTStage, run only where TensorRT and a GPU are)."""
+    every part goes to the execution context as one call on the backend's own stream, which
+    sync() waits for (checked with a recording stage and stream on the CPU; the real stage is
+    the pipeline's TensorRTStage, run only where TensorRT and a GPU are)."""
     torch = pytest.importorskip("torch")
     import numpy as np
 
     from medtrt.bench import TensorRTCompute
 
     calls = []
+
+    class Stream:  # the backend's torch.cuda.Stream
+        cuda_stream = 0x5EED
+
+        def synchronize(self):
+            calls.append("synchronize")
+
     be = object.__new__(TensorRTCompute)
     be.torch, be.device, be.in_dtype = torch, "cpu", torch.float16
     be.min_batch, be.max_batch = 2, 4
-    be.out = torch.empty(4, 6)
-    be.stage = lambda view: calls.append((view.slot, view.batch, view.input, view.logits))
+    be.out, be.stream = torch.empty(4, 6), Stream()
+    be.stage = lambda view: calls.append((view.slot, view.batch, view.input, view.logits,
+                                          view.stream))
     x = np.arange(9 * 3, dtype=np.float32).reshape(9, 1, 3, 1)
     parts = be.prepare(9, x)
     assert [len(p) for p in parts] == [4, 4, 2]  # 9 = 4 + 4 + 1 padded to 2
@@ -190,5 +199,47 @@ def test_tensorrt_compute_splits_at_the_profile_max_and_pads_to_its_min():
     np.testing.assert_array_equal(torch.cat(parts).float().numpy()[:9], x)
     np.testing.assert_array_equal(parts[-1][1].float().numpy(), x[8])  # padding repeats the last
     be.call(parts)
-    assert calls == [(0, len(p), p.data_ptr(), be.out.data_ptr()) for p in parts]
+    be.sync()
+    assert calls == [(0, len(p), p.data_ptr(), be.out.data_ptr(), 0x5EED) for p in parts] + [
+        "synchronize"]
     assert [len(p) for p in be.prepare(1, x[:1])] == [2]
+
+
+@pytest.mark.gpu
+def test_tensorrt_compute_runs_on_its_own_stream_after_its_copies():
+    """On a GPU: the stage gets a non-default stream of the backend's own, prepare's copies are
+    complete before the stage's work there even while the caller's current stream is busy, and
+    sync() waits for that stream (a stand-in stage doubles the input after a long sleep)."""
+    import numpy as np
+    import torch
+
+    from medtrt.bench import TensorRTCompute
+    from medtrt.runtime.stages import cuda_alias
+
+    streams = []
+
+    def stage(view):
+        streams.append(view.stream)
+        x = cuda_alias(view.input, (view.batch, 6), "float32", "cuda:0")
+        out = cuda_alias(view.logits, (view.batch, 6), "float32", "cuda:0")
+        with torch.cuda.stream(torch.cuda.ExternalStream(view.stream, device="cuda:0")):
+            torch.cuda._sleep(20_000_000)  # ~10 ms before the result lands
+            out.copy_(x * 2)
+
+    be = object.__new__(TensorRTCompute)
+    be.torch, be.device, be.in_dtype = torch, "cuda:0", torch.float32
+    be.min_batch, be.max_batch = 1, 8
+    be.stream = torch.cuda.Stream(device="cuda:0")
+    be.out = torch.zeros(8, 6, device="cuda:0")
+    be.stage = stage
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 1, 2, 3)).astype(np.float32)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(50_000_000)  # the caller's stream busy ~25 ms: the copies still first
+    parts = be.prepare(5, x)
+    be.call(parts)
+    be.sync()
+    assert be.stream.query()
+    legacy = torch.cuda.default_stream("cuda:0").cuda_stream
+    assert streams == [be.stream.cuda_stream] and streams[0] not in (0, legacy)
+    np.testing.assert_array_equal(be.out[:5].cpu().numpy(), 2 * x.reshape(5, 6))
+    torch.cuda.synchronize()

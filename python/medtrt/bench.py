@@ -318,9 +318,10 @@ class OrtCompute(Backend):
 
 class TensorRTCompute(Backend):
     """A TensorRT engine alone (engine mode): a device-resident input of the engine's dtype ->
-    logits on the device, on torch's current stream; the execution context is driven by the
-    pipeline's own TensorRT stage (one slot), so both modes time the same calls. Batches above
-    the engine profile's maximum run as several calls, below its minimum are padded, as
+    logits on the device, on a CUDA stream of its own (torch's current stream is the legacy
+    default stream, on which TensorRT adds synchronisations); the execution context is driven by
+    the pipeline's own TensorRT stage (one slot), so both modes time the same calls. Batches
+    above the engine profile's maximum run as several calls, below its minimum are padded, as
     ``Engine.infer`` does."""
 
     device = "cuda:0"
@@ -339,33 +340,41 @@ class TensorRTCompute(Backend):
         self.min_batch, self.max_batch = int(profile["min"][0]), int(profile["max"][0])
         self.stage.shape = tuple(int(d) for d in profile["opt"][1:])
         self.in_dtype = getattr(torch, self.stage.input_dtype)
-        self.out = torch.empty((self.max_batch, len(bundle["output"]["labels"])),
-                               dtype=getattr(torch, self.stage.logits_dtype), device=self.device)
+        self.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.stream(self.stream):  # its memory belongs to the stream that uses it
+            self.out = torch.empty((self.max_batch, len(bundle["output"]["labels"])),
+                                   dtype=getattr(torch, self.stage.logits_dtype),
+                                   device=self.device)
 
     def prepare(self, batch: int, inputs: Any) -> Any:
         """The batch on the device, split at the profile's maximum and each part padded to its
-        minimum (outside the timing, like the other backends' host-to-device copies)."""
+        minimum (outside the timing, like the other backends' host-to-device copies). Runs on
+        the backend's stream, so the copies are ordered before its calls and their memory is
+        not reused while a call may still read it."""
+        from contextlib import nullcontext
+
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device, self.in_dtype)
-        chunks = []
-        for s in range(0, len(x), self.max_batch):
-            c = x[s:s + self.max_batch]
-            if len(c) < self.min_batch:
-                c = torch.cat([c, c[-1:].expand(self.min_batch - len(c), *c.shape[1:])])
-            chunks.append(c.contiguous())
+        cuda = self.device.startswith("cuda")
+        with torch.cuda.stream(self.stream) if cuda else nullcontext():
+            x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device, self.in_dtype)
+            chunks = []
+            for s in range(0, len(x), self.max_batch):
+                c = x[s:s + self.max_batch]
+                if len(c) < self.min_batch:
+                    c = torch.cat([c, c[-1:].expand(self.min_batch - len(c), *c.shape[1:])])
+                chunks.append(c.contiguous())
         return chunks
 
     def call(self, inputs: Any) -> None:
         from types import SimpleNamespace
 
-        torch = self.torch
-        stream = torch.cuda.current_stream().cuda_stream if self.device.startswith("cuda") else 0
         for c in inputs:
             self.stage(SimpleNamespace(slot=0, batch=len(c), input=c.data_ptr(),
-                                       logits=self.out.data_ptr(), stream=stream))
+                                       logits=self.out.data_ptr(),
+                                       stream=self.stream.cuda_stream))
 
     def sync(self) -> None:
-        self.torch.cuda.synchronize()
+        self.stream.synchronize()
 
 
 class EnginePipeline(Backend):
