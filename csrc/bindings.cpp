@@ -604,6 +604,7 @@ PYBIND11_MODULE(_C, m) {
              return host_view(self, v, false);
            }, py::arg("view"))
       .def_property_readonly("slots", [](const runtime::Pipeline& p) { return p.config().slots; })
+      .def_property_readonly("exact_alloc", &runtime::Pipeline::exact_alloc)
       .def_property_readonly("classes", [](const runtime::Pipeline& p) { return p.config().classes; })
       .def_property_readonly("device", [](const runtime::Pipeline& p) { return p.device().name(); })
       .def_property_readonly("input_dtype", [](const runtime::Pipeline& p) {

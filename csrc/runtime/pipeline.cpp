@@ -46,7 +46,7 @@ class HostDevice final : public Device {
   void free_device(void* p, void*) noexcept override { std::free(p); }
   void* create_stream() override { return nullptr; }
   void destroy_stream(void*) noexcept override {}
-  void* create_event(bool) override { return new Clock::time_point(); }
+  void* create_event(bool, bool) override { return new Clock::time_point(); }
   void destroy_event(void* e) noexcept override { delete static_cast<Clock::time_point*>(e); }
   void copy_to_device(void* dst, const void* src, std::size_t bytes, void*) override {
     if (dst != src) std::memcpy(dst, src, bytes);
@@ -101,15 +101,18 @@ Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
   std::vector<ops::ImageDesc> probe;
   ops::validate_resize_normalize({ops::ImageShape{{1, 1}, "uint8"}}, config_.preprocess, &probe);
   logit_bytes_ = config_.logits_dtype == "float32" ? 4 : 2;
+  const char* exact = std::getenv("MEDTRT_EXACT_ALLOC");
+  exact_alloc_ = exact != nullptr && std::string(exact) == "1";
 
   const DeviceScope scope(*device_);
   slots_.resize(static_cast<std::size_t>(config_.slots));
   try {
     for (Slot& s : slots_) {
       s.stream = device_->create_stream();
-      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done})
-        *e = device_->create_event(true);
-      s.ev_ready = device_->create_event(false);  // orders work only
+      for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post})
+        *e = device_->create_event(true, false);
+      s.ev_done = device_->create_event(true, true);  // wait() blocks on it: no busy-wait
+      s.ev_ready = device_->create_event(false, false);  // orders work only
     }
   } catch (...) {
     for (Slot& s : slots_) destroy(s);
@@ -187,19 +190,27 @@ std::int32_t Pipeline::try_acquire() {
   return -1;
 }
 
+// Normally a buffer grows (with headroom) only when it is too small. With exact allocation
+// (MEDTRT_EXACT_ALLOC=1, for sanitizer runs) every call replaces it with one of exactly the size
+// asked for, so any read or write past what a batch needs lands outside the allocation.
+std::size_t Pipeline::regrow_size(const Buffer& b, std::size_t bytes) const {
+  if (exact_alloc_) return bytes;
+  return b.bytes >= bytes ? kKeep : grown_size(b.bytes, bytes);
+}
+
 void Pipeline::grow_pinned(Buffer& b, std::size_t bytes) {
-  if (b.bytes >= bytes) return;
-  const std::size_t size = grown_size(b.bytes, bytes);
-  void* p = device_->alloc_pinned(size);
+  const std::size_t size = regrow_size(b, bytes);
+  if (size == kKeep) return;
+  void* p = size ? device_->alloc_pinned(size) : nullptr;
   if (b.ptr) device_->free_pinned(b.ptr);
   b = Buffer{p, size};
   ++grows_;
 }
 
 void Pipeline::grow_device(Buffer& b, std::size_t bytes, void* stream) {
-  if (b.bytes >= bytes) return;
-  const std::size_t size = grown_size(b.bytes, bytes);
-  void* p = device_->alloc_device(size, stream);
+  const std::size_t size = regrow_size(b, bytes);
+  if (size == kKeep) return;
+  void* p = size ? device_->alloc_device(size, stream) : nullptr;
   if (b.ptr) device_->free_device(b.ptr, stream);
   b = Buffer{p, size};
   ++grows_;

@@ -51,7 +51,8 @@ class Device {
   virtual void free_device(void* p, void* stream) noexcept = 0;
   virtual void* create_stream() = 0;
   virtual void destroy_stream(void* s) noexcept = 0;
-  virtual void* create_event(bool timing) = 0;  // timing: elapsed_ms may measure from/to it
+  // timing: elapsed_ms may measure from/to it; blocking: wait_event sleeps rather than spins.
+  virtual void* create_event(bool timing, bool blocking) = 0;
   virtual void destroy_event(void* e) noexcept = 0;
   virtual void copy_to_device(void* dst, const void* src, std::size_t bytes, void* stream) = 0;
   virtual void copy_to_host(void* dst, const void* src, std::size_t bytes, void* stream) = 0;
@@ -168,6 +169,9 @@ class Pipeline {
   const Device& device() const { return *device_; }
   MemoryUse memory() const;
   std::size_t input_bytes_per_image() const;
+  // MEDTRT_EXACT_ALLOC=1 when the pipeline was made: buffers of exactly the batch's size,
+  // reallocated for every batch (a debug mode for memory checkers; slow).
+  bool exact_alloc() const { return exact_alloc_; }
 
  private:
   struct Buffer {
@@ -195,6 +199,8 @@ class Pipeline {
   SlotView stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
                  void* producer);
   void check_slot(std::int32_t slot, State expected, const char* what) const;
+  static constexpr std::size_t kKeep = static_cast<std::size_t>(-1);
+  std::size_t regrow_size(const Buffer& b, std::size_t bytes) const;  // kKeep: big enough
   void grow_pinned(Buffer& b, std::size_t bytes);
   void grow_device(Buffer& b, std::size_t bytes, void* stream);
   void ensure(Slot& s, std::int32_t batch, std::size_t raw_bytes);
@@ -204,6 +210,7 @@ class Pipeline {
   std::unique_ptr<Device> device_;
   std::vector<Slot> slots_;
   std::size_t logit_bytes_ = 4;
+  bool exact_alloc_ = false;
   mutable std::mutex mutex_;
   std::condition_variable freed_;
   std::int32_t next_ = 0;  // round-robin start for acquire()

@@ -13,6 +13,13 @@ namespace {
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 cudaEvent_t as_event(void* e) { return static_cast<cudaEvent_t>(e); }
 
+// For the noexcept frees: a failure there is not reported (nothing can be done about it), but
+// the runtime would keep it as the last error, and the next launch check would report it as the
+// kernel's failure. Clear it.
+void ignore(cudaError_t err) noexcept {
+  if (err != cudaSuccess) cudaGetLastError();
+}
+
 class CudaDevice final : public Device {
  public:
   explicit CudaDevice(int ordinal) : ordinal_(ordinal) {
@@ -42,7 +49,7 @@ class CudaDevice final : public Device {
     MEDTRT_CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
     return p;
   }
-  void free_pinned(void* p) noexcept override { cudaFreeHost(p); }
+  void free_pinned(void* p) noexcept override { ignore(cudaFreeHost(p)); }
 
   // Stream-ordered: growing a slot's buffer neither waits for nor disturbs the other slots.
   void* alloc_device(std::size_t bytes, void* stream) override {
@@ -50,7 +57,9 @@ class CudaDevice final : public Device {
     MEDTRT_CUDA_CHECK(cudaMallocAsync(&p, bytes, as_stream(stream)));
     return p;
   }
-  void free_device(void* p, void* stream) noexcept override { cudaFreeAsync(p, as_stream(stream)); }
+  void free_device(void* p, void* stream) noexcept override {
+    ignore(cudaFreeAsync(p, as_stream(stream)));
+  }
 
   void* create_stream() override {
     cudaStream_t s = nullptr;
@@ -58,16 +67,18 @@ class CudaDevice final : public Device {
     return s;
   }
   void destroy_stream(void* s) noexcept override {
-    if (s) cudaStreamDestroy(as_stream(s));
+    if (s) ignore(cudaStreamDestroy(as_stream(s)));
   }
-  void* create_event(bool timing) override {
+  void* create_event(bool timing, bool blocking) override {
     cudaEvent_t e = nullptr;
-    const unsigned int flags = timing ? cudaEventDefault : cudaEventDisableTiming;
+    // blocking: a host thread waiting on it sleeps instead of spinning a core.
+    const unsigned int flags = (timing ? cudaEventDefault : cudaEventDisableTiming) |
+                               (blocking ? cudaEventBlockingSync : 0u);
     MEDTRT_CUDA_CHECK(cudaEventCreateWithFlags(&e, flags));
     return e;
   }
   void destroy_event(void* e) noexcept override {
-    if (e) cudaEventDestroy(as_event(e));
+    if (e) ignore(cudaEventDestroy(as_event(e)));
   }
 
   void copy_to_device(void* dst, const void* src, std::size_t bytes, void* stream) override {

@@ -146,6 +146,30 @@ def test_reserve_preallocates_every_slot(rng):
     assert pipe.memory() == reserved
 
 
+def test_exact_alloc_mode_sizes_every_buffer_to_the_batch(rng, monkeypatch):
+    """MEDTRT_EXACT_ALLOC=1 (the sanitizer runs' mode): every batch gets buffers of exactly its
+    size, freshly allocated, so an overrun cannot hide in spare capacity; results unchanged."""
+    normal = make_pipeline(slots=1, classes=5)
+    monkeypatch.setenv("MEDTRT_EXACT_ALLOC", "1")
+    exact = make_pipeline(slots=1, classes=5)
+    assert exact.exact_alloc and not normal.exact_alloc
+    stage = LinearStage(exact, rng)
+    c, h, w = exact.input_shape
+    grows = 0
+    for n in (8, 1, 8, 3):
+        images = random_images(rng, n, ("uint8", "uint16"))
+        got = exact.wait(exact.submit(images, stage, True))
+        want = normal.wait(normal.submit(images, stage, True))
+        for a, b in zip(got[:3], want[:3]):
+            np.testing.assert_array_equal(a, b)
+        m = exact.memory()
+        # Host device: input, logits, scores and indices live in "device" memory.
+        assert m["device"] == n * (c * h * w * 4 + 5 * (4 + 4 + 4)), (n, m)
+        assert m["grows"] > grows  # reallocated for every batch, even a smaller one
+        grows = m["grows"]
+    assert normal.memory()["device"] > exact.memory()["device"]  # the normal one kept batch 8's
+
+
 def test_slot_state_errors_name_the_fix(rng):
     pipe = make_pipeline(slots=2)
     img = [rng.integers(0, 255, (8, 8), dtype=np.uint8)]
