@@ -30,6 +30,31 @@ def _trt_skip_reason() -> str | None:
     return "neither tensorrt nor tensorrt_rtx is installed"
 
 
+# On the GPU machine (MEDTRT_REQUIRE_GPU=1, set by tools/gpu_check.sh) a skip would read as a pass:
+# every skip fails there except these, matched on the start of the skip reason; the summary of
+# that run lists the ones that happened.
+GPU_MACHINE_MAY_SKIP = {
+    "trt: ": "no TensorRT of any flavour on the lent GPU machine (it cannot be installed there)",
+    "full TensorRT is not installed": "full TensorRT comes only from NVIDIA's own index",
+    "needs two GPUs": "the lent machine has one GPU",
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("MEDTRT_REQUIRE_GPU") != "1" or not report.skipped
+            or hasattr(report, "wasxfail")):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not reason.startswith(tuple(GPU_MACHINE_MAY_SKIP)):
+        report.outcome = "failed"
+        report.longrepr = (f"MEDTRT_REQUIRE_GPU=1: skipped on the GPU machine ({reason}); only "
+                           f"these may skip there: {sorted(GPU_MACHINE_MAY_SKIP)}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_reason = _gpu_skip_reason() if any("gpu" in i.keywords for i in items) else None
     if gpu_reason and os.environ.get("MEDTRT_REQUIRE_GPU") == "1":
