@@ -137,6 +137,21 @@ def test_pipeline_memory_is_flat_for_repeated_batches(demo_model, data):
     assert engine.last_stage_times and engine.last_stage_times[0]["compute"] > 0
 
 
+def test_construction_reserves_every_slot_for_max_batch_images(demo_model, rng):
+    """Buffers for max_batch stored images of the input size exist before the first batch (a
+    pinned allocation mid-run synchronizes the device), so such batches allocate nothing."""
+    engine = Engine(demo_model.onnx, slots=3, max_batch=24)
+    reserved = engine.memory()
+    c, (h, w) = engine.preset.in_channels, engine.preset.image_size
+    assert reserved["grows"] > 0
+    assert reserved["pinned"] >= 3 * 24 * c * h * w  # the packed staging alone
+    images = [rng.integers(0, 256, (h, w), dtype=np.uint8) for _ in range(24)]
+    for _ in engine.infer_many([images] * 4, k=2):  # every slot in turn
+        pass
+    engine.infer(images[:5])
+    assert engine.memory() == reserved
+
+
 def test_torch_only_options_are_refused_elsewhere(demo_model):
     with pytest.raises(ValueError, match=r"apply to the torch backend"):
         Engine(demo_model.onnx, precision="fp16")

@@ -282,6 +282,12 @@ class Engine:
             logits_dtype=stage.logits_dtype, activation=self.preset.activation,
             device="cpu" if self.device == "cpu" else _cuda_index(self.device))
         stage.bind(self._pipeline)
+        # Every slot sized for max_batch stored images of the model's input size now, not in
+        # the middle of a run (a pinned allocation synchronizes the whole device). Presets store
+        # uint8 pixels; each packed image starts 16-byte aligned. Larger images still grow it.
+        h, w = self.preset.image_size
+        packed = -(-self.preset.in_channels * h * w // 16) * 16
+        self._pipeline.reserve(self.max_batch, self.max_batch * packed)
         self._decoder = _make_decoder(decode, self.device)
         self.decode = "nvjpeg" if self._decoder else "cpu"
         self.last_stage_times: list[dict[str, float]] = []  # per chunk of the latest infer()
@@ -347,7 +353,8 @@ class Engine:
                 flight.drain()
 
     def memory(self) -> dict[str, int]:
-        """Bytes of pinned host and device memory the pipeline holds, and how often it grew."""
+        """Bytes of pinned host and device memory the pipeline holds, and how often it grew
+        (construction reserves every slot for ``max_batch`` uint8 images of the input size)."""
         self._check_open()
         return dict(self._pipeline.memory())
 
