@@ -55,7 +55,8 @@ class FakeTrt:
 
     def __init__(self, cuda: FakeCuda, tensors=None, deserializes=True, accepts_shape=True):
         self.cuda, self.calls = cuda, []
-        self.tensors = tensors or {"input": ("INPUT", "HALF"), "logits": ("OUTPUT", "FLOAT")}
+        self.tensors = tensors or {"input": ("INPUT", "HALF", (-1, 1, 64, 64)),
+                                   "logits": ("OUTPUT", "FLOAT", (-1, 6))}
         self.deserializes, self.accepts_shape = deserializes, accepts_shape
 
     def log(self, *call):
@@ -85,6 +86,9 @@ class FakeEngine:
 
     def get_tensor_dtype(self, name):
         return self.trt.tensors[name][1]
+
+    def get_tensor_shape(self, name):
+        return self.trt.tensors[name][2]
 
     def create_execution_context(self):
         self.trt.log("context")
@@ -126,7 +130,7 @@ def test_tensorrt_stage_loads_and_executes_on_its_device_and_restores_the_caller
     assert trt.calls[0][2] == b"plan"
     assert (stage.input_dtype, stage.logits_dtype, stage.device) == ("float16", "float32", "cuda:1")
 
-    stage.bind(SimpleNamespace(input_shape=(1, 64, 64)))
+    stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
     trt.calls.clear()
     stage(SimpleNamespace(slot=1, batch=5, input=0x1000, logits=0x2000, stream=0x77))
     ctx = stage.contexts[1]
@@ -149,19 +153,50 @@ def test_tensorrt_stage_errors_leave_the_callers_device(cuda, engine_file):
         TensorRTStage(FakeTrt(cuda, deserializes=False), engine_file, slots=2, device=0)
     assert cuda.current == 3
 
-    two_inputs = {"a": ("INPUT", "FLOAT"), "b": ("INPUT", "FLOAT"), "y": ("OUTPUT", "FLOAT")}
+    two_inputs = {"a": ("INPUT", "FLOAT", (-1, 1, 8, 8)), "b": ("INPUT", "FLOAT", (-1, 1, 8, 8)),
+                  "y": ("OUTPUT", "FLOAT", (-1, 6))}
     with pytest.raises(RuntimeError, match=r"one input and one output.*\['a', 'b'\]"):
         TensorRTStage(FakeTrt(cuda, tensors=two_inputs), engine_file, slots=1, device=0)
-    int8_io = {"x": ("INPUT", "INT8"), "y": ("OUTPUT", "FLOAT")}
+    int8_io = {"x": ("INPUT", "INT8", (-1, 1, 8, 8)), "y": ("OUTPUT", "FLOAT", (-1, 6))}
     with pytest.raises(RuntimeError, match="medtrt feeds float32 or float16"):
         TensorRTStage(FakeTrt(cuda, tensors=int8_io), engine_file, slots=1, device=0)
     assert cuda.current == 3
 
     stage = TensorRTStage(FakeTrt(cuda, accepts_shape=False), engine_file, slots=1, device=0)
-    stage.bind(SimpleNamespace(input_shape=(1, 64, 64)))
+    stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
     with pytest.raises(RuntimeError, match=r"refused input shape \(300, 1, 64, 64\)"):
         stage(SimpleNamespace(slot=0, batch=300, input=1, logits=2, stream=0))
     assert cuda.current == 3
+
+
+@pytest.mark.parametrize("input_shape,output_shape", [
+    ((-1, 1, 64, 64), (-1, 6)),  # dynamic batch, as medtrt build makes them
+    ((8, 1, 64, 64), (8, 6)),  # a fixed batch
+    ((-1, 1, -1, -1), (-1, 6)),  # dynamic height and width: the profile decides
+])
+def test_tensorrt_stage_accepts_engine_shapes_that_fit_the_model(cuda, engine_file, input_shape,
+                                                                output_shape):
+    tensors = {"x": ("INPUT", "FLOAT", input_shape), "y": ("OUTPUT", "FLOAT", output_shape)}
+    stage = TensorRTStage(FakeTrt(cuda, tensors=tensors), engine_file, slots=1, device=0)
+    stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
+    assert stage.shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize("input_shape,output_shape,bad,want", [
+    ((-1, 3, 64, 64), (-1, 6), r"'x' has shape \(-1, 3, 64, 64\)", r"\(-1, 1, 64, 64\)"),
+    ((-1, 1, 224, 224), (-1, 6), r"'x' has shape \(-1, 1, 224, 224\)", r"\(-1, 1, 64, 64\)"),
+    ((-1, 64, 64), (-1, 6), r"'x' has shape \(-1, 64, 64\)", r"\(-1, 1, 64, 64\)"),
+    ((-1, 1, 64, 64), (-1, 14), r"'y' has shape \(-1, 14\)", r"\[batch, classes\] = \(-1, 6\)"),
+    ((-1, 1, 64, 64), (-1, 6, 1), r"'y' has shape \(-1, 6, 1\)", r"\(-1, 6\)"),
+])
+def test_tensorrt_stage_refuses_an_engine_built_for_another_model(cuda, engine_file,
+                                                                  input_shape, output_shape,
+                                                                  bad, want):
+    tensors = {"x": ("INPUT", "FLOAT", input_shape), "y": ("OUTPUT", "FLOAT", output_shape)}
+    stage = TensorRTStage(FakeTrt(cuda, tensors=tensors), engine_file, slots=1, device=0)
+    fix = r"Rebuild it from the bundle's ONNX with `medtrt build`, or use the bundle"
+    with pytest.raises(ValueError, match=rf"model\.engine: tensor {bad} .*needs .*{want}.*{fix}"):
+        stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
 
 
 def test_on_cuda_device_sets_only_when_needed(cuda):

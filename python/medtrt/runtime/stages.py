@@ -195,6 +195,7 @@ class TensorRTStage:
 
     def __init__(self, trt: Any, engine_path: str | Path, slots: int, device: int) -> None:
         self.trt = trt
+        self.engine_path = Path(engine_path)
         self.device = f"cuda:{device}"
         self.index = device
         with on_cuda_device(device):
@@ -223,7 +224,18 @@ class TensorRTStage:
                                "(out of GPU memory?); use fewer slots")
 
     def bind(self, pipeline: Any) -> None:
+        """Checks once that the engine's tensors fit the pipeline: input [batch, C, H, W] of its
+        input shape, output [batch, classes]; any batch, and -1 (dynamic) anywhere, fits."""
         self.shape = tuple(pipeline.input_shape)
+        for name, want, what in ((self.input_name, (-1, *self.shape), "[batch, C, H, W]"),
+                                 (self.output_name, (-1, pipeline.classes), "[batch, classes]")):
+            got = tuple(int(d) for d in self.engine.get_tensor_shape(name))
+            if len(got) != len(want) or any(g not in (-1, w) for g, w in zip(got[1:], want[1:])):
+                raise ValueError(
+                    f"TensorRT engine {self.engine_path}: tensor {name!r} has shape {got} but "
+                    f"this model needs {what} = {want} (-1: any batch); the engine was built for "
+                    "another model. Rebuild it from the bundle's ONNX with `medtrt build`, or use "
+                    "the bundle the engine belongs to")
 
     def _dtype(self, dt: Any) -> str:
         if dt == self.trt.DataType.FLOAT:
