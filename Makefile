@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja setuptools wheel
 SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: demo test test-fast model bench-ops clean
+.PHONY: demo test test-fast model bench-ops gpu-wheel gpu-check-dry clean
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
@@ -26,6 +26,26 @@ model: $(VENV)/.installed
 bench-ops: $(VENV)/.installed
 	$(PY) tools/bench_ops.py
 
+# What tools/gpu_check.sh carries to the lent GPU machine (Python 3.12 there, no registry):
+# medtrt built here for sm_90 only (nvcc is here; the CUDA runtime is linked statically) and
+# MONAI (the demo model). Built in a Python 3.12 environment of its own, with its own build dir.
+GPU_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+GPU_VENV := .venv-gpu-wheel
+gpu-wheel:
+	test -x $(GPU_VENV)/bin/python || $(GPU_PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints.txt $(BUILD_TOOLS)
+	rm -f .whl/medtrt-*.whl
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check wheel -q --no-build-isolation \
+	  --no-deps -w .whl -C build-dir=build/gpu-{wheel_tag} \
+	  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 .
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check download -q --no-deps \
+	  --only-binary=:all: -d .whl -c constraints.txt monai
+	ls -l .whl
+
+# The GPU check's plumbing on this machine (no GPU): tests/tools/test_gpu_check.py runs it too.
+gpu-check-dry: $(VENV)/.installed
+	PY=$(PY) bash tools/gpu_check.sh --dry-run gpu_check_dry
+
 $(VENV)/.tools: constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt $(BUILD_TOOLS)
@@ -37,4 +57,4 @@ $(VENV)/.installed: $(VENV)/.tools $(SOURCES) constraints.txt
 	touch $@
 
 clean:
-	rm -rf build dist $(VENV)
+	rm -rf build dist $(VENV) $(GPU_VENV) gpu_check_dry

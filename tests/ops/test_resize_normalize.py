@@ -237,7 +237,7 @@ CUDA_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", range(len(CUDA_CASES)))
 @pytest.mark.parametrize("out_size", [(64, 64), (224, 224)])
-def test_cuda_matches_cpu_twin(rng, case, out_size):
+def test_cuda_matches_cpu_twin(rng, case, out_size, record_property):
     import torch
 
     sizes, dtype, in_c, out_c, kwargs = CUDA_CASES[case]
@@ -249,6 +249,9 @@ def test_cuda_matches_cpu_twin(rng, case, out_size):
     got = resize_normalize(dev, out_size, channels=out_c, out=poisoned, **kwargs)
     torch.cuda.synchronize()
     assert got.data_ptr() == poisoned.data_ptr() and not torch.isnan(got).any()
+    diff = np.abs(got.float().cpu().numpy() - expected.astype(np.float32))
+    record_property("max_abs_diff_vs_cpu", float(diff.max()))
+    record_property("pixels_differing", int((diff != 0).sum()))
     # Same per-pixel function, no FMA contraction on either side (CMakeLists.txt): bit-exact.
     np.testing.assert_array_equal(got.cpu().numpy().view(np.uint8), expected.view(np.uint8))
 

@@ -119,7 +119,7 @@ def test_errors_state_expected_and_actual(logits, k, activation, match):
     (1, 6, 1, np.float32), (256, 6, 3, np.float32), (256, 14, 14, np.float16),
     (1000, 1000, 5, np.float32), (37, 1000, 1000, np.float32), (5, 33, 33, np.float16),
 ])
-def test_cuda_matches_cpu_twin(rng, activation, batch, classes, k, dtype):
+def test_cuda_matches_cpu_twin(rng, activation, batch, classes, k, dtype, record_property):
     import torch
 
     logits = make_logits(rng, batch, classes, 20.0, dtype)
@@ -129,6 +129,8 @@ def test_cuda_matches_cpu_twin(rng, activation, batch, classes, k, dtype):
     check_topk(scores, indices, logits.astype(np.float32), k, activation)
     assert_close(scores, cpu_scores, atol=1e-7, rtol=1e-5, name="cuda vs cpu scores")
     same = indices == cpu_indices
+    record_property("max_score_diff_vs_cpu", float(np.abs(scores - cpu_scores).max()))
+    record_property("indices_differing", int((~same).sum()))
     # Where the twins differ, it must be a float32 near-tie: the two indices' scores agree.
     ref = logits.astype(np.float64)
     if not same.all():
