@@ -1,6 +1,7 @@
 """TensorRTStage's calls and the CUDA device it makes them on, with a recording stand-in for the
 tensorrt module and for the CUDA current-device calls (no machine here executes a TensorRT
-engine; the stage is written against the documented TensorRT 10/11 Python API)."""
+engine; the stage is written against the documented TensorRT 10/11 Python API, and the stand-ins
+are checked against the installed TensorRT's API)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,26 @@ def cuda(monkeypatch):
     return fake
 
 
+class Recorder:
+    """The state behind the tensorrt stand-ins: every call they receive, with the CUDA device
+    current at the time, and how the engine behaves ({name: (mode, dtype, shape)} tensors)."""
+
+    def __init__(self, cuda: FakeCuda, tensors=None, deserializes=True, accepts_shape=True):
+        self.cuda, self.calls = cuda, []
+        self.tensors = tensors or {"input": ("INPUT", "HALF", (-1, 1, 64, 64)),
+                                   "logits": ("OUTPUT", "FLOAT", (-1, 6))}
+        self.deserializes, self.accepts_shape = deserializes, accepts_shape
+
+    def log(self, *call):
+        self.calls.append((self.cuda.current, *call))
+
+
+# The stand-ins: each public name (class, method, attribute) stands for one of the real module
+# (test_the_stand_ins_exist_in_the_real_tensorrt_api checks them); their state is private.
+
+
 class FakeTrt:
-    """What TensorRTStage uses of the tensorrt module; every call records the current device."""
+    """What TensorRTStage uses of the tensorrt module."""
 
     class DataType:
         FLOAT, HALF, INT8 = "FLOAT", "HALF", "INT8"
@@ -51,67 +70,72 @@ class FakeTrt:
         WARNING = "WARNING"
 
         def __init__(self, level: str) -> None:
-            self.level = level
+            self._level = level
 
-    def __init__(self, cuda: FakeCuda, tensors=None, deserializes=True, accepts_shape=True):
-        self.cuda, self.calls = cuda, []
-        self.tensors = tensors or {"input": ("INPUT", "HALF", (-1, 1, 64, 64)),
-                                   "logits": ("OUTPUT", "FLOAT", (-1, 6))}
-        self.deserializes, self.accepts_shape = deserializes, accepts_shape
+    def __init__(self, rec: Recorder) -> None:
+        self._rec = rec
 
-    def log(self, *call):
-        self.calls.append((self.cuda.current, *call))
+    def Runtime(self, logger):  # noqa: N802 (tensorrt's class)
+        return FakeRuntime(self._rec)
 
-    def Runtime(self, logger):  # noqa: N802 (tensorrt's name)
-        trt = self
 
-        class Runtime:
-            def deserialize_cuda_engine(self, blob):
-                trt.log("deserialize", blob)
-                return FakeEngine(trt) if trt.deserializes else None
+class FakeRuntime:
+    def __init__(self, rec: Recorder) -> None:
+        self._rec = rec
 
-        return Runtime()
+    def deserialize_cuda_engine(self, blob):
+        self._rec.log("deserialize", blob)
+        return FakeEngine(self._rec) if self._rec.deserializes else None
 
 
 class FakeEngine:
-    def __init__(self, trt: FakeTrt) -> None:
-        self.trt, self.names = trt, list(trt.tensors)
-        self.num_io_tensors = len(self.names)
+    def __init__(self, rec: Recorder) -> None:
+        self._rec, self._names = rec, list(rec.tensors)
+
+    @property
+    def num_io_tensors(self):
+        return len(self._names)
 
     def get_tensor_name(self, i):
-        return self.names[i]
+        return self._names[i]
 
     def get_tensor_mode(self, name):
-        return self.trt.tensors[name][0]
+        return self._rec.tensors[name][0]
 
     def get_tensor_dtype(self, name):
-        return self.trt.tensors[name][1]
+        return self._rec.tensors[name][1]
 
     def get_tensor_shape(self, name):
-        return self.trt.tensors[name][2]
+        return self._rec.tensors[name][2]
 
     def create_execution_context(self):
-        self.trt.log("context")
-        return FakeContext(self.trt)
+        self._rec.log("context")
+        return FakeContext(self._rec)
 
 
 class FakeContext:
-    def __init__(self, trt: FakeTrt) -> None:
-        self.trt = trt
+    def __init__(self, rec: Recorder) -> None:
+        self._rec = rec
 
     def __del__(self):
-        self.trt.log("free context")
+        self._rec.log("free context")
 
     def set_input_shape(self, name, shape):
-        self.trt.log("shape", self, name, tuple(shape))
-        return self.trt.accepts_shape
+        self._rec.log("shape", self, name, tuple(shape))
+        return self._rec.accepts_shape
 
     def set_tensor_address(self, name, address):
-        self.trt.log("address", self, name, address)
+        self._rec.log("address", self, name, address)
 
     def execute_async_v3(self, stream):
-        self.trt.log("execute", self, stream)
+        self._rec.log("execute", self, stream)
         return True
+
+
+# What each stand-in class stands for in the tensorrt module ("" the module itself); classes
+# nested in a stand-in stand for the real class of the same name.
+STANDS_FOR = {FakeTrt: "", FakeRuntime: "Runtime", FakeEngine: "ICudaEngine",
+              FakeContext: "IExecutionContext"}
 
 
 @pytest.fixture
@@ -123,46 +147,47 @@ def engine_file(tmp_path):
 
 def test_tensorrt_stage_loads_and_executes_on_its_device_and_restores_the_callers(cuda,
                                                                                  engine_file):
-    trt = FakeTrt(cuda)
-    stage = TensorRTStage(trt, engine_file, slots=2, device=1)
+    rec = Recorder(cuda)
+    stage = TensorRTStage(FakeTrt(rec), engine_file, slots=2, device=1)
     assert cuda.current == 3  # the caller's device is back after loading
-    assert [c[:2] for c in trt.calls] == [(1, "deserialize"), (1, "context"), (1, "context")]
-    assert trt.calls[0][2] == b"plan"
+    assert [c[:2] for c in rec.calls] == [(1, "deserialize"), (1, "context"), (1, "context")]
+    assert rec.calls[0][2] == b"plan"
     assert (stage.input_dtype, stage.logits_dtype, stage.device) == ("float16", "float32", "cuda:1")
 
     stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
-    trt.calls.clear()
+    rec.calls.clear()
     stage(SimpleNamespace(slot=1, batch=5, input=0x1000, logits=0x2000, stream=0x77))
     ctx = stage.contexts[1]
-    assert trt.calls == [(1, "shape", ctx, "input", (5, 1, 64, 64)),
+    assert rec.calls == [(1, "shape", ctx, "input", (5, 1, 64, 64)),
                          (1, "address", ctx, "input", 0x1000),
                          (1, "address", ctx, "logits", 0x2000),
                          (1, "execute", ctx, 0x77)]
     assert cuda.current == 3
     assert cuda.sets == [1, 3, 1, 3]
 
-    trt.calls.clear()
+    rec.calls.clear()
     del ctx
     stage.close()  # the contexts go with their device current
-    assert trt.calls == [(1, "free context"), (1, "free context")]
+    assert rec.calls == [(1, "free context"), (1, "free context")]
     assert cuda.current == 3
 
 
 def test_tensorrt_stage_errors_leave_the_callers_device(cuda, engine_file):
     with pytest.raises(RuntimeError, match="could not deserialize.*rebuild it with `medtrt build`"):
-        TensorRTStage(FakeTrt(cuda, deserializes=False), engine_file, slots=2, device=0)
+        TensorRTStage(FakeTrt(Recorder(cuda, deserializes=False)), engine_file, slots=2, device=0)
     assert cuda.current == 3
 
     two_inputs = {"a": ("INPUT", "FLOAT", (-1, 1, 8, 8)), "b": ("INPUT", "FLOAT", (-1, 1, 8, 8)),
                   "y": ("OUTPUT", "FLOAT", (-1, 6))}
     with pytest.raises(RuntimeError, match=r"one input and one output.*\['a', 'b'\]"):
-        TensorRTStage(FakeTrt(cuda, tensors=two_inputs), engine_file, slots=1, device=0)
+        TensorRTStage(FakeTrt(Recorder(cuda, tensors=two_inputs)), engine_file, slots=1, device=0)
     int8_io = {"x": ("INPUT", "INT8", (-1, 1, 8, 8)), "y": ("OUTPUT", "FLOAT", (-1, 6))}
     with pytest.raises(RuntimeError, match="medtrt feeds float32 or float16"):
-        TensorRTStage(FakeTrt(cuda, tensors=int8_io), engine_file, slots=1, device=0)
+        TensorRTStage(FakeTrt(Recorder(cuda, tensors=int8_io)), engine_file, slots=1, device=0)
     assert cuda.current == 3
 
-    stage = TensorRTStage(FakeTrt(cuda, accepts_shape=False), engine_file, slots=1, device=0)
+    stage = TensorRTStage(FakeTrt(Recorder(cuda, accepts_shape=False)), engine_file, slots=1,
+                          device=0)
     stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
     with pytest.raises(RuntimeError, match=r"refused input shape \(300, 1, 64, 64\)"):
         stage(SimpleNamespace(slot=0, batch=300, input=1, logits=2, stream=0))
@@ -177,7 +202,7 @@ def test_tensorrt_stage_errors_leave_the_callers_device(cuda, engine_file):
 def test_tensorrt_stage_accepts_engine_shapes_that_fit_the_model(cuda, engine_file, input_shape,
                                                                 output_shape):
     tensors = {"x": ("INPUT", "FLOAT", input_shape), "y": ("OUTPUT", "FLOAT", output_shape)}
-    stage = TensorRTStage(FakeTrt(cuda, tensors=tensors), engine_file, slots=1, device=0)
+    stage = TensorRTStage(FakeTrt(Recorder(cuda, tensors=tensors)), engine_file, slots=1, device=0)
     stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
     assert stage.shape == (1, 64, 64)
 
@@ -193,10 +218,44 @@ def test_tensorrt_stage_refuses_an_engine_built_for_another_model(cuda, engine_f
                                                                   input_shape, output_shape,
                                                                   bad, want):
     tensors = {"x": ("INPUT", "FLOAT", input_shape), "y": ("OUTPUT", "FLOAT", output_shape)}
-    stage = TensorRTStage(FakeTrt(cuda, tensors=tensors), engine_file, slots=1, device=0)
+    stage = TensorRTStage(FakeTrt(Recorder(cuda, tensors=tensors)), engine_file, slots=1, device=0)
     fix = r"Rebuild it from the bundle's ONNX with `medtrt build`, or use the bundle"
     with pytest.raises(ValueError, match=rf"model\.engine: tensor {bad} .*needs .*{want}.*{fix}"):
         stage.bind(SimpleNamespace(input_shape=(1, 64, 64), classes=6))
+
+
+@pytest.mark.parametrize("flavour", ["tensorrt_rtx", "tensorrt"])
+def test_the_stand_ins_exist_in_the_real_tensorrt_api(cuda, flavour):
+    """Every public name of the stand-ins (all that TensorRTStage can use of them) exists in the
+    installed TensorRT: a method where the stand-in's is callable, a value or property where it
+    is not. A stand-in method or attribute with no real counterpart fails here."""
+    trt = pytest.importorskip(flavour)
+    fakes = {v for k, v in globals().items() if k.startswith("Fake") and isinstance(v, type)}
+    # FakeCuda stands for medtrt._native (test_native_current_device_calls_on_this_machine).
+    assert fakes - {FakeCuda} == set(STANDS_FOR), "a new stand-in needs its entry in STANDS_FOR"
+    checked, wrong = [], []
+
+    def check(fake, real, where):
+        for name in (n for n in dir(fake) if not n.startswith("_")):
+            checked.append(f"{where}.{name}")
+            if not hasattr(real, name):
+                wrong.append(f"{where}.{name} does not exist")
+                continue
+            f, r = getattr(fake, name), getattr(real, name)
+            if callable(f) != callable(r):
+                kind = "callable" if callable(r) else "not callable"
+                wrong.append(f"{where}.{name} is {kind} in {flavour}")
+            elif isinstance(f, type):
+                check(f, r, f"{where}.{name}")
+
+    for cls, real_name in STANDS_FOR.items():  # instances: attributes set in __init__ count
+        check(cls(Recorder(cuda)), getattr(trt, real_name) if real_name else trt,
+              f"{flavour}{'.' if real_name else ''}{real_name}")
+    assert not wrong, f"stand-ins without a real counterpart: {wrong}"
+    assert {f"{flavour}.{n}" for n in (
+        "Logger.WARNING", "DataType.HALF", "TensorIOMode.OUTPUT", "Runtime.deserialize_cuda_engine",
+        "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_shape",
+        "IExecutionContext.execute_async_v3")} <= set(checked)
 
 
 def test_on_cuda_device_sets_only_when_needed(cuda):
