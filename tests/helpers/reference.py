@@ -54,3 +54,28 @@ def check_topk(
         f"indices differ from the reference at unambiguous positions {np.argwhere(mismatch)[:5]}: "
         f"got {indices[mismatch][:5]}, expected {order[mismatch][:5]}"
     )
+
+
+def check_same_order(
+    indices: np.ndarray,
+    expected: np.ndarray,
+    logits: np.ndarray,
+    *,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    name: str = "indices",
+) -> None:
+    """Asserts that two top-k orders of the same ``logits`` [batch, classes] agree except at
+    near-ties: wherever the indices differ, the logits they point at agree within atol + rtol
+    (scores computed another way, e.g. on a GPU against the CPU twin, differ in the last bits
+    and may swap such neighbours, never others)."""
+    from medtrt.testing import assert_close
+
+    assert indices.shape == expected.shape, f"{name}: shape {indices.shape} != {expected.shape}"
+    same = indices == expected
+    if same.all():
+        return
+    ref = np.asarray(logits, np.float64)
+    a = np.take_along_axis(ref, indices.astype(np.int64), 1)[~same]
+    b = np.take_along_axis(ref, expected.astype(np.int64), 1)[~same]
+    assert_close(a, b, atol=atol, rtol=rtol, name=f"{name}: logits where the orders disagree")

@@ -8,7 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from helpers.reference import check_topk
+from helpers.reference import check_same_order, check_topk
 from medtrt.ops import topk
 from medtrt.testing import assert_close
 
@@ -111,6 +111,21 @@ def test_errors_state_expected_and_actual(logits, k, activation, match):
         topk(logits, k, activation=activation)
 
 
+def test_same_order_check_allows_only_near_ties():
+    """The check the CUDA comparisons use (GPU vs CPU twin): indices may differ only where
+    their logits agree within 1e-6 / 1e-5."""
+    logits = np.array([[0.5, 2.0, 2.0 + 5e-7, -1.0], [1.0, 3.0, 2.0, 0.0]], np.float32)
+    cpu = np.array([[2, 1, 0, 3], [1, 2, 0, 3]], np.int32)
+    check_same_order(cpu.copy(), cpu, logits)
+    check_same_order(np.array([[1, 2, 0, 3], [1, 2, 0, 3]], np.int32), cpu, logits)
+    with pytest.raises(AssertionError, match=r"orders disagree.*worst .*"):
+        check_same_order(np.array([[2, 0, 1, 3], [1, 2, 0, 3]], np.int32), cpu, logits)
+    with pytest.raises(AssertionError, match="orders disagree"):
+        check_same_order(np.array([[2, 1, 0, 3], [2, 1, 0, 3]], np.int32), cpu, logits)
+    with pytest.raises(AssertionError, match=r"shape \(2, 3\)"):
+        check_same_order(cpu[:, :3], cpu, logits)
+
+
 # ---- CUDA kernel vs CPU twin ---------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -131,12 +146,8 @@ def test_cuda_matches_cpu_twin(rng, activation, batch, classes, k, dtype, record
     same = indices == cpu_indices
     record_property("max_score_diff_vs_cpu", float(np.abs(scores - cpu_scores).max()))
     record_property("indices_differing", int((~same).sum()))
-    # Where the twins differ, it must be a float32 near-tie: the two indices' scores agree.
-    ref = logits.astype(np.float64)
-    if not same.all():
-        a = np.take_along_axis(ref, indices.astype(np.int64), 1)[~same]
-        b = np.take_along_axis(ref, cpu_indices.astype(np.int64), 1)[~same]
-        assert_close(a, b, atol=1e-6, rtol=1e-5, name="logits of indices where the twins disagree")
+    # Where the twins differ, it must be a float32 near-tie: the two indices' logits agree.
+    check_same_order(indices, cpu_indices, logits, name="cuda vs cpu indices")
 
 
 @pytest.mark.gpu
