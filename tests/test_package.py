@@ -73,8 +73,25 @@ def test_cuda_compiled_when_nvcc_is_present():
 
 
 def test_cuda_errors_map_to_medtrt_cuda_error():
+    """A C++ CudaError from a native call reaches Python as medtrt.errors.CudaError through the
+    binding's exception translator, naming the call, the CUDA error and where it was raised.
+    cudaSetDevice on the first ordinal past the visible devices fails on any machine:
+    cudaErrorInvalidDevice with a GPU, a no-driver / no-device error without one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medtrt._native import native
+
     assert issubclass(errors.CudaError, RuntimeError)
     assert issubclass(errors.MissingDependencyError, ImportError)
+    if not medtrt.build_info()["cuda_compiled"]:
+        pytest.skip("medtrt was built without CUDA: no native call raises a CudaError")
+    c = native()
+    # In a thread of its own: CUDA keeps the failed call as that thread's last error, which a
+    # later cudaGetLastError check (ours or torch's) on this thread would report.
+    match = r"^cudaSetDevice\(ordinal\) failed: cudaError\w+ \(.+\) at \S+:\d+$"
+    with ThreadPoolExecutor(1) as pool, pytest.raises(errors.CudaError, match=match) as info:
+        pool.submit(c.cuda_set_device, c.cuda_device_count()).result()
+    assert type(info.value) is errors.CudaError  # the translator's class, not a look-alike
 
 
 def test_cli_info_json():
