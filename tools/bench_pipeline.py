@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -75,6 +76,15 @@ def end_to_end(engine: Engine, images: list[np.ndarray], batch: int,
     return ms, {k: statistics.median(t[k] for t in times) for k in times[0]}
 
 
+def demo_checkpoint() -> Path:
+    """The demo model's checkpoint, from the cache the tests use: $MEDTRT_CACHE, else
+    .cache/medtrt in the repository (built there if missing)."""
+    from medtrt.train import cached_demo_model
+
+    cache = os.environ.get("MEDTRT_CACHE") or ROOT / ".cache" / "medtrt"
+    return cached_demo_model(cache, progress=False).checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda:0")
@@ -84,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slots", default="2,3")
     parser.add_argument("--graphs", action="store_true", help="also time with CUDA graphs")
-    parser.add_argument("--checkpoint", type=Path, help="default: the demo model (built if missing)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="default: the demo model in $MEDTRT_CACHE or .cache/medtrt (built "
+                             "if missing)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        from medtrt.train import cached_demo_model
-
-        checkpoint = cached_demo_model(ROOT / ".cache" / "medtrt", progress=False).checkpoint
+    checkpoint = args.checkpoint or demo_checkpoint()
     rng = np.random.default_rng(0)
     # Stored MedNIST-like pixels: 64 x 64 uint8, each image its own array (as decoded files are).
     images = [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(args.batch)]
