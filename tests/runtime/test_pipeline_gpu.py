@@ -172,6 +172,30 @@ def test_memory_is_flat_over_10000_batches(rng, record_property):
     assert after[3] - before[3] <= 32 << 20, f"host RSS grew {(after[3] - before[3]) >> 20} MiB"
 
 
+def test_wait_sleeps_instead_of_spinning(rng, record_property):
+    """wait() blocks on a blocking-sync event: while the GPU works for ~200 ms the waiting
+    thread uses little CPU time (a spinning wait would use all of it)."""
+    import torch
+
+    gpu = make(0, 1)
+    probe = Probe(gpu, rng, cuda=True)
+
+    def slow(view):
+        with torch.cuda.stream(torch.cuda.ExternalStream(view.stream)):
+            torch.cuda._sleep(400_000_000)  # a few hundred ms of GPU time
+        probe(view)
+
+    gpu.wait(gpu.submit(batch_of(rng, 4), probe))  # warm-up
+    slot = gpu.submit(batch_of(rng, 4), slow)
+    wall, cpu = time.perf_counter(), time.process_time()
+    gpu.wait(slot)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    record_property("wait_wall_ms", 1e3 * wall)
+    record_property("wait_cpu_ms", 1e3 * cpu)
+    assert wall > 0.05, f"the GPU work was too short to tell ({wall:.3f} s)"
+    assert cpu < 0.5 * wall, f"wait() used {cpu:.3f} s of CPU in {wall:.3f} s: it spins"
+
+
 def test_stages_overlap_in_steady_state(rng, record_property):
     """Time per batch <= 1.15 x the slowest stage: host submission, H2D, GPU work, D2H."""
     import torch
