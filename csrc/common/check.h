@@ -45,11 +45,15 @@ std::string concat(const Parts&... parts) {
     if (!(cond)) throw std::invalid_argument(::medtrt::detail::concat(__VA_ARGS__)); \
   } while (0)
 
+// On failure the runtime's last error is cleared (cudaGetLastError) before throwing: the error
+// is reported once, here, not again by the next launch check (ours or torch's) in this thread.
 #define MEDTRT_CUDA_CHECK(expr)                                                          \
   do {                                                                                   \
     const cudaError_t medtrt_err_ = (expr);                                              \
-    if (medtrt_err_ != cudaSuccess)                                                      \
+    if (medtrt_err_ != cudaSuccess) {                                                    \
+      (void)cudaGetLastError();                                                          \
       ::medtrt::detail::throw_cuda_error(cudaGetErrorName(medtrt_err_),                  \
                                          cudaGetErrorString(medtrt_err_), #expr, __FILE__, \
                                          __LINE__);                                      \
+    }                                                                                    \
   } while (0)

@@ -164,3 +164,19 @@ def test_cuda_ties_and_nan_match_contract():
     assert idx.tolist() == [[2, 0, 4, 5, 3, 1]]
     with pytest.raises(ValueError, match=r"k must be in \[1, classes=6\]; got 7"):
         topk(logits, 7)
+
+
+@pytest.mark.gpu
+def test_a_failed_cuda_call_is_not_reported_again_by_the_next_launch():
+    """MEDTRT_CUDA_CHECK clears the runtime's last error when it throws: the next kernel's
+    launch check (cudaGetLastError) must not report the earlier, already raised failure."""
+    import torch
+
+    from medtrt._native import native
+    from medtrt.errors import CudaError
+
+    c = native()
+    with pytest.raises(CudaError, match="cudaSetDevice"):
+        c.cuda_set_device(c.cuda_device_count())  # an ordinal past the last device
+    _, indices = topk(torch.randn(4, 6, device="cuda"), 2)
+    assert tuple(indices.shape) == (4, 2)
