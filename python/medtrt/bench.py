@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -338,7 +339,9 @@ class TensorRTCompute(Backend):
         self.stage = TensorRTStage(trt, engine_file, 1, 0)
         profile = bundle["input"]["profile"]
         self.min_batch, self.max_batch = int(profile["min"][0]), int(profile["max"][0])
-        self.stage.shape = tuple(int(d) for d in profile["opt"][1:])
+        # The stage's own shape check, against the bundle's input and labels (no pipeline here).
+        self.stage.bind(SimpleNamespace(input_shape=tuple(int(d) for d in profile["opt"][1:]),
+                                        classes=len(bundle["output"]["labels"])))
         self.in_dtype = getattr(torch, self.stage.input_dtype)
         self.stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.stream(self.stream):  # its memory belongs to the stream that uses it
@@ -366,8 +369,6 @@ class TensorRTCompute(Backend):
         return chunks
 
     def call(self, inputs: Any) -> None:
-        from types import SimpleNamespace
-
         for c in inputs:
             self.stage(SimpleNamespace(slot=0, batch=len(c), input=c.data_ptr(),
                                        logits=self.out.data_ptr(),
