@@ -44,6 +44,12 @@ std::vector<std::int64_t> array_shape(const py::array& a) {
 
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// A C-contiguous, aligned array of `obj` (a copy only when it is neither), never a dtype cast:
+// the kernels read elements through typed pointers, which must be aligned to their size.
+py::array contiguous_aligned(const py::handle& obj) {
+  return py::array::ensure(obj, py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+}
+
 // ---- resize_normalize -------------------------------------------------------------------
 
 using ShapeAndDtype = std::tuple<std::vector<std::int64_t>, std::string>;
@@ -59,7 +65,7 @@ py::array resize_normalize_cpu(const py::list& images, const ops::ResizeNormaliz
   arrays.reserve(images.size());
   for (std::size_t i = 0; i < images.size(); ++i) {
     // Contiguous view or copy, never a dtype cast: the validator decides what is acceptable.
-    py::array a = py::array::ensure(images[i], py::array::c_style);
+    py::array a = contiguous_aligned(images[i]);
     if (!a)
       throw py::type_error(detail::concat("resize_normalize: image ", i, " is a ",
                                           py::str(py::type::of(images[i])).cast<std::string>(),
@@ -121,7 +127,7 @@ void resize_normalize_cuda(const std::vector<DeviceImage>& images,
 // ---- topk ------------------------------------------------------------------------------------
 
 py::tuple topk_cpu(const py::array& logits_in, std::int64_t k, const std::string& activation) {
-  py::array logits = py::array::ensure(logits_in, py::array::c_style);
+  py::array logits = contiguous_aligned(logits_in);
   if (!logits) throw py::type_error("topk: expected a NumPy array of logits");
   ops::TopkParams p = ops::validate_topk(array_shape(logits), dtype_name(logits), k, activation);
   py::array_t<float> scores({static_cast<py::ssize_t>(p.batch), static_cast<py::ssize_t>(p.k)});
@@ -162,24 +168,34 @@ void topk_cuda(std::uintptr_t logits, const std::vector<std::int64_t>& shape,
 
 // ---- entropy ---------------------------------------------------------------------------------
 
-const float* float32_data(const py::array& a, const char* what) {
+// A float32, C-contiguous array as the histogram reads it (an aligned copy when misaligned).
+py::array float32_array(const py::array& a, const char* what) {
   MEDTRT_CHECK(dtype_name(a) == "float32", "entropy: ", what, " must be float32; got ",
                dtype_name(a));
   MEDTRT_CHECK(a.flags() & py::array::c_style, "entropy: ", what, " must be C-contiguous");
-  return static_cast<const float*>(a.data());
+  return contiguous_aligned(a);
 }
 
 // Fills several histograms from their arrays in parallel (one histogram per task).
 void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::array>>& work) {
-  std::vector<const float*> data;
-  for (const auto& [h, a] : work) data.push_back(float32_data(a, "activation"));
+  std::vector<py::array> arrays;
+  for (std::size_t i = 0; i < work.size(); ++i) {
+    MEDTRT_CHECK(work[i].first != nullptr, "histogram_add_many: item ", i,
+                 " has no histogram (None); pass (AbsHistogram, float32 array) pairs");
+    for (std::size_t j = 0; j < i; ++j)
+      MEDTRT_CHECK(work[j].first != work[i].first, "histogram_add_many: items ", j, " and ", i,
+                   " are the same histogram, which two threads would fill at once; pass each "
+                   "histogram once (concatenate its arrays)");
+    arrays.push_back(float32_array(work[i].second, "activation"));
+  }
   py::gil_scoped_release nogil;
   const auto n = static_cast<std::int64_t>(work.size());
   std::string error;
 #pragma omp parallel for schedule(dynamic, 1)
   for (std::int64_t i = 0; i < n; ++i) {
     try {
-      work[i].first->add(data[i], static_cast<std::int64_t>(work[i].second.size()));
+      const py::array& a = arrays[static_cast<std::size_t>(i)];
+      work[i].first->add(static_cast<const float*>(a.data()), static_cast<std::int64_t>(a.size()));
     } catch (const std::exception& e) {
 #pragma omp critical
       error = e.what();
@@ -239,7 +255,7 @@ HostBatch host_batch(const py::list& images) {
       throw py::type_error(detail::concat("Pipeline: image ", i, " is a ",
                                           py::str(py::type::of(images[i])).cast<std::string>(),
                                           "; expected a NumPy array"));
-    py::array a = py::array::ensure(images[i], py::array::c_style);  // contiguous, same dtype
+    py::array a = contiguous_aligned(images[i]);  // contiguous and aligned, same dtype
     b.images.push_back({a.data(), static_cast<std::size_t>(a.nbytes()),
                         ops::ImageShape{array_shape(a), dtype_name(a)}});
     b.arrays.push_back(std::move(a));
@@ -330,6 +346,9 @@ runtime::SlotView stage_in_resident(runtime::Pipeline& p, std::int32_t slot,
 // resident: the images are in the pipeline device's memory (see stage_in_resident).
 std::int32_t submit(runtime::Pipeline& p, const py::list& images, const py::function& compute,
                     bool want_logits, std::int32_t slot, bool resident, const py::object& producer) {
+  // A slot passed in must be one the caller acquired: on an error below it is given back, and
+  // giving back another caller's in-flight slot would drop their batch.
+  if (slot >= 0) p.check_taken(slot, "submit");
   HostBatch b;
   try {
     b = resident ? resident_batch(p, images, producer) : host_batch(images);
@@ -375,20 +394,21 @@ py::tuple wait(runtime::Pipeline& p, std::int32_t slot) {
   return py::make_tuple(scores, indices, logits, times_dict(r.times));
 }
 
-// NumPy views of a host-device slot's input and logits, kept alive by the pipeline object.
-py::array host_view(const py::object& self, const runtime::SlotView& v, bool input) {
-  auto& p = self.cast<runtime::Pipeline&>();
-  MEDTRT_CHECK(p.device().is_host(), "Pipeline: host views exist only on the cpu device; this "
-               "pipeline runs on ", p.device().name());
+// NumPy views of a host-device slot's input and logits. Each view owns a share of its memory,
+// so it stays valid (if no longer read by anything) after the slot moves on to a larger buffer.
+py::array host_view(const runtime::Pipeline& p, const runtime::SlotView& v, bool input) {
+  std::shared_ptr<void> mem = p.host_buffer(v, input, input ? "host_input" : "host_logits");
+  py::capsule owner(new std::shared_ptr<void>(mem),
+                    [](void* share) { delete static_cast<std::shared_ptr<void>*>(share); });
   const auto& c = p.config();
   if (input) {
     const auto& o = c.preprocess;
     return py::array(py::dtype(o.dtype),
-                     std::vector<py::ssize_t>{v.batch, o.channels, o.out_h, o.out_w},
-                     reinterpret_cast<void*>(v.input), self);
+                     std::vector<py::ssize_t>{v.batch, o.channels, o.out_h, o.out_w}, mem.get(),
+                     owner);
   }
   return py::array(py::dtype(c.logits_dtype), std::vector<py::ssize_t>{v.batch, c.classes},
-                   reinterpret_cast<void*>(v.logits), self);
+                   mem.get(), owner);
 }
 
 py::dict build_info() {
@@ -513,9 +533,9 @@ PYBIND11_MODULE(_C, m) {
   py::class_<ops::AbsHistogram>(m, "AbsHistogram")
       .def(py::init<std::int64_t>(), py::arg("bins") = 2048)
       .def("add", [](ops::AbsHistogram& h, const py::array& x) {
-             const float* p = float32_data(x, "activation");
+             const py::array a = float32_array(x, "activation");
              py::gil_scoped_release nogil;
-             h.add(p, static_cast<std::int64_t>(x.size()));
+             h.add(static_cast<const float*>(a.data()), static_cast<std::int64_t>(a.size()));
            }, py::arg("x"))
       .def_property_readonly("counts", [](const ops::AbsHistogram& h) {
              return py::array_t<std::uint64_t>(static_cast<py::ssize_t>(h.counts().size()),
@@ -528,7 +548,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("total", &ops::AbsHistogram::total)
       .def_property_readonly("nan_count", &ops::AbsHistogram::nan_count)
       .def_property_readonly("merges", &ops::AbsHistogram::merges)
-      .def_static("from_parts", [](const py::array_t<std::uint64_t>& counts, double range,
+      // c_style: a strided or reversed view is copied in order, not read past its buffer.
+      .def_static("from_parts", [](const py::array_t<std::uint64_t, py::array::c_style>& counts,
+                                   double range,
                                    double max_abs, std::uint64_t nan_count, std::uint64_t merges) {
              return ops::AbsHistogram::from_parts(
                  std::vector<std::uint64_t>(counts.data(), counts.data() + counts.size()), range,
@@ -597,11 +619,11 @@ PYBIND11_MODULE(_C, m) {
              d["grows"] = u.grows;
              return d;
            })
-      .def("host_input", [](const py::object& self, const runtime::SlotView& v) {
-             return host_view(self, v, true);
+      .def("host_input", [](const runtime::Pipeline& p, const runtime::SlotView& v) {
+             return host_view(p, v, true);
            }, py::arg("view"))
-      .def("host_logits", [](const py::object& self, const runtime::SlotView& v) {
-             return host_view(self, v, false);
+      .def("host_logits", [](const runtime::Pipeline& p, const runtime::SlotView& v) {
+             return host_view(p, v, false);
            }, py::arg("view"))
       .def_property_readonly("slots", [](const runtime::Pipeline& p) { return p.config().slots; })
       .def_property_readonly("exact_alloc", &runtime::Pipeline::exact_alloc)

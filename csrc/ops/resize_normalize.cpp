@@ -36,8 +36,14 @@ double default_scale(PixelType t) {
   }
 }
 
-float per_channel(const std::vector<double>& v, std::int64_t c) {
-  return static_cast<float>(v.size() == 1 ? v[0] : v[static_cast<std::size_t>(c)]);
+// The kernels compute in float32: a setting finite as a double but not as a float (scale=1e300,
+// or 1/std for std=1e-300) would make every pixel inf or NaN, and the conversion itself is
+// undefined past float's range. Checked before converting.
+float to_float(double v, const char* op, const std::string& what) {
+  MEDTRT_CHECK(std::isfinite(v) && std::fabs(v) <= std::numeric_limits<float>::max(), op, what,
+               " = ", v, " is outside float32's range (|x| <= 3.4e38), in which the kernels "
+               "compute; pass a value of a sensible magnitude");
+  return static_cast<float>(v);
 }
 
 }  // namespace
@@ -97,8 +103,8 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
     const auto [slope, intercept] = *o.rescale;
     MEDTRT_CHECK(std::isfinite(slope) && std::isfinite(intercept), op,
                  "rescale=(slope, intercept) must be finite; got (", slope, ", ", intercept, ")");
-    p.rescale_slope = static_cast<float>(slope);
-    p.rescale_intercept = static_cast<float>(intercept);
+    p.rescale_slope = to_float(slope, op, "rescale slope");
+    p.rescale_intercept = to_float(intercept, op, "rescale intercept");
   }
 
   MEDTRT_CHECK(!(o.window && o.scale), op,
@@ -110,13 +116,13 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
     MEDTRT_CHECK(width > 0.0, op, "window width must be > 0; got ", width,
                  " (window=(center, width))");
     p.use_window = 1;
-    p.window_low = static_cast<float>(center - width / 2.0);
-    p.window_inv_width = static_cast<float>(1.0 / width);
+    p.window_low = to_float(center - width / 2.0, op, "window low edge (center - width/2)");
+    p.window_inv_width = to_float(1.0 / width, op, "1 / window width");
   } else {
     const double scale = o.scale ? *o.scale : default_scale(p.pixel_type);
     MEDTRT_CHECK(std::isfinite(scale), op, "scale must be finite; got ", scale);
     p.use_window = 0;
-    p.scale = static_cast<float>(scale);
+    p.scale = to_float(scale, op, "scale");
   }
 
   const auto check_stat = [&](const std::vector<double>& v, const char* name) {
@@ -129,10 +135,13 @@ ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& i
   check_stat(o.std, "std");
   for (std::size_t c = 0; c < o.std.size(); ++c)
     MEDTRT_CHECK(o.std[c] != 0.0, op, "std[", c, "] is 0; expected a nonzero standard deviation");
+  const auto at = [](const std::vector<double>& v, std::int64_t c) {
+    return v.size() == 1 ? v[0] : v[static_cast<std::size_t>(c)];
+  };
   for (std::int64_t c = 0; c < 3; ++c) {
     const std::int64_t src = c < o.channels ? c : 0;
-    p.mean[c] = per_channel(o.mean, src);
-    p.inv_std[c] = static_cast<float>(1.0 / (o.std.size() == 1 ? o.std[0] : o.std[src]));
+    p.mean[c] = to_float(at(o.mean, src), op, detail::concat("mean[", src, "]"));
+    p.inv_std[c] = to_float(1.0 / at(o.std, src), op, detail::concat("1 / std[", src, "]"));
   }
   return p;
 }

@@ -26,6 +26,23 @@ std::size_t grown_size(std::size_t have, std::size_t need) {
   return std::max(need, have + have / 2);
 }
 
+// a * b, or an error instead of a wrapped size (a batch size from Python can be absurd).
+std::size_t checked_mul(std::size_t a, std::size_t b) {
+  std::size_t r = 0;
+  MEDTRT_CHECK(!__builtin_mul_overflow(a, b, &r), "Pipeline: a buffer of ", a, " x ", b,
+               " bytes does not fit in memory addresses; use a smaller batch");
+  return r;
+}
+
+// The host device's allocator: 64-byte aligned, freed with std::free (also by the shared owners
+// of host views, which may outlive the pipeline, so the deleter must not need a Device).
+void* host_alloc(std::size_t bytes) {
+  void* p = std::aligned_alloc(64, align_up(std::max<std::size_t>(bytes, 1), 64));
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+void host_free(void* p) noexcept { std::free(p); }
+
 using Clock = std::chrono::steady_clock;
 
 float ms_between(Clock::time_point a, Clock::time_point b) {
@@ -40,10 +57,10 @@ class HostDevice final : public Device {
   bool is_host() const override { return true; }
   int activate() const override { return -1; }
   void restore(int) const noexcept override {}
-  void* alloc_pinned(std::size_t bytes) override { return allocate(bytes); }
-  void free_pinned(void* p) noexcept override { std::free(p); }
-  void* alloc_device(std::size_t bytes, void*) override { return allocate(bytes); }
-  void free_device(void* p, void*) noexcept override { std::free(p); }
+  void* alloc_pinned(std::size_t bytes) override { return host_alloc(bytes); }
+  void free_pinned(void* p) noexcept override { host_free(p); }
+  void* alloc_device(std::size_t bytes, void*) override { return host_alloc(bytes); }
+  void free_device(void* p, void*) noexcept override { host_free(p); }
   void* create_stream() override { return nullptr; }
   void destroy_stream(void*) noexcept override {}
   void* create_event(bool, bool) override { return new Clock::time_point(); }
@@ -58,6 +75,7 @@ class HostDevice final : public Device {
     ops::resize_normalize_cpu(params);
   }
   void topk(const ops::TopkParams& params, void*) override { ops::topk_cpu(params); }
+  void fill(void* p, int value, std::size_t bytes, void*) override { std::memset(p, value, bytes); }
   void record(void* event, void*) override { *static_cast<Clock::time_point*>(event) = Clock::now(); }
   void wait_for(void*, void*, void*) override {}  // host work is done when it is enqueued
   std::string check_readable(const void*) const override { return {}; }
@@ -65,13 +83,6 @@ class HostDevice final : public Device {
   void wait_stream(void*) override {}
   float elapsed_ms(void* start, void* end) override {
     return ms_between(*static_cast<Clock::time_point*>(start), *static_cast<Clock::time_point*>(end));
-  }
-
- private:
-  static void* allocate(std::size_t bytes) {
-    void* p = std::aligned_alloc(64, align_up(std::max<std::size_t>(bytes, 1), 64));
-    if (p == nullptr) throw std::bad_alloc();
-    return p;
   }
 };
 
@@ -137,9 +148,9 @@ Pipeline::~Pipeline() {
 
 void Pipeline::destroy(Slot& s) noexcept {
   for (Buffer* b : {&s.raw, &s.descs, &s.input, &s.logits, &s.scores, &s.indices})
-    if (b->ptr) device_->free_device(b->ptr, s.stream), *b = Buffer{};
+    free_device(*b, s.stream);
   for (Buffer* b : {&s.staging, &s.descs_host, &s.scores_host, &s.indices_host, &s.logits_host})
-    if (b->ptr) device_->free_pinned(b->ptr), *b = Buffer{};
+    free_pinned(*b);
   for (void** e : {&s.ev_start, &s.ev_h2d, &s.ev_pre, &s.ev_compute, &s.ev_post, &s.ev_done,
                         &s.ev_ready})
     if (*e) device_->destroy_event(*e), *e = nullptr;
@@ -156,6 +167,27 @@ void Pipeline::check_slot(std::int32_t slot, State expected, const char* what) c
                     : st == State::kTaken ? "taken but not submitted (stage_out() first)"
                                           : "in flight (wait() for it first)";
   MEDTRT_CHECK(false, "Pipeline.", what, ": slot ", slot, " is ", now);
+}
+
+void Pipeline::check_taken(std::int32_t slot, const char* what) const {
+  check_slot(slot, State::kTaken, what);
+}
+
+std::shared_ptr<void> Pipeline::host_buffer(const SlotView& v, bool input,
+                                            const char* what) const {
+  MEDTRT_CHECK(device_->is_host(), "Pipeline.", what, ": host views exist only on the cpu device; "
+               "this pipeline runs on ", device_->name());
+  MEDTRT_CHECK(v.slot >= 0 && v.slot < config_.slots, "Pipeline.", what, ": slot ", v.slot,
+               " does not exist (slots: ", config_.slots, ")");
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Slot& s = slots_[static_cast<std::size_t>(v.slot)];
+  MEDTRT_CHECK(s.state == State::kTaken && s.batch > 0 && s.batch == v.batch &&
+                   v.input == reinterpret_cast<std::uintptr_t>(s.input.ptr) &&
+                   v.logits == reinterpret_cast<std::uintptr_t>(s.logits.ptr),
+               "Pipeline.", what, ": the view is not the batch now staged in slot ", v.slot,
+               " of this pipeline (a view of another pipeline, or of a batch already submitted "
+               "or collected); use the view the compute stage is called with");
+  return input ? s.input.shared : s.logits.shared;
 }
 
 std::int32_t Pipeline::acquire() {
@@ -202,43 +234,65 @@ void Pipeline::grow_pinned(Buffer& b, std::size_t bytes) {
   const std::size_t size = regrow_size(b, bytes);
   if (size == kKeep) return;
   void* p = size ? device_->alloc_pinned(size) : nullptr;
-  if (b.ptr) device_->free_pinned(b.ptr);
-  b = Buffer{p, size};
-  ++grows_;
+  free_pinned(b);
+  hold(b, p, size);
 }
 
 void Pipeline::grow_device(Buffer& b, std::size_t bytes, void* stream) {
   const std::size_t size = regrow_size(b, bytes);
   if (size == kKeep) return;
   void* p = size ? device_->alloc_device(size, stream) : nullptr;
-  if (b.ptr) device_->free_device(b.ptr, stream);
-  b = Buffer{p, size};
+  free_device(b, stream);
+  hold(b, p, size);
+}
+
+// On the host device a buffer is owned through a shared_ptr: a NumPy view of it (host_input,
+// host_logits) shares it, so a view kept past its batch still points at live memory.
+void Pipeline::hold(Buffer& b, void* p, std::size_t size) {
+  b = Buffer{p, size, {}};
+  if (device_->is_host() && p != nullptr) b.shared = std::shared_ptr<void>(p, host_free);
   ++grows_;
+}
+
+void Pipeline::free_pinned(Buffer& b) noexcept {
+  if (!b.shared && b.ptr) device_->free_pinned(b.ptr);
+  b = Buffer{};  // a shared one is freed with its last owner
+}
+
+void Pipeline::free_device(Buffer& b, void* stream) noexcept {
+  if (!b.shared && b.ptr) device_->free_device(b.ptr, stream);
+  b = Buffer{};
 }
 
 std::size_t Pipeline::input_bytes_per_image() const {
   const auto& o = config_.preprocess;
-  return static_cast<std::size_t>(o.channels * o.out_h * o.out_w) *
-         (o.dtype == "float32" ? 4 : 2);
+  return checked_mul(checked_mul(static_cast<std::size_t>(o.channels),
+                                 checked_mul(static_cast<std::size_t>(o.out_h),
+                                             static_cast<std::size_t>(o.out_w))),
+                     o.dtype == "float32" ? 4 : 2);
 }
 
 void Pipeline::ensure(Slot& s, std::int32_t batch, std::size_t raw_bytes) {
-  std::lock_guard<std::mutex> lock(mutex_);  // memory() may read the sizes from another thread
   const auto n = static_cast<std::size_t>(batch);
-  const auto c = static_cast<std::size_t>(config_.classes);
+  const std::size_t nc = checked_mul(n, static_cast<std::size_t>(config_.classes));
+  const std::size_t descs = checked_mul(n, sizeof(ops::ImageDesc));
+  const std::size_t input = checked_mul(n, input_bytes_per_image());
+  const std::size_t scores = checked_mul(nc, sizeof(float));
+  const std::size_t logits = checked_mul(nc, logit_bytes_);
+  std::lock_guard<std::mutex> lock(mutex_);  // memory() may read the sizes from another thread
   grow_pinned(s.staging, raw_bytes);
-  grow_pinned(s.descs_host, n * sizeof(ops::ImageDesc));
-  grow_pinned(s.scores_host, n * c * sizeof(float));
-  grow_pinned(s.indices_host, n * c * sizeof(std::int32_t));
-  grow_pinned(s.logits_host, n * c * logit_bytes_);
+  grow_pinned(s.descs_host, descs);
+  grow_pinned(s.scores_host, scores);
+  grow_pinned(s.indices_host, checked_mul(nc, sizeof(std::int32_t)));
+  grow_pinned(s.logits_host, logits);
   if (!device_->is_host()) {  // on the host the staging buffers are read in place
     grow_device(s.raw, raw_bytes, s.stream);
-    grow_device(s.descs, n * sizeof(ops::ImageDesc), s.stream);
+    grow_device(s.descs, descs, s.stream);
   }
-  grow_device(s.input, n * input_bytes_per_image(), s.stream);
-  grow_device(s.logits, n * c * logit_bytes_, s.stream);
-  grow_device(s.scores, n * c * sizeof(float), s.stream);
-  grow_device(s.indices, n * c * sizeof(std::int32_t), s.stream);
+  grow_device(s.input, input, s.stream);
+  grow_device(s.logits, logits, s.stream);
+  grow_device(s.scores, scores, s.stream);
+  grow_device(s.indices, checked_mul(nc, sizeof(std::int32_t)), s.stream);
 }
 
 void Pipeline::reserve(std::int32_t batch, std::size_t raw_bytes) {
@@ -372,6 +426,10 @@ SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images,
     l.params.out = s.input.ptr;
     device_->resize_normalize(l.params, s.stream);
   }
+  // Logits start as NaN (0xFF bytes, in float32 and float16): a compute stage that writes
+  // nothing gives NaN scores, never values read from uninitialised memory.
+  device_->fill(s.logits.ptr, 0xFF, static_cast<std::size_t>(batch) * static_cast<std::size_t>(
+                                        config_.classes) * logit_bytes_, s.stream);
   device_->record(s.ev_pre, s.stream);
   s.batch = batch;
 

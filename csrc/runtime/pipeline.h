@@ -59,6 +59,8 @@ class Device {
   // params.images is a device address; launches asynchronously on `stream`.
   virtual void resize_normalize(const ops::ResizeNormalizeParams& params, void* stream) = 0;
   virtual void topk(const ops::TopkParams& params, void* stream) = 0;
+  // Sets `bytes` bytes at device address `p` to `value`, in stream order.
+  virtual void fill(void* p, int value, std::size_t bytes, void* stream) = 0;
   virtual void record(void* event, void* stream) = 0;
   // Work enqueued on `stream` from now on waits until `producer` has finished what it has
   // enqueued so far (`event` is recorded on the producer for that). No host blocking.
@@ -165,6 +167,13 @@ class Pipeline {
   // that size allocate nothing.
   void reserve(std::int32_t batch, std::size_t raw_bytes);
 
+  // Throws (naming `what` and the fix) unless `slot` is acquired and not yet submitted.
+  void check_taken(std::int32_t slot, const char* what) const;
+  // The host memory behind a view's input or logits, shared: a NumPy view made from it keeps it
+  // alive when the slot later moves to a larger buffer. Throws unless `view` is the batch now
+  // staged in its slot of this pipeline, or the pipeline is not on the host device.
+  std::shared_ptr<void> host_buffer(const SlotView& view, bool input, const char* what) const;
+
   const PipelineConfig& config() const { return config_; }
   const Device& device() const { return *device_; }
   MemoryUse memory() const;
@@ -177,6 +186,7 @@ class Pipeline {
   struct Buffer {
     void* ptr = nullptr;
     std::size_t bytes = 0;
+    std::shared_ptr<void> shared;  // host device only: owns ptr, shared with NumPy views
   };
   enum class State { kFree, kTaken, kInFlight };
   struct Slot {
@@ -203,6 +213,9 @@ class Pipeline {
   std::size_t regrow_size(const Buffer& b, std::size_t bytes) const;  // kKeep: big enough
   void grow_pinned(Buffer& b, std::size_t bytes);
   void grow_device(Buffer& b, std::size_t bytes, void* stream);
+  void hold(Buffer& b, void* p, std::size_t size);  // takes ownership of a new allocation
+  void free_pinned(Buffer& b) noexcept;
+  void free_device(Buffer& b, void* stream) noexcept;
   void ensure(Slot& s, std::int32_t batch, std::size_t raw_bytes);
   void destroy(Slot& s) noexcept;
 

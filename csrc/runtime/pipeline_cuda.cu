@@ -93,6 +93,9 @@ class CudaDevice final : public Device {
   void topk(const ops::TopkParams& params, void* stream) override {
     ops::topk_cuda(params, as_stream(stream));
   }
+  void fill(void* p, int value, std::size_t bytes, void* stream) override {
+    MEDTRT_CUDA_CHECK(cudaMemsetAsync(p, value, bytes, as_stream(stream)));
+  }
   void record(void* event, void* stream) override {
     MEDTRT_CUDA_CHECK(cudaEventRecord(as_event(event), as_stream(stream)));
   }

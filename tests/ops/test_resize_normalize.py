@@ -196,6 +196,12 @@ U8 = np.ones((4, 5), np.uint8)
     ([U8], {"window": (40.0, 400.0), "scale": 0.5}, r"either window=\(center, width\) or scale"),
     ([U8], {"window": (40.0,)}, r"window must be \(center, width\); got \(40.0,\)"),
     ([U8], {"rescale": (float("nan"), 0.0)}, r"rescale=\(slope, intercept\) must be finite"),
+    # finite as doubles, not as the float32 the kernels compute in
+    ([U8], {"scale": 1e300}, r"scale = 1e\+300 is outside float32's range"),
+    ([U8], {"std": 1e-300}, r"1 / std\[0\] = 1e\+300 is outside float32's range"),
+    ([U8], {"mean": 1e39}, r"mean\[0\] = 1e\+39 is outside float32's range"),
+    ([U8], {"window": (0.0, 1e-300)}, r"1 / window width = 1e\+300 is outside float32's range"),
+    ([U8], {"rescale": (1e39, 0.0)}, r"rescale slope = 1e\+39 is outside float32's range"),
     ([U8], {"dtype": "int8"}, r"dtype must be 'float32' or 'float16'; got 'int8'"),
     ([U8], {"out_size": (0, 64)}, r"out_size must be positive \(height, width\); got \(0, 64\)"),
     ([U8], {"out_size": (64, 64, 3)}, r"out_size must be an int or \(height, width\)"),
@@ -296,3 +302,15 @@ def test_mixed_dtype_batches_keep_order(rng):
         np.testing.assert_array_equal(got[i], resize_normalize([img], (8, 8))[0])
     with pytest.raises(ValueError, match=r"empty batch"):
         resize_normalize_mixed([], 8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_misaligned_pixels_are_read_correctly(rng, dtype):
+    """A contiguous but misaligned array (a view at an odd byte offset) gives the aligned copy's
+    result: the kernels read typed pixels, so the binding copies it to an aligned buffer."""
+    image = make_image(rng, 33, 47, 0, dtype)
+    raw = np.zeros(image.nbytes + 1, np.uint8)
+    raw[1:] = image.view(np.uint8).ravel()
+    shifted = np.frombuffer(raw, dtype, offset=1).reshape(image.shape)
+    assert not shifted.flags.aligned and shifted.flags.c_contiguous
+    np.testing.assert_array_equal(resize_normalize([shifted], 16), resize_normalize([image], 16))

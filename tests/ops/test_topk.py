@@ -180,3 +180,13 @@ def test_a_failed_cuda_call_is_not_reported_again_by_the_next_launch():
         c.cuda_set_device(c.cuda_device_count())  # an ordinal past the last device
     _, indices = topk(torch.randn(4, 6, device="cuda"), 2)
     assert tuple(indices.shape) == (4, 2)
+
+
+def test_misaligned_logits_are_read_correctly(rng):
+    logits = rng.standard_normal((5, 7)).astype(np.float32)
+    raw = np.zeros(logits.nbytes + 1, np.uint8)
+    raw[1:] = logits.view(np.uint8).ravel()
+    shifted = np.frombuffer(raw, np.float32, offset=1).reshape(logits.shape)
+    assert not shifted.flags.aligned
+    for got, want in zip(topk(shifted, 3), topk(logits, 3)):
+        np.testing.assert_array_equal(got, want)

@@ -105,3 +105,50 @@ def test_threshold_never_exceeds_the_largest_value_after_merges(rng):
     assert h.range > 1.9 * h.max_abs
     amax, kept, _ = C.entropy_amax(h)
     assert amax <= h.max_abs
+
+
+def test_from_parts_reads_strided_and_reversed_counts_in_order(rng):
+    counts = rng.integers(0, 100, 4096).astype(np.uint64)
+    for view in (counts[::-1], counts[::2]):
+        h = C.AbsHistogram.from_parts(view, 2.0, 1.5, 0, 0)
+        assert h.bins == len(view)
+        np.testing.assert_array_equal(h.counts, np.ascontiguousarray(view))
+        assert h.total == int(view.sum())
+
+
+def test_histogram_add_many_refuses_none_and_duplicates(rng):
+    a = rng.normal(size=100).astype(np.float32)
+    h = C.AbsHistogram(16)
+    with pytest.raises(ValueError, match=r"item 1 has no histogram \(None\)"):
+        C.histogram_add_many([(h, a), (None, a)])
+    with pytest.raises(ValueError, match="items 0 and 2 are the same histogram"):
+        C.histogram_add_many([(h, a), (C.AbsHistogram(16), a), (h, a)])
+    assert h.total == 0  # refused before anything was added
+
+
+def test_a_tiny_range_bins_values_where_float64_puts_them():
+    """max |x| below ~6e-36: bins / range overflows float32, so the bins are found in double
+    (casting an infinite position to an integer is undefined)."""
+    x = np.array([1e-40, 5e-41, 2.5e-41, 0.0, -7.5e-41, 3e-42], np.float32)
+    h = C.AbsHistogram(2048)
+    h.add(x)
+    assert h.range == pytest.approx(1e-40, rel=1e-3)
+    pos = np.abs(x.astype(np.float64)) * (2048 / h.range)
+    want = np.minimum(np.floor(pos).astype(np.int64), 2047)
+    np.testing.assert_array_equal(h.counts, np.bincount(want, minlength=2048))
+    with pytest.raises(ValueError, match="below float32's smallest value"):
+        C.AbsHistogram.from_parts(np.zeros(16, np.uint64), 1e-310, 0.0, 0, 0)
+
+
+def test_misaligned_activations_are_read_correctly(rng):
+    x = rng.normal(size=1000).astype(np.float32)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    raw[1:] = x.view(np.uint8)
+    shifted = np.frombuffer(raw, np.float32, offset=1)
+    assert not shifted.flags.aligned
+    one, many, want = C.AbsHistogram(64), C.AbsHistogram(64), C.AbsHistogram(64)
+    one.add(shifted)
+    C.histogram_add_many([(many, shifted)])
+    want.add(x)
+    np.testing.assert_array_equal(one.counts, want.counts)
+    np.testing.assert_array_equal(many.counts, want.counts)

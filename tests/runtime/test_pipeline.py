@@ -171,6 +171,63 @@ def test_exact_alloc_mode_sizes_every_buffer_to_the_batch(rng, monkeypatch):
     assert normal.memory()["device"] > exact.memory()["device"]  # the normal one kept batch 8's
 
 
+def test_host_views_are_checked_and_outlive_their_buffers(rng):
+    """A host view is only handed out for the batch staged in its slot of this pipeline, and a
+    view kept past its batch stays readable after the slot moves to a larger buffer (it owns a
+    share of the memory; the sanitizer build would report a use-after-free otherwise)."""
+    pipe, other = make_pipeline(slots=1), make_pipeline(slots=1)
+    kept, refused = {}, []
+
+    def stage(view):
+        x = pipe.host_input(view)
+        if not kept:
+            kept.update(x=x, values=x.copy(), view=view)
+        try:
+            other.host_input(view)  # another pipeline's view
+        except ValueError as e:
+            refused.append(str(e))
+        pipe.host_logits(view)[...] = 0
+
+    pipe.wait(pipe.submit(random_images(rng, 2), stage))
+    grows = pipe.memory()["grows"]
+    pipe.wait(pipe.submit(random_images(rng, 40), stage))  # every buffer of the slot replaced
+    assert pipe.memory()["grows"] > grows
+    np.testing.assert_array_equal(kept["x"], kept["values"])
+    assert len(refused) == 2 and "is not the batch now staged in slot 0" in refused[0]
+    with pytest.raises(ValueError, match="not the batch now staged in slot 0 of this pipeline"):
+        pipe.host_logits(kept["view"])  # a collected batch
+
+
+def test_absurd_sizes_are_refused_not_wrapped():
+    opts = make_options((2**24, 2**24), channels=3)  # 3 x 2^48 floats per image
+    pipe = C.Pipeline(slots=1, classes=5, preprocess=opts, device="cpu")
+    with pytest.raises(ValueError, match="does not fit in memory addresses; use a smaller batch"):
+        pipe.reserve(2**31 - 1, 0)
+    assert pipe.memory()["grows"] == 0  # refused before anything was allocated
+
+
+def test_submit_into_another_callers_slot_keeps_their_batch(rng):
+    pipe = make_pipeline(slots=2)
+    stage = LinearStage(pipe, rng)
+    images = random_images(rng, 3)
+    slot = pipe.submit(images, stage)  # in flight
+    with pytest.raises(ValueError, match=f"Pipeline.submit: slot {slot} is in flight"):
+        pipe.submit(images, stage, False, slot)
+    _, indices, _, _ = pipe.wait(slot)  # not released by the failed call: the batch is there
+    np.testing.assert_array_equal(indices, expected(stage, images)[3])
+
+
+def test_stage_out_without_a_compute_step_gives_nan_not_stale_memory(rng):
+    pipe = make_pipeline(slots=1)
+    stage = LinearStage(pipe, rng)
+    pipe.wait(pipe.submit(random_images(rng, 4), stage))  # leaves real logits in the buffer
+    slot = pipe.acquire()
+    pipe.stage_in(slot, random_images(rng, 4))
+    pipe.stage_out(slot, True)
+    scores, _, logits, _ = pipe.wait(slot)
+    assert np.isnan(logits).all() and np.isnan(scores).all()
+
+
 def test_slot_state_errors_name_the_fix(rng):
     pipe = make_pipeline(slots=2)
     img = [rng.integers(0, 255, (8, 8), dtype=np.uint8)]

@@ -54,14 +54,19 @@ void AbsHistogram::add(const float* x, std::int64_t n) {
   } else if (batch_max > range_) {
     grow_to(batch_max);
   }
-  const float per_bin = static_cast<float>(static_cast<double>(counts_.size()) / range_);
-  const std::int64_t last = static_cast<std::int64_t>(counts_.size()) - 1;
+  // Bins are found in float32 (the tests' NumPy restatement does the same). A range so small
+  // that bins / range overflows float (below ~6e-36: a first batch of tiny values) is binned in
+  // double instead: casting an infinite position to an integer is undefined.
+  const double per_bin_d = static_cast<double>(counts_.size()) / range_;  // finite: range_ >= 1e-45
+  const bool in_float = per_bin_d <= static_cast<double>(std::numeric_limits<float>::max());
+  const float per_bin = in_float ? static_cast<float>(per_bin_d) : 0.0f;
+  const double last = static_cast<double>(counts_.size() - 1);
   for (std::int64_t i = 0; i < n; ++i) {
     const float a = std::fabs(x[i]);
     if (a != a) continue;
-    std::int64_t b = static_cast<std::int64_t>(a * per_bin);
-    if (b > last) b = last;
-    ++counts_[static_cast<std::size_t>(b)];
+    const double pos = in_float ? static_cast<double>(a * per_bin) : a * per_bin_d;
+    const std::size_t b = pos < last ? static_cast<std::size_t>(pos) : counts_.size() - 1;
+    ++counts_[b];
   }
 }
 
@@ -73,6 +78,10 @@ AbsHistogram AbsHistogram::from_parts(std::vector<std::uint64_t> counts, double 
                    max_abs >= 0.0 && max_abs <= range,
                "entropy: histogram parts need 0 <= max_abs <= range < inf; got range ", range,
                ", max_abs ", max_abs);
+  // A range comes from float32 values: 0, or at least float's smallest positive value.
+  MEDTRT_CHECK(range == 0.0 || range >= std::numeric_limits<float>::denorm_min(),
+               "entropy: histogram range ", range, " is below float32's smallest value (1.4e-45); "
+               "a histogram's range is 0 or the max |x| of float32 activations");
   h.counts_ = std::move(counts);
   h.range_ = range;
   h.max_abs_ = max_abs;
