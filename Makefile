@@ -8,13 +8,18 @@ PIP := $(PY) -m pip --disable-pip-version-check
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja setuptools wheel
 SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: demo test test-fast model bench-ops gpu-wheel gpu-check-dry clean
+.PHONY: demo test test-fast sanitize model bench-ops gpu-wheel gpu-check-dry clean
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The compiled core built with AddressSanitizer + UndefinedBehaviorSanitizer (CPU only) into
+# build/sanitize/site, and the tests that drive it directly run against it (tools/sanitize.sh).
+sanitize: $(VENV)/.installed
+	PY=$(PY) bash tools/sanitize.sh
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
