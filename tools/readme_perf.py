@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerates README's Performance tables from benchmarks/results/: bench_ops_*.json,
+"""Regenerates the Performance tables of docs/benchmarks.md from benchmarks/results/: bench_ops_*.json,
 bench_calibration.json and every medtrt bench report (bench-*/bench.json)."""
 
 from __future__ import annotations
@@ -144,12 +144,12 @@ def main() -> int:
         body += calibration(cal)
     for path in sorted((ROOT / "benchmarks" / "results").glob("bench-*/bench.json")):
         body += bench(path)
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "benchmarks.md"
     text = readme.read_text()
     block = "\n".join([BEGIN, "", *body, END])
     pattern = re.compile(re.escape(BEGIN) + r".*?(" + re.escape(END) + r"|$)", re.S)
     if BEGIN not in text:
-        print("README has no perf-table marker", file=sys.stderr)
+        print(f"{readme} has no perf-table marker", file=sys.stderr)
         return 1
     readme.write_text(pattern.sub(lambda _: block, text, count=1))
     return 0

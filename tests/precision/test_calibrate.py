@@ -81,7 +81,7 @@ def test_onnxruntime_cross_check(demo_model, small):
     its threshold search reproduces its thresholds exactly; where the two methods see the same
     distribution (the network input: non-negative, no spike at zero) they agree within a few
     bins; on ReLU outputs ONNX Runtime clips far lower, and the decomposition shows the gap
-    closing once its Q construction is replaced by TensorRT's (README: 'Calibration vs ONNX
+    closing once its Q construction is replaced by TensorRT's (docs/precision.md: 'Calibration vs ONNX
     Runtime')."""
     pick, _, batches, hists = small
     ours = compute_amax(hists, CalibrationConfig())
