@@ -4,7 +4,15 @@
 
 #include <cuda_runtime.h>
 
+#ifndef MEDTRT_CUDA_ARCHITECTURES
+#define MEDTRT_CUDA_ARCHITECTURES ""
+#endif
+
 namespace medtrt {
+
+bool cuda_compiled() noexcept { return true; }
+
+const char* cuda_architectures() noexcept { return MEDTRT_CUDA_ARCHITECTURES; }
 
 int cuda_device_count() noexcept {
   int n = 0;

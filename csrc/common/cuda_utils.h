@@ -1,10 +1,17 @@
 // Host-side CUDA queries callable from translation units that do not include CUDA headers.
-// Defined in cuda_utils.cu, which is only compiled when the build found a CUDA compiler.
+// Defined in cuda_utils.cu when the build found a CUDA compiler, else in cuda_stub.cpp (no
+// device: count 0, current device -1, versions 0, the status says why).
 #pragma once
 
 #include <string>
 
 namespace medtrt {
+
+// Whether the CUDA kernels were compiled into this extension.
+bool cuda_compiled() noexcept;
+
+// The architectures they were compiled for, comma-separated ("75-real,...,90"; "" without CUDA).
+const char* cuda_architectures() noexcept;
 
 // Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
 int cuda_device_count() noexcept;
@@ -13,7 +20,8 @@ int cuda_device_count() noexcept;
 // device is detected".
 std::string cuda_device_status();
 
-// Runtime version this extension was linked against, as CUDA encodes it (13000 = 13.0).
+// Runtime version this extension was linked against, as CUDA encodes it (13000 = 13.0); 0
+// without CUDA.
 int cuda_runtime_version() noexcept;
 
 // The calling thread's current device; -1 when there is none (no driver or device).

@@ -1,5 +1,5 @@
-// resize_normalize: stored pixels (uint8/uint16/int16/float32, 1 or 3 channels, any size) -> network input
-// (NCHW float32/float16) in one pass.
+// resize_normalize: stored pixels (uint8/uint16/int16/float32, 1 or 3 channels, any size) ->
+// network input (NCHW float32/float16) in one pass.
 //
 // Per stored pixel, in this order:
 //   1. RGB -> gray (ITU-R BT.601 weights) when the image has 3 channels and the output 1;
@@ -203,19 +203,38 @@ struct ResizeNormalizeOptions {
   std::string dtype = "float32";
 };
 
+// The validators throw std::invalid_argument stating the expected and the actual value.
+//
 // Checks a batch and its options; returns params with every field but `images`/`out` filled,
-// and the per-image descriptors with `src` left 0 and `out_row` = the image's index. Throws std::invalid_argument stating the
-// expected and the actual value. CPU and CUDA entry points both call this first.
+// and the per-image descriptors with `src` left 0 and `out_row` = the image's index. CPU and
+// CUDA entry points both call this first.
 ResizeNormalizeParams validate_resize_normalize(const std::vector<ImageShape>& images,
                                                 const ResizeNormalizeOptions& options,
                                                 std::vector<ImageDesc>* descs);
+
+// The same checks in parts, for a caller that validates image by image (the pipeline, whose
+// batches may mix pixel types). One image: `index` is its batch position, which the errors
+// name; `batch_dtype` the pixel type every image of the batch must have ("": any accepted one);
+// `caller` prefixes the errors (e.g. "Pipeline.stage_in: "). Returns its descriptor, `src` 0
+// and `out_row` = index.
+ImageDesc validate_resize_normalize_image(const ImageShape& image, std::int64_t index,
+                                          const std::string& batch_dtype = "",
+                                          const std::string& caller = "");
+
+// The options, for `batch` images of pixel type `dtype` (one the image check accepts): params
+// as validate_resize_normalize returns them.
+ResizeNormalizeParams validate_resize_normalize_options(const ResizeNormalizeOptions& options,
+                                                        const std::string& dtype,
+                                                        std::int32_t batch);
 
 std::size_t output_element_size(OutType t);
 
 // CPU twin: params.images points to host descriptors, params.out to host memory.
 void resize_normalize_cpu(const ResizeNormalizeParams& params);
 
-#if MEDTRT_WITH_CUDA
+// The CUDA entry points (cuda/resize_normalize_cuda.cu). A build without CUDA has stubs instead
+// (common/cuda_stub.cpp) that throw std::runtime_error saying so.
+//
 // Copies `host_descs` into `device_descs` (params.batch entries) on `stream`, then launches the
 // kernel writing params.out (device memory). Asynchronous; never allocates or synchronizes.
 // For the op-level API host_descs may be pageable; the pipeline passes pinned memory.
@@ -224,6 +243,5 @@ void resize_normalize_cuda(const ResizeNormalizeParams& params, const ImageDesc*
 
 // Launch only: params.images must already point to the descriptors in device memory.
 void resize_normalize_cuda_launch(const ResizeNormalizeParams& params, CUstream_st* stream);
-#endif
 
 }  // namespace medtrt::ops

@@ -95,9 +95,8 @@ TopkParams validate_topk(const std::vector<std::int64_t>& shape, const std::stri
 
 void topk_cpu(const TopkParams& params);
 
-#if MEDTRT_WITH_CUDA
-// One warp per row; asynchronous on `stream`, never allocates or synchronizes.
+// One warp per row; asynchronous on `stream`, never allocates or synchronizes. A build without
+// CUDA has a stub instead (common/cuda_stub.cpp) that throws std::runtime_error saying so.
 void topk_cuda(const TopkParams& params, CUstream_st* stream);
-#endif
 
 }  // namespace medtrt::ops

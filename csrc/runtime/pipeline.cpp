@@ -49,7 +49,7 @@ float ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<float, std::milli>(b - a).count();
 }
 
-// ---- host device ---------------------------------------------------------------------------------
+// ---- host device --------------------------------------------------------------------------------
 
 class HostDevice final : public Device {
  public:
@@ -76,13 +76,16 @@ class HostDevice final : public Device {
   }
   void topk(const ops::TopkParams& params, void*) override { ops::topk_cpu(params); }
   void fill(void* p, int value, std::size_t bytes, void*) override { std::memset(p, value, bytes); }
-  void record(void* event, void*) override { *static_cast<Clock::time_point*>(event) = Clock::now(); }
+  void record(void* event, void*) override {
+    *static_cast<Clock::time_point*>(event) = Clock::now();
+  }
   void wait_for(void*, void*, void*) override {}  // host work is done when it is enqueued
   std::string check_readable(const void*) const override { return {}; }
   void wait_event(void*) override {}
   void wait_stream(void*) override {}
   float elapsed_ms(void* start, void* end) override {
-    return ms_between(*static_cast<Clock::time_point*>(start), *static_cast<Clock::time_point*>(end));
+    return ms_between(*static_cast<Clock::time_point*>(start),
+                      *static_cast<Clock::time_point*>(end));
   }
 };
 
@@ -97,7 +100,7 @@ std::size_t pixel_bytes(const std::string& dtype) {
   return 0;  // the validator names the accepted dtypes
 }
 
-// ---- pipeline --------------------------------------------------------------------------------------
+// ---- pipeline -----------------------------------------------------------------------------------
 
 Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
     : config_(std::move(config)), device_(std::move(device)) {
@@ -109,8 +112,7 @@ Pipeline::Pipeline(PipelineConfig config, std::unique_ptr<Device> device)
   // The op validators check the rest, with their own messages.
   ops::validate_topk({1, config_.classes}, config_.logits_dtype, config_.classes,
                      config_.activation);
-  std::vector<ops::ImageDesc> probe;
-  ops::validate_resize_normalize({ops::ImageShape{{1, 1}, "uint8"}}, config_.preprocess, &probe);
+  ops::validate_resize_normalize_options(config_.preprocess, "uint8", 1);
   logit_bytes_ = config_.logits_dtype == "float32" ? 4 : 2;
   const char* exact = std::getenv("MEDTRT_EXACT_ALLOC");
   exact_alloc_ = exact != nullptr && std::string(exact) == "1";
@@ -318,6 +320,17 @@ SlotView Pipeline::stage_in_resident(std::int32_t slot, const std::vector<ImageR
   return stage(slot, images, true, producer);
 }
 
+struct Pipeline::Plan {
+  struct Launch {
+    ops::ResizeNormalizeParams params;  // images/out set at enqueue
+    std::size_t first_desc;             // its first descriptor in `descs`
+  };
+  std::vector<Launch> launches;       // one per pixel type
+  std::vector<ops::ImageDesc> descs;  // in launch order; out_row: the image's batch position
+  std::vector<std::size_t> offsets;   // per image (batch order): its pixels' offset in staging
+  std::size_t raw_bytes = 0;          // staging bytes (0 for a resident batch)
+};
+
 SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
                          void* producer) {
   const char* what = resident ? "stage_in_resident" : "stage_in";
@@ -329,108 +342,13 @@ SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images,
                "wait() for it, or release() it, first)");
   MEDTRT_CHECK(!images.empty(), op, "expected at least one image; got an empty batch");
   const auto batch = static_cast<std::int32_t>(images.size());
-
-  // Each image validated on its own, so an error names its batch position; its descriptor and
-  // the launch parameters (which depend only on the options and the pixel type) come from it.
-  std::vector<ops::ImageDesc> image_descs(images.size());
-  std::map<std::string, ops::ResizeNormalizeParams> params_of;
-  for (std::int32_t i = 0; i < batch; ++i) {
-    std::vector<ops::ImageDesc> one;
-    try {
-      const ops::ResizeNormalizeParams p =
-          ops::validate_resize_normalize({images[i].shape}, config_.preprocess, &one);
-      params_of.emplace(images[i].shape.dtype, p);
-    } catch (const std::invalid_argument& e) {
-      std::string msg = e.what();
-      const std::string at = "image 0 ";
-      if (const auto pos = msg.find(at); pos != std::string::npos)
-        msg.replace(pos, at.size(), detail::concat("image ", i, " "));
-      throw std::invalid_argument(op + msg);
-    }
-    image_descs[static_cast<std::size_t>(i)] = one[0];
-    image_descs[static_cast<std::size_t>(i)].out_row = i;
-  }
-  // One resize_normalize launch per pixel type; out_row puts every image in its batch position.
-  std::map<std::string, std::vector<std::int32_t>> groups;
-  for (std::int32_t i = 0; i < batch; ++i) groups[images[i].shape.dtype].push_back(i);
-  struct Launch {
-    ops::ResizeNormalizeParams params;
-    std::size_t first_desc;
-  };
-  std::vector<Launch> launches;
-  std::vector<ops::ImageDesc> descs(images.size());
-  std::vector<std::size_t> offsets(images.size());
-  std::size_t raw_bytes = 0, at = 0;
-  for (const auto& [dtype, members] : groups) {
-    ops::ResizeNormalizeParams p = params_of.at(dtype);
-    p.batch = static_cast<std::int32_t>(members.size());
-    launches.push_back({p, at});
-    for (const std::int32_t i : members) {
-      const ImageRef& im = images[static_cast<std::size_t>(i)];
-      std::size_t expect = pixel_bytes(dtype);
-      for (std::int64_t d : im.shape.shape) expect *= static_cast<std::size_t>(d);
-      MEDTRT_CHECK(im.bytes == expect && im.data != nullptr, op, "image ", i, " has ", im.bytes,
-                   " bytes; its shape and dtype need ", expect);
-      if (resident) {  // read in place: the kernel needs each pixel aligned to its size
-        MEDTRT_CHECK(reinterpret_cast<std::uintptr_t>(im.data) % pixel_bytes(dtype) == 0, op,
-                     "image ", i, " (", dtype, ") does not start on a ", pixel_bytes(dtype),
-                     "-byte boundary; pass a contiguous copy");
-      }
-      descs[at++] = image_descs[static_cast<std::size_t>(i)];
-      offsets[static_cast<std::size_t>(i)] = raw_bytes;
-      if (!resident) raw_bytes += align_up(im.bytes, kImageAlign);
-    }
-  }
+  const Plan layout = plan(images, resident, op);
 
   const DeviceScope scope(*device_);
-  if (resident) {
-    for (std::int32_t i = 0; i < batch; ++i) {
-      const std::string why = device_->check_readable(images[static_cast<std::size_t>(i)].data);
-      MEDTRT_CHECK(why.empty(), op, "image ", i, " is not in ", device_->name(), " memory (", why,
-                   "); pass host images to stage_in, or move it to this device first");
-    }
-  }
-  ensure(s, batch, raw_bytes);
-
-  // Pack the pixels into pinned staging (host time, not on the stream).
-  const auto t0 = Clock::now();
-  if (!resident) {
-    auto* staging = static_cast<unsigned char*>(s.staging.ptr);
-    for (std::size_t i = 0; i < images.size(); ++i)
-      std::memcpy(staging + offsets[i], images[i].data, images[i].bytes);
-  }
-  s.staging_ms = resident ? 0.f : ms_between(t0, Clock::now());
-
-  const bool host = device_->is_host();
-  const auto raw_base = reinterpret_cast<std::uintptr_t>(host ? s.staging.ptr : s.raw.ptr);
-  auto* descs_host = static_cast<ops::ImageDesc*>(s.descs_host.ptr);
-  for (std::size_t j = 0; j < descs.size(); ++j) {
-    const auto i = static_cast<std::size_t>(descs[j].out_row);
-    descs[j].src = resident ? reinterpret_cast<std::uintptr_t>(images[i].data)
-                            : raw_base + offsets[i];
-    descs_host[j] = descs[j];
-  }
-  auto* descs_dev = static_cast<ops::ImageDesc*>(host ? s.descs_host.ptr : s.descs.ptr);
-
-  // The producer's work so far (what wrote the images) before anything of this batch.
-  if (resident) device_->wait_for(s.stream, s.ev_ready, producer);
-  device_->record(s.ev_start, s.stream);
-  if (!host) {
-    if (raw_bytes) device_->copy_to_device(s.raw.ptr, s.staging.ptr, raw_bytes, s.stream);
-    device_->copy_to_device(s.descs.ptr, s.descs_host.ptr, descs.size() * sizeof(ops::ImageDesc),
-                            s.stream);
-  }
-  device_->record(s.ev_h2d, s.stream);
-  for (Launch& l : launches) {
-    l.params.images = descs_dev + l.first_desc;
-    l.params.out = s.input.ptr;
-    device_->resize_normalize(l.params, s.stream);
-  }
-  // Logits start as NaN (0xFF bytes, in float32 and float16): a compute stage that writes
-  // nothing gives NaN scores, never values read from uninitialised memory.
-  device_->fill(s.logits.ptr, 0xFF, static_cast<std::size_t>(batch) * static_cast<std::size_t>(
-                                        config_.classes) * logit_bytes_, s.stream);
-  device_->record(s.ev_pre, s.stream);
+  if (resident) check_readable(images, op);
+  ensure(s, batch, layout.raw_bytes);
+  pack(s, images, layout, resident);
+  enqueue(s, layout, resident, producer);
   s.batch = batch;
 
   SlotView v;
@@ -440,6 +358,104 @@ SlotView Pipeline::stage(std::int32_t slot, const std::vector<ImageRef>& images,
   v.input = reinterpret_cast<std::uintptr_t>(s.input.ptr);
   v.logits = reinterpret_cast<std::uintptr_t>(s.logits.ptr);
   return v;
+}
+
+Pipeline::Plan Pipeline::plan(const std::vector<ImageRef>& images, bool resident,
+                              const std::string& op) const {
+  // Each image validated on its own (the batch may mix pixel types), told its batch position.
+  std::vector<ops::ImageDesc> image_descs(images.size());
+  std::map<std::string, std::vector<std::size_t>> groups;  // pixel type -> batch positions
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    image_descs[i] = ops::validate_resize_normalize_image(
+        images[i].shape, static_cast<std::int64_t>(i), /*batch_dtype=*/"", op);
+    groups[images[i].shape.dtype].push_back(i);
+  }
+  // One launch per pixel type; out_row puts every image in its batch position.
+  Plan p;
+  p.descs.reserve(images.size());
+  p.offsets.assign(images.size(), 0);
+  for (const auto& [dtype, members] : groups) {
+    p.launches.push_back({ops::validate_resize_normalize_options(
+                              config_.preprocess, dtype, static_cast<std::int32_t>(members.size())),
+                          p.descs.size()});
+    const std::size_t px = pixel_bytes(dtype);
+    for (const std::size_t i : members) {
+      const ImageRef& im = images[i];
+      std::size_t expect = px;
+      for (std::int64_t d : im.shape.shape) expect *= static_cast<std::size_t>(d);
+      MEDTRT_CHECK(im.bytes == expect && im.data != nullptr, op, "image ", i, " has ", im.bytes,
+                   " bytes; its shape and dtype need ", expect);
+      // Read in place: the kernel needs each pixel aligned to its size.
+      MEDTRT_CHECK(!resident || reinterpret_cast<std::uintptr_t>(im.data) % px == 0, op, "image ",
+                   i, " (", dtype, ") does not start on a ", px,
+                   "-byte boundary; pass a contiguous copy");
+      p.descs.push_back(image_descs[i]);
+      p.offsets[i] = p.raw_bytes;
+      if (!resident) p.raw_bytes += align_up(im.bytes, kImageAlign);
+    }
+  }
+  return p;
+}
+
+void Pipeline::check_readable(const std::vector<ImageRef>& images, const std::string& op) const {
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const std::string why = device_->check_readable(images[i].data);
+    MEDTRT_CHECK(why.empty(), op, "image ", i, " is not in ", device_->name(), " memory (", why,
+                 "); pass host images to stage_in, or move it to this device first");
+  }
+}
+
+// The pixels into pinned staging (host time, not on the stream; nothing for a resident batch),
+// then the descriptors, each pointing at its pixels where the kernel reads them.
+void Pipeline::pack(Slot& s, const std::vector<ImageRef>& images, const Plan& plan,
+                    bool resident) {
+  const auto t0 = Clock::now();
+  if (!resident) {
+    auto* staging = static_cast<unsigned char*>(s.staging.ptr);
+    for (std::size_t i = 0; i < images.size(); ++i)
+      std::memcpy(staging + plan.offsets[i], images[i].data, images[i].bytes);
+  }
+  s.staging_ms = resident ? 0.f : ms_between(t0, Clock::now());
+
+  const bool host = device_->is_host();
+  const auto raw_base = reinterpret_cast<std::uintptr_t>(host ? s.staging.ptr : s.raw.ptr);
+  auto* descs_host = static_cast<ops::ImageDesc*>(s.descs_host.ptr);
+  for (std::size_t j = 0; j < plan.descs.size(); ++j) {
+    ops::ImageDesc d = plan.descs[j];
+    const auto i = static_cast<std::size_t>(d.out_row);
+    d.src = resident ? reinterpret_cast<std::uintptr_t>(images[i].data)
+                     : raw_base + plan.offsets[i];
+    descs_host[j] = d;
+  }
+}
+
+// The batch's device work on the slot's stream, between its timing events: the uploads, one
+// resize_normalize per pixel type, the logits set to NaN.
+void Pipeline::enqueue(Slot& s, const Plan& plan, bool resident, void* producer) {
+  const bool host = device_->is_host();
+  const std::size_t batch = plan.descs.size();
+  // The producer's work so far (what wrote the images) before anything of this batch.
+  if (resident) device_->wait_for(s.stream, s.ev_ready, producer);
+  device_->record(s.ev_start, s.stream);
+  if (!host) {
+    if (plan.raw_bytes)
+      device_->copy_to_device(s.raw.ptr, s.staging.ptr, plan.raw_bytes, s.stream);
+    device_->copy_to_device(s.descs.ptr, s.descs_host.ptr, batch * sizeof(ops::ImageDesc),
+                            s.stream);
+  }
+  device_->record(s.ev_h2d, s.stream);
+  auto* descs = static_cast<ops::ImageDesc*>(host ? s.descs_host.ptr : s.descs.ptr);
+  for (const Plan::Launch& l : plan.launches) {
+    ops::ResizeNormalizeParams p = l.params;
+    p.images = descs + l.first_desc;
+    p.out = s.input.ptr;
+    device_->resize_normalize(p, s.stream);
+  }
+  // Logits start as NaN (0xFF bytes, in float32 and float16): a compute stage that writes
+  // nothing gives NaN scores, never values read from uninitialised memory.
+  device_->fill(s.logits.ptr, 0xFF, batch * static_cast<std::size_t>(config_.classes) *
+                                        logit_bytes_, s.stream);
+  device_->record(s.ev_pre, s.stream);
 }
 
 void Pipeline::stage_out(std::int32_t slot, bool want_logits) {
@@ -458,7 +474,8 @@ void Pipeline::stage_out(std::int32_t slot, bool want_logits) {
   const auto n = static_cast<std::size_t>(s.batch) * static_cast<std::size_t>(config_.classes);
   device_->copy_to_host(s.scores_host.ptr, s.scores.ptr, n * sizeof(float), s.stream);
   device_->copy_to_host(s.indices_host.ptr, s.indices.ptr, n * sizeof(std::int32_t), s.stream);
-  if (want_logits) device_->copy_to_host(s.logits_host.ptr, s.logits.ptr, n * logit_bytes_, s.stream);
+  if (want_logits)
+    device_->copy_to_host(s.logits_host.ptr, s.logits.ptr, n * logit_bytes_, s.stream);
   device_->record(s.ev_done, s.stream);
   s.want_logits = want_logits;
   std::lock_guard<std::mutex> lock(mutex_);
@@ -529,7 +546,8 @@ MemoryUse Pipeline::memory() const {
   std::lock_guard<std::mutex> lock(mutex_);
   MemoryUse m;
   for (const Slot& s : slots_) {
-    for (const Buffer* b : {&s.staging, &s.descs_host, &s.scores_host, &s.indices_host, &s.logits_host})
+    for (const Buffer* b :
+         {&s.staging, &s.descs_host, &s.scores_host, &s.indices_host, &s.logits_host})
       m.pinned += b->bytes;
     for (const Buffer* b : {&s.raw, &s.descs, &s.input, &s.logits, &s.scores, &s.indices})
       m.device += b->bytes;

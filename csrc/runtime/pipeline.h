@@ -91,9 +91,10 @@ std::unique_ptr<Device> make_host_device();
 
 // Bytes per stored pixel of a pixel type (uint8 1, uint16/int16 2, float32 4); 0 for others.
 std::size_t pixel_bytes(const std::string& dtype);
-#if MEDTRT_WITH_CUDA
+
+// The CUDA device `ordinal` (pipeline_cuda.cu). A build without CUDA has a stub instead
+// (common/cuda_stub.cpp) that throws std::runtime_error saying so.
 std::unique_ptr<Device> make_cuda_device(int ordinal);
-#endif
 
 // One image: contiguous H x W[ x C] pixels. For stage_in `data` is host memory and must stay
 // valid during the call; for stage_in_resident it is device memory and must stay allocated until
@@ -206,8 +207,16 @@ class Pipeline {
     float staging_ms = 0;
   };
 
+  // stage_in / stage_in_resident: check the slot, plan the batch, make room, pack, enqueue.
   SlotView stage(std::int32_t slot, const std::vector<ImageRef>& images, bool resident,
                  void* producer);
+  struct Plan;  // one batch's descriptors, launches and staging layout (pipeline.cpp)
+  // Validates every image (errors prefixed with `op` name its batch position) and lays the
+  // batch out: one resize_normalize launch per pixel type, each image's place in staging.
+  Plan plan(const std::vector<ImageRef>& images, bool resident, const std::string& op) const;
+  void check_readable(const std::vector<ImageRef>& images, const std::string& op) const;
+  void pack(Slot& s, const std::vector<ImageRef>& images, const Plan& plan, bool resident);
+  void enqueue(Slot& s, const Plan& plan, bool resident, void* producer);
   void check_slot(std::int32_t slot, State expected, const char* what) const;
   static constexpr std::size_t kKeep = static_cast<std::size_t>(-1);
   std::size_t regrow_size(const Buffer& b, std::size_t bytes) const;  // kKeep: big enough

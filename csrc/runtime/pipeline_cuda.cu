@@ -122,8 +122,12 @@ class CudaDevice final : public Device {
         return "it is not device memory: host memory, or a freed or foreign pointer";
     }
   }
-  void wait_event(void* event) override { MEDTRT_CUDA_CHECK(cudaEventSynchronize(as_event(event))); }
-  void wait_stream(void* stream) override { MEDTRT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
+  void wait_event(void* event) override {
+    MEDTRT_CUDA_CHECK(cudaEventSynchronize(as_event(event)));
+  }
+  void wait_stream(void* stream) override {
+    MEDTRT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
+  }
   float elapsed_ms(void* start, void* end) override {
     float ms = 0;
     MEDTRT_CUDA_CHECK(cudaEventElapsedTime(&ms, as_event(start), as_event(end)));
