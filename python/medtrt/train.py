@@ -120,18 +120,8 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     from medtrt.models import create, save
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
-    preset = get_preset(cfg.preset)
-    if preset.activation != "softmax":
-        raise ValueError(f"train: preset {preset.name!r} is multi-label ({preset.activation}); "
-                         "folder training supports single-label (softmax) presets")
     t0 = time.perf_counter()
-    found = scan_folder(data_dir)
-    if set(found.classes) == set(preset.labels):
-        folder = scan_folder(data_dir, classes=preset.labels)  # the preset's label order
-    else:
-        folder = found
-        preset = preset.with_labels(found.classes)
-        log.info("labels taken from the data folder: %s", ", ".join(found.classes))
+    folder, preset = _labelled_folder(data_dir, get_preset(cfg.preset))
     split = split_folder(folder, ratios=cfg.split, seed=cfg.seed)
     if min(len(split.train), len(split.val)) == 0:
         raise ValueError(f"{data_dir}: split {cfg.split} leaves an empty train or val set "
@@ -145,16 +135,55 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     skipped = [p for _, _, bad in arrays.values() for p in bad]
     tensors = {name: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
                for name, (x, y, _) in arrays.items()}
-    x_train, y_train = tensors["train"]
-
     model = create(preset, seed=cfg.seed).to(device)
+    history = _fit(torch, model, tensors, cfg, device, progress)
+    test_loss, test_acc = _evaluate(torch, model, *tensors["test"], cfg.batch_size * 4)
+    seconds = time.perf_counter() - t0
+
+    out = Path(out)
+    summary = {
+        "preset": preset.name,
+        "labels": list(preset.labels),
+        "config": asdict(cfg),
+        "device": device,
+        "data": {"root": str(Path(data_dir).resolve()), "images": len(folder),
+                 "per_class": folder.counts(), "train": len(split.train), "val": len(split.val),
+                 "test": len(split.test), "split": list(cfg.split), "split_seed": cfg.seed,
+                 "skipped_files": skipped},
+        "history": history,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "seconds": seconds,
+        "torch": str(torch.__version__),
+    }
+    save(model.cpu(), preset, out, training=summary)
+    metrics = out.parent / (out.stem + ".train.json")
+    metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(out, metrics, history, test_acc, seconds, skipped)
+
+
+def _labelled_folder(data_dir: str | os.PathLike[str], preset: Preset) -> tuple[ImageFolder, Preset]:
+    """The data folder with the preset's label order, or the folder's own labels if they differ."""
+    if preset.activation != "softmax":
+        raise ValueError(f"train: preset {preset.name!r} is multi-label ({preset.activation}); "
+                         "folder training supports single-label (softmax) presets")
+    found = scan_folder(data_dir)
+    if set(found.classes) == set(preset.labels):
+        return scan_folder(data_dir, classes=preset.labels), preset
+    log.info("labels taken from the data folder: %s", ", ".join(found.classes))
+    return found, preset.with_labels(found.classes)
+
+
+def _fit(torch: Any, model: Any, tensors: dict[str, tuple[Any, Any]], cfg: TrainConfig,
+         device: str, progress: bool) -> list[dict[str, float]]:
+    """AdamW with a one-cycle schedule over ``cfg.epochs``; per-epoch losses and accuracy."""
+    x_train, y_train = tensors["train"]
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, pct_start=0.3,
                                                 total_steps=cfg.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-
     bar = _progress(progress, cfg.epochs * steps_per_epoch)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -180,29 +209,7 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
         log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch,
                  total / seen, val_loss, val_acc)
     bar(None)
-    test_loss, test_acc = _evaluate(torch, model, *tensors["test"], cfg.batch_size * 4)
-    seconds = time.perf_counter() - t0
-
-    out = Path(out)
-    summary = {
-        "preset": preset.name,
-        "labels": list(preset.labels),
-        "config": asdict(cfg),
-        "device": device,
-        "data": {"root": str(Path(data_dir).resolve()), "images": len(folder),
-                 "per_class": folder.counts(), "train": len(split.train), "val": len(split.val),
-                 "test": len(split.test), "split": list(cfg.split), "split_seed": cfg.seed,
-                 "skipped_files": skipped},
-        "history": history,
-        "test_loss": test_loss,
-        "test_accuracy": test_acc,
-        "seconds": seconds,
-        "torch": str(torch.__version__),
-    }
-    save(model.cpu(), preset, out, training=summary)
-    metrics = out.parent / (out.stem + ".train.json")
-    metrics.write_text(json.dumps(summary, indent=2) + "\n")
-    return TrainResult(out, metrics, history, test_acc, seconds, skipped)
+    return history
 
 
 def _progress(enabled: bool, total: int) -> Callable[[str | None], None]:
