@@ -259,7 +259,6 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
     calibration data -- stays in floating point and is listed in ``plan.skipped``.
     """
     onnx = require("onnx")
-    from onnx import numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     name_nodes(model)
@@ -269,11 +268,30 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
         raise ValueError(f"insert_qdq: no calibrated amax for {len(missing)} tensors, e.g. "
                          f"{missing[:3]}; calibrate the same FP32 graph first")
     graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise ValueError(f"insert_qdq: per-channel Q/DQ needs opset >= 13; the graph has {opset}")
 
+    scale_of, skipped = _activation_scales(plan, amax)
+    act_inits, act_nodes = _activation_qdq(onnx, graph, plan, scale_of)
+    w_inits, weight_nodes = _weight_qdq_nodes(onnx, graph, plan)
+    ordered: list[Any] = []
+    for idx, node in enumerate(graph.node):
+        ordered += act_nodes.get(idx, [])
+        ordered += weight_nodes.get(idx, [])
+        ordered.append(node)
+    ordered += act_nodes.get(len(graph.node), [])
+    _replace_nodes(graph, ordered, act_inits + w_inits)
+    onnx.checker.check_model(model)
+    final_plan = QdqPlan(plan.tensors, plan.groups, plan.consumers, skipped)
+    if out is not None:
+        onnx.save(model, str(out))
+    return model, final_plan
+
+
+def _activation_scales(plan: QdqPlan, amax: dict[str, float]) -> tuple[dict[str, float],
+                                                                       dict[str, str]]:
+    """Each planned tensor's scale; tensors whose shared amax is 0 are skipped, with why."""
     scale_of: dict[str, float] = {}
     skipped = dict(plan.skipped)
     for t, scale in plan.scales(amax).items():
@@ -282,6 +300,14 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
         else:
             shared = max(float(amax[u]) for u in plan.group_of(t))
             skipped[t] = f"amax {shared} (all zeros on the calibration data)"
+    return scale_of, skipped
+
+
+def _activation_qdq(onnx: Any, graph: Any, plan: QdqPlan,
+                    scale_of: dict[str, float]) -> tuple[list[Any], dict[int, list[Any]]]:
+    """Q/DQ pairs for the activations (keyed by the node index they go before), with the
+    planned consumers rewired to the dequantized tensors."""
+    from onnx import numpy_helper
 
     new_inits: list[Any] = []
     new_nodes: dict[int, list[Any]] = {}  # insert before node index
@@ -301,12 +327,21 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
         new_nodes.setdefault(at, []).extend([q, dq])
         for node_name in plan.consumers.get(t, ()):
             rewire[(node_name, t)] = f"{t}_dequantized"
-
-    planned_nodes = {c for cs in plan.consumers.values() for c in cs}
     for node in graph.node:
         for i, name in enumerate(node.input):
             if (node.name, name) in rewire:
                 node.input[i] = rewire[(node.name, name)]
+    return new_inits, new_nodes
+
+
+def _weight_qdq_nodes(onnx: Any, graph: Any,
+                      plan: QdqPlan) -> tuple[list[Any], dict[int, list[Any]]]:
+    """Per-channel Q/DQ of the weights of the planned Conv/Gemm/MatMul nodes."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in graph.initializer}
+    planned_nodes = {c for cs in plan.consumers.values() for c in cs}
+    new_inits: list[Any] = []
     weight_nodes: dict[int, list[Any]] = {}
     for idx, node in enumerate(graph.node):
         if node.op_type not in WEIGHTED_OPS or node.name not in planned_nodes:
@@ -325,19 +360,7 @@ def insert_qdq(model: Any, amax: dict[str, float], *, plan: QdqPlan | None = Non
         new_inits += inits
         weight_nodes.setdefault(idx, []).extend(nodes)
         node.input[1] = nodes[0].output[0]
-
-    ordered: list[Any] = []
-    for idx, node in enumerate(graph.node):
-        ordered += new_nodes.get(idx, [])
-        ordered += weight_nodes.get(idx, [])
-        ordered.append(node)
-    ordered += new_nodes.get(len(graph.node), [])
-    _replace_nodes(graph, ordered, new_inits)
-    onnx.checker.check_model(model)
-    final_plan = QdqPlan(plan.tensors, plan.groups, plan.consumers, skipped)
-    if out is not None:
-        onnx.save(model, str(out))
-    return model, final_plan
+    return new_inits, weight_nodes
 
 
 FP16_OPS = WEIGHTED_OPS + POOL_OPS
