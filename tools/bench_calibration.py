@@ -7,7 +7,7 @@ keeps 2048 |x| bins with candidates from bin 128 and 128 quantized levels; ONNX 
 signed histogram gets num_bins=4096 (2048 per sign) and num_quantized_bins=256 (128 per sign),
 so its candidates also start 128 bins from zero. Writes JSON: wall times, their ratio,
 per-tensor threshold agreement in bin widths, the step-by-step decomposition of the difference
-(``medtrt.precision.ortcheck.decompose``) and, as the yardstick for "agree within a few bins",
+(``tools/ortcheck.py``, ``decompose``) and, as the yardstick for "agree within a few bins",
 how well medtrt agrees with itself when only the batch order (and so its histogram layout)
 changes. Not a test.
 
@@ -29,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_ops import machine  # noqa: E402
+from ortcheck import decompose, onnxruntime_entropy  # noqa: E402
 
 import onnx  # noqa: E402
 from medtrt.data import read_image  # noqa: E402
 from medtrt.export import read_metadata  # noqa: E402
 from medtrt.ops import resize_normalize  # noqa: E402
-from medtrt.precision.calibrate import (CalibrationConfig, collect_histograms, compute_amax,  # noqa: E402
-                                        load_images)
-from medtrt.precision.ortcheck import decompose, onnxruntime_entropy  # noqa: E402
+from medtrt.precision.calibrate import (  # noqa: E402
+    CalibrationConfig, collect_histograms, compute_amax, load_images)
 from medtrt.precision.qdq import plan_qdq  # noqa: E402
 
 

@@ -23,6 +23,9 @@ them off one at a time on ONNX Runtime's own histograms:
                        medtrt keeps 2048 bins and merges pairs as the range grows).
 
 Each step's thresholds are compared with medtrt's within a tolerance in bin widths.
+
+Research code outside the package: tools/bench_calibration.py (beside it) and
+tests/tools/test_ortcheck.py import it.
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ def onnxruntime_entropy(onnx_path: str | os.PathLike[str], tensors: Sequence[str
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cal = Exactly(str(onnx_path), op_types_to_calibrate=[], augmented_model_path=f"{tmp}/aug.onnx",
-                      symmetric=True, num_bins=4096, num_quantized_bins=256)
+        cal = Exactly(str(onnx_path), op_types_to_calibrate=[],
+                      augmented_model_path=f"{tmp}/aug.onnx", symmetric=True, num_bins=4096,
+                      num_quantized_bins=256)
         cal.augment_graph()
         cal.create_inference_session()
         cal.collect_data(Reader())
@@ -105,7 +109,8 @@ def onnxruntime_entropy(onnx_path: str | os.PathLike[str], tensors: Sequence[str
         seconds = time.perf_counter() - t0
     amax = {t: float(max(abs(float(data[t].range_value[0])), abs(float(data[t].range_value[1]))))
             for t in tensors if t in data}
-    hists = {t: SignedHistogram(np.asarray(h[0], dtype=np.int64), np.asarray(h[1]), float(h[2]), float(h[3]))
+    hists = {t: SignedHistogram(np.asarray(h[0], dtype=np.int64), np.asarray(h[1]), float(h[2]),
+                                float(h[3]))
              for t, h in cal.collector.histogram_dict.items() if t in wanted}
     return OrtEntropy(amax, {t: h.width for t, h in hists.items()}, seconds, hists)
 
@@ -196,7 +201,8 @@ def fold_abs(h: SignedHistogram) -> Any:
     zero = counts.size // 2
     folded = counts[zero:] + counts[:zero][::-1]
     top = float(h.edges[-1])
-    return native().AbsHistogram.from_parts(folded, top, min(max(abs(h.min), abs(h.max)), top), 0, 0)
+    seen = min(max(abs(h.min), abs(h.max)), top)
+    return native().AbsHistogram.from_parts(folded, top, seen, 0, 0)
 
 
 def _step_amax(step: str, h: SignedHistogram, start_bin: int, quantized_bins: int) -> float:
@@ -241,6 +247,7 @@ def decompose(ort: OrtEntropy, ours: dict[str, float], our_width: dict[str, floa
         }
     reproduced = [abs(per_tensor[t]["ort"] - ort.amax[t]) <= 1e-6 * max(ort.amax[t], 1e-12)
                   for t in tensors if t in ort.amax]
-    steps["ort"]["fraction_reproducing_onnxruntime"] = float(np.mean(reproduced)) if reproduced else 0.0
+    steps["ort"]["fraction_reproducing_onnxruntime"] = (float(np.mean(reproduced)) if reproduced
+                                                        else 0.0)
     return {"tolerance_bins": tolerance_bins, "tensors": len(tensors), "steps": steps,
             "per_tensor": per_tensor}
