@@ -269,8 +269,67 @@ def test_accuracy_check_of_a_multilabel_model_compares_label_decisions(demo_mode
     c = chexnet_parity(demo_model)
     preset = read_metadata(c.onnx)[0]
     to_fp16(c.onnx, tmp_path / "m.fp16.onnx")
-    acc = _check_accuracy(c.onnx, tmp_path / "m.fp16.onnx", preset, c.test_images[:48])
+    acc = _check_accuracy(c.onnx, tmp_path / "m.fp16.onnx", preset, c.test_images[:48],
+                          precision="fp16")
     assert acc["metric"] == "label decisions" and "top1_agreement" not in acc
     assert acc["agreement"] == acc["decision_agreement"] >= 0.99
     assert acc["images_with_all_decisions_equal"] <= acc["decision_agreement"]
     assert acc["images"] == 48 and acc["max_abs_prob_diff"] < 0.05
+
+
+def test_non_finite_logits_stop_the_accuracy_check_with_the_graph_and_the_fix(tmp_path):
+    """NaN or infinite logits (an FP16 overflow, a broken calibration) are refused with the graph,
+    the counts, the first image and what to try; +inf is caught on the logits, where a sigmoid
+    would have hidden it as probability 1."""
+    from medtrt.build import _accuracy_report
+    from medtrt.errors import NonFiniteError
+    from medtrt.models import get_preset
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(16, 6)).astype(np.float32)
+    bad = ref + np.float32(0.01) * rng.normal(size=ref.shape).astype(np.float32)
+    bad[[3, 9], 2] = np.nan
+    bad[9, 4] = np.inf
+    mednist, chexnet = get_preset("mednist"), get_preset("chexnet")
+    paths = {"graph": tmp_path / "m.fp16.onnx", "fp32": tmp_path / "m.onnx"}
+    fp16_message = (r"logits of the FP16 graph \S*m\.fp16\.onnx on the 16 accuracy-check images "
+                    r"hold non-finite values: 2 NaN and 1 infinite in 2 of 16 samples \(first: "
+                    r"sample 3\); no engine was built; an activation probably overflows FP16.*"
+                    r"`medtrt debug-layers \S*m\.onnx \S*m\.fp16\.onnx")
+    with pytest.raises(NonFiniteError, match=fp16_message):
+        _accuracy_report(bad, ref, mednist, precision="fp16", **paths)
+    with pytest.raises(ValueError, match=r"INT8 graph .*check the calibration data .*--keep-fp16"):
+        _accuracy_report(bad, ref, mednist, precision="int8", **paths)
+    with pytest.raises(NonFiniteError, match=r"FP32 graph \S*m\.onnx .*re-export it"):
+        _accuracy_report(ref, bad, mednist, precision="fp16", **paths)
+    logits14 = rng.normal(size=(4, 14))
+    inf14 = logits14.copy()
+    inf14[1, 0] = np.inf
+    with pytest.raises(NonFiniteError, match=r"0 NaN and 1 infinite in 1 of 4 samples \(first: "
+                                             r"sample 1\)"):
+        _accuracy_report(inf14, logits14, chexnet, precision="fp16", **paths)
+    acc = _accuracy_report(ref + np.float32(1e-3), ref, mednist, precision="fp16", **paths)
+    assert acc["top1_agreement"] == acc["agreement"] == 1.0 and acc["images"] == 16
+
+
+@pytest.mark.trt
+def test_cli_build_stops_on_non_finite_outputs_without_a_traceback(demo_model, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The FP16 graph made to give NaN for one check image: `medtrt build` exits 1 with the
+    accuracy check's message and builds no engine."""
+    import medtrt.build
+
+    real = medtrt.build.ort_logits
+
+    def nan_from_fp16(model, x, batch_size=32):
+        out = real(model, x, batch_size)
+        if str(model).endswith(".fp16.onnx"):
+            out[5, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(medtrt.build, "ort_logits", nan_from_fp16)
+    assert main(["build", str(demo_model.onnx), "--fp16", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("medtrt: error: the logits of the FP16 graph ") and "Traceback" not in err
+    assert "1 NaN and 0 infinite in 1 of 64 samples (first: sample 5)" in err
+    assert not list(tmp_path.glob("*.engine"))

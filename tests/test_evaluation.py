@@ -1,4 +1,5 @@
-"""medtrt eval: the metrics by hand, the report files, agreement with the reference, the CLI."""
+"""medtrt eval: the report files, agreement with the reference, the CLI (the metrics by hand:
+tests/test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,7 @@ import numpy as np
 import pytest
 
 from medtrt.cli import main
-from medtrt.evaluation import classification_metrics, evaluate, multilabel_metrics
-
-
-def test_metrics_by_hand():
-    labels = np.array([0, 0, 1, 2, 2])
-    probs = np.array([[0.9, 0.05, 0.05],   # 0 -> 0, conf 0.9
-                      [0.3, 0.6, 0.1],     # 0 -> 1, conf 0.6
-                      [0.2, 0.7, 0.1],     # 1 -> 1, conf 0.7
-                      [0.1, 0.1, 0.8],     # 2 -> 2, conf 0.8
-                      [0.5, 0.1, 0.4]])    # 2 -> 0, conf 0.5
-    m = classification_metrics(labels, probs, ("a", "b", "c"), ece_bins=2)
-    assert m["accuracy"] == pytest.approx(3 / 5)
-    assert m["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
-    assert m["per_class"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
-    assert m["per_class"]["b"]["precision"] == pytest.approx(0.5) and m["per_class"]["b"]["recall"] == 1.0
-    assert m["per_class"]["c"]["f1"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
-    # bins [0, 0.5], (0.5, 1]: {0.5: wrong} and {0.9 ok, 0.6 wrong, 0.7 ok, 0.8 ok}
-    ece = 1 / 5 * abs(0 - 0.5) + 4 / 5 * abs(3 / 4 - (0.9 + 0.6 + 0.7 + 0.8) / 4)
-    assert m["ece"] == pytest.approx(ece)
-    assert [b["count"] for b in m["reliability"]] == [1, 4]
+from medtrt.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -72,29 +54,6 @@ def test_cli_eval_and_its_errors(demo_model, folder, tmp_path, capsys):
     assert "class folders ['Foot'] are not labels of the model" in capsys.readouterr().err
 
 
-def test_multilabel_metrics_by_hand():
-    targets = np.array([[1, 0], [0, np.nan], [1, 1], [0, 0]], np.float64)
-    probs = np.array([[0.9, 0.2],    # label a: pos 0.9 -> TP;  b: neg 0.2 -> TN
-                      [0.6, 0.9],    # a: neg 0.6 -> FP;        b: unknown, left out
-                      [0.4, 0.7],    # a: pos 0.4 -> FN;        b: pos 0.7 -> TP
-                      [0.1, 0.6]])   # a: neg 0.1 -> TN;        b: neg 0.6 -> FP
-    m = multilabel_metrics(targets, probs, ("a", "b"), threshold=0.5, ece_bins=2)
-    a, b = m["per_label"]["a"], m["per_label"]["b"]
-    assert (a["tp"], a["fn"], a["fp"], a["tn"]) == (1, 1, 1, 1)
-    assert (b["tp"], b["fn"], b["fp"], b["tn"]) == (1, 0, 1, 1)
-    assert a["auroc"] == pytest.approx(3 / 4)   # pos {0.9, 0.4} vs neg {0.6, 0.1}: 3 of 4 pairs
-    assert b["auroc"] == pytest.approx(1.0)     # pos {0.7} vs neg {0.2, 0.6}
-    assert b["precision"] == pytest.approx(0.5) and b["recall"] == 1.0
-    assert m["macro_auroc"] == pytest.approx(7 / 8)
-    assert m["exact_match"] == pytest.approx(1 / 4)     # only image 0 has every known label right
-    assert m["label_accuracy"] == pytest.approx(4 / 7)
-    # pooled over the 7 known pairs; bins [0, 0.5]: {0.2 n, 0.4 p, 0.1 n}, (0.5, 1]: {0.9 p, 0.6 n, 0.7 p, 0.6 n}
-    ece = 3 / 7 * abs(1 / 3 - 0.7 / 3) + 4 / 7 * abs(2 / 4 - 2.8 / 4)
-    assert m["ece"] == pytest.approx(ece)
-    one_class = multilabel_metrics(np.array([[1.0], [1.0]]), np.array([[0.9], [0.3]]), ("a",))
-    assert one_class["per_label"]["a"]["auroc"] is None and one_class["macro_auroc"] is None
-
-
 @pytest.fixture(scope="module")
 def chexnet_folder(demo_model, tmp_path_factory):
     """32 synthetic multi-label test images of the CheXNet-shaped stand-in as PNGs, a wide label
@@ -120,8 +79,8 @@ def chexnet_folder(demo_model, tmp_path_factory):
 
 
 def test_evaluate_multilabel(chexnet_folder, tmp_path):
+    from medtrt.metrics import auroc
     from medtrt.reference import predict
-    from medtrt.testing import auroc
 
     c, root, targets = chexnet_folder
     result = evaluate(c.onnx, root, reference=c.checkpoint, out=tmp_path / "e")
@@ -160,3 +119,33 @@ def test_reference_of_another_model_is_refused(chexnet_folder, demo_model, tmp_p
     c, root, _ = chexnet_folder
     with pytest.raises(ValueError, match=r"pass the checkpoint the model was exported from"):
         evaluate(c.onnx, root, reference=demo_model.checkpoint, out=tmp_path / "e")
+
+
+def test_non_finite_model_outputs_are_listed_not_counted(tmp_path):
+    """An image the model gives NaN probabilities (an overflow at its precision) is reported in
+    `failed` and left out of the metrics, not dropped silently."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from medtrt.evaluation import _run
+    from medtrt.models import get_preset
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(paths[-1])
+
+    class NanEngine:
+        preset = get_preset("mednist")
+
+        def infer(self, images, k, return_probs):
+            probs = rng.dirichlet(np.ones(6), size=len(images)).astype(np.float32)
+            probs[1] = np.nan
+            return SimpleNamespace(probs=probs, errors=[])
+
+    out = _run(NanEngine(), paths, None, 8, None)
+    assert out.ok.tolist() == [True, False, True]
+    assert [f["path"] for f in out.failures] == [str(paths[1])]
+    assert "probabilities hold NaN or infinity" in out.failures[0]["error"]

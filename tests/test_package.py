@@ -53,10 +53,11 @@ def test_missing_optional_dependency_names_the_extra():
 
 
 def test_public_surface_declares_all():
+    import medtrt.metrics
     import medtrt.ops
     import medtrt.testing
 
-    for module in (medtrt, medtrt.ops, medtrt.testing, errors):
+    for module in (medtrt, medtrt.metrics, medtrt.ops, medtrt.testing, errors):
         assert module.__all__, module
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

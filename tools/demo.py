@@ -145,7 +145,8 @@ def build_section(demo, split, images, labels, ref) -> bool:
 
 def parity_table(rows, ref, labels) -> bool:
     """precision x agreement x max |dprob| x accuracy, checked against medtrt.testing.PARITY."""
-    from medtrt.testing import PARITY, agreement
+    from medtrt.metrics import agreement
+    from medtrt.testing import PARITY
 
     print("\nParity with the PyTorch FP32 reference (same images; thresholds from "
           "medtrt.testing.PARITY):")

@@ -26,6 +26,10 @@ from typing import Any, Callable
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt.metrics import agreement, require_finite
+from medtrt.ops import resize_normalize
+from medtrt.precision.gate import NON_FINITE_FIX, ort_logits
+from medtrt.reference import activate
 
 __all__ = ["BuildOptions", "BuildResult", "build", "BUNDLE_FORMAT"]
 
@@ -75,19 +79,32 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _check_accuracy(fp32: Path, candidate: Path, preset: Any, images: list[np.ndarray]) -> dict[str, Any]:
-    """Agreement of the precision graph with the FP32 graph (ONNX Runtime): top-1 for softmax
-    presets, per-label decisions at the preset's threshold for sigmoid ones; max |dprob|."""
-    from medtrt.ops import resize_normalize
-    from medtrt.precision.gate import ort_probs
-    from medtrt.testing import agreement
-
+def _check_accuracy(fp32: Path, candidate: Path, preset: Any, images: list[np.ndarray], *,
+                    precision: str) -> dict[str, Any]:
+    """Agreement of the ``precision`` graph with the FP32 graph, both run in ONNX Runtime on the
+    CPU (see ``_accuracy_report``)."""
     x = resize_normalize(images, **preset.preprocess_kwargs())
-    rep = agreement(ort_probs(candidate, x, preset.activation, len(x)),
-                    ort_probs(fp32, x, preset.activation, len(x)),
-                    activation=preset.activation, threshold=preset.threshold)
-    out = {"images": len(images), "reference": "FP32 ONNX in ONNX Runtime (CPU)",
-           "metric": rep.metric, "agreement": rep.agreement, "max_abs_prob_diff": rep.max_abs_prob_diff}
+    return _accuracy_report(ort_logits(candidate, x, len(x)), ort_logits(fp32, x, len(x)), preset,
+                            precision=precision, graph=candidate, fp32=fp32)
+
+
+def _accuracy_report(logits: np.ndarray, fp32_logits: np.ndarray, preset: Any, *,
+                     precision: str, graph: Path, fp32: Path) -> dict[str, Any]:
+    """Top-1 agreement for softmax presets, per-label decisions at the preset's threshold for
+    sigmoid ones, and max |dprob|, of the ``precision`` graph's logits against the FP32
+    graph's. NaN or infinite logits raise NonFiniteError naming the graph and what to try."""
+    n = len(logits)
+    ref = require_finite(fp32_logits, f"the logits of the FP32 graph {fp32} on the {n} "
+                         "accuracy-check images", fix="no engine was built; check the exported "
+                         "model (re-export it: `medtrt export` verifies it against PyTorch)")
+    fix = NON_FINITE_FIX.get(precision, "check the exported model").format(fp32=fp32, graph=graph)
+    cand = require_finite(logits, f"the logits of the {precision.upper()} graph {graph} on the "
+                          f"{n} accuracy-check images", fix=f"no engine was built; {fix}")
+    act = preset.activation
+    rep = agreement(activate(cand, act), activate(ref, act), activation=act,
+                    threshold=preset.threshold)
+    out = {"images": n, "reference": "FP32 ONNX in ONNX Runtime (CPU)", "metric": rep.metric,
+           "agreement": rep.agreement, "max_abs_prob_diff": rep.max_abs_prob_diff}
     if rep.metric == "top1":
         out["top1_agreement"] = rep.top1_agreement
     else:
@@ -206,7 +223,8 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         check_images = [read_image(p) for p in paths]
     else:
         check_images = verification_images(preset, opts.check_images)
-    accuracy = _check_accuracy(onnx_path, precision_onnx, preset, check_images)
+    accuracy = _check_accuracy(onnx_path, precision_onnx, preset, check_images,
+                               precision=opts.precision)
 
     engine_path = out / f"{name}.engine"
     built = build_engine(precision_onnx, engine_path, batch=opts.batch, flavour=opts.flavour,

@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "ExportError",
     "GateError",
+    "NonFiniteError",
 ]
 
 
@@ -62,3 +63,8 @@ class GateError(MedtrtError):
         super().__init__(message)
         self.report = report
         self.path = str(path)
+
+
+class NonFiniteError(MedtrtError, ValueError):
+    """Outputs (logits, probabilities, scores) hold NaN or infinity where a measurement needs
+    finite numbers; the message names the input, the counts, the first sample and the fix."""

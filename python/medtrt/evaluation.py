@@ -9,6 +9,9 @@ Runs any model ``medtrt.Engine`` opens (bundle, ONNX, checkpoint) and writes ``e
   ``DATA/labels.csv``): per-label AUROC, and precision/recall/F1 and TP/FN/FP/TN at the preset's
   decision threshold; macro AUROC and F1; ECE of the per-label probabilities. Unknown labels
   (-1 / empty) are left out of that label's figures.
+
+The figures themselves are ``medtrt.metrics``. An image the model gives NaN or infinite
+probabilities is listed with the unreadable ones, not counted.
 """
 
 from __future__ import annotations
@@ -24,115 +27,38 @@ from typing import Any
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt.data import iter_images, read_label_table, scan_folder
+from medtrt.metrics import agreement, classification_metrics, multilabel_metrics
+from medtrt.models import load
+from medtrt.reference import predict
+from medtrt.runtime import Engine
 
-__all__ = ["classification_metrics", "evaluate", "EvalResult", "multilabel_metrics"]
-
-
-def _reliability(confidence: np.ndarray, outcome: np.ndarray, n_bins: int) -> tuple[list[dict[str, Any]], float]:
-    """Equal-width confidence bins: count, observed frequency, mean confidence; and the ECE."""
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(n_bins):
-        members = which == b
-        count = int(members.sum())
-        acc = float(outcome[members].mean()) if count else None
-        conf = float(confidence[members].mean()) if count else None
-        if count:
-            ece += count / len(confidence) * abs(acc - conf)
-        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
-                     "accuracy": acc, "confidence": conf})
-    return bins, float(ece)
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
-def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], *,
-                       threshold: float = 0.5, ece_bins: int = 15) -> dict[str, Any]:
-    """Per label: AUROC, and at ``threshold`` (positive when prob > threshold, as
-    ``Engine.infer`` decides) precision/recall/F1 and TP/FN/FP/TN, over the images where that
-    label is known (``targets`` 1/0, NaN unknown); macro means over labels with figures; exact
-    match (every known label of an image right); ECE over all known (image, label) pairs."""
-    from medtrt.testing import auroc
-
-    targets = np.asarray(targets, np.float64)
-    probs = np.asarray(probs, np.float64)
-    if probs.ndim != 2 or probs.shape != targets.shape or probs.shape[1] != len(labels):
-        raise ValueError(f"expected targets and probs [N, {len(labels)}]; got {targets.shape}, {probs.shape}")
-    known = ~np.isnan(targets)
-    truth = targets == 1
-    decided = probs > threshold
-    per_label = {}
-    for j, name in enumerate(labels):
-        k = known[:, j]
-        y, d = truth[k, j], decided[k, j]
-        tp, fp = int((y & d).sum()), int((~y & d).sum())
-        fn, tn = int((y & ~d).sum()), int((~y & ~d).sum())
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        a = auroc(y[:, None], probs[k, j][:, None])[0] if k.any() else np.nan
-        per_label[name] = {"auroc": _nan_to_none(a), "precision": precision, "recall": recall,
-                           "f1": f1, "positives": tp + fn, "negatives": fp + tn,
-                           "tp": tp, "fn": fn, "fp": fp, "tn": tn}
-    aurocs = [m["auroc"] for m in per_label.values() if m["auroc"] is not None]
-    f1s = [m["f1"] for m in per_label.values() if m["positives"]]
-    right = (truth == decided) | ~known
-    bins, ece = _reliability(probs[known], truth[known].astype(np.float64), ece_bins)
-    return {
-        "images": len(probs),
-        "threshold": threshold,
-        "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "exact_match": float(right.all(1).mean()) if len(probs) else 0.0,
-        "label_accuracy": float(right[known].mean()) if known.any() else 0.0,
-        "per_label": per_label,
-        "ece": ece,
-        "reliability": bins,
-    }
-
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], *,
-                           ece_bins: int = 15) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support, confusion matrix (rows: truth, columns:
-    prediction) and expected calibration error of the top-1 confidence over ``ece_bins`` equal
-    bins, with the per-bin figures for a reliability diagram."""
-    labels = np.asarray(labels, np.int64)
-    probs = np.asarray(probs, np.float64)
-    if probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] != len(classes):
-        raise ValueError(f"expected probs [N, {len(classes)}] for {len(labels)} labels; got {probs.shape}")
-    n, c = probs.shape
-    pred = probs.argmax(1)
-    confusion = np.zeros((c, c), np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-    per_class = {}
-    for i, name in enumerate(classes):
-        tp = int(confusion[i, i])
-        predicted, actual = int(confusion[:, i].sum()), int(confusion[i].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
-    confidence = probs.max(1)
-    correct = pred == labels
-    bins, ece = _reliability(confidence, correct.astype(np.float64), ece_bins)
-    return {
-        "images": n,
-        "accuracy": float(correct.mean()) if n else 0.0,
-        "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-        "ece": ece,
-        "reliability": bins,
-    }
+__all__ = ["evaluate", "EvalResult"]
 
 
 @dataclass(frozen=True)
 class EvalResult:
     report: dict[str, Any]
     files: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    paths: list[Path]
+    truth: np.ndarray  # class index per image, or [N, L] targets (1, 0, NaN unknown)
+    failures: list[dict[str, str]]
+    missing_labels: tuple[str, ...] = ()  # model labels the label table does not annotate
+    missing_files: int = 0  # label table rows whose file does not exist
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    probs: np.ndarray  # [N, C]; NaN where the model gave no output
+    ok: np.ndarray  # [N] bool: the model gave this image finite probabilities
+    reference: np.ndarray | None  # the reference checkpoint's probabilities, when asked for
+    failures: list[dict[str, str]]
+    latencies: list[float]  # seconds per image, per batch
+    seconds: float
 
 
 def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
@@ -147,103 +73,127 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
     outputs the model is compared with on the same images. Unreadable or missing images are
     listed, not fatal.
     """
-    from medtrt import Engine
-    from medtrt.data import iter_images
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with Engine(model, backend=backend, device=device) as engine:
         preset = engine.preset
-        multilabel = preset.activation != "softmax"
-        failures: list[dict[str, str]] = []
-        if multilabel:
-            from medtrt.data import read_label_table
-
-            table = read_label_table(labels if labels is not None else Path(data) / "labels.csv",
-                                     preset.labels, root=data)
-            paths, truth = list(table.paths), table.targets
-            failures += [{"path": str(x), "error": "listed in the label table; file not found"}
-                         for x in table.missing_files]
-        else:
-            if labels is not None:
-                raise ValueError(f"a label table is for multi-label models; the {preset.name!r} "
-                                 "preset is single-label and reads class folders (drop --labels)")
-            paths, truth = _class_folder(data, preset)
-        probs = np.full((len(paths), preset.num_classes), np.nan, np.float32)
-        ref_probs = probs.copy() if reference is not None else None
-        if reference is not None:
-            from medtrt.models import load
-            from medtrt.reference import predict
-
-            ref_model, ref_preset = load(reference)
-            if tuple(ref_preset.labels) != tuple(preset.labels):
-                raise ValueError(f"reference {reference} predicts {list(ref_preset.labels)}; the "
-                                 f"model predicts {list(preset.labels)}: pass the checkpoint the "
-                                 "model was exported from")
-        latencies: list[float] = []
-        start = time.perf_counter()
-        for lo in range(0, len(paths), batch_size):
-            chunk = paths[lo:lo + batch_size]
-            t0 = time.perf_counter()
-            read = list(iter_images(chunk))  # decoded once, for the model and the reference
-            good = [lo + i for i, x in enumerate(read) if x.ok]
-            failures += [{"path": str(x.path), "error": str(x.error)} for x in read if not x.ok]
-            images = [x.image for x in read if x.ok]
-            if images:
-                r = engine.infer(images, k=1, return_probs=True)
-                probs[good] = r.probs
-                failures += [{"path": str(chunk[good[x.index] - lo]), "error": str(x.error)}
-                             for x in r.errors]
-            latencies.append((time.perf_counter() - t0) / len(chunk))
-            if reference is not None and images:
-                ref_probs[good] = predict(ref_model, images, preset=ref_preset).probs
-            if progress:
-                progress(min(lo + batch_size, len(paths)), len(paths))
-        wall = time.perf_counter() - start
-        described = repr(engine)
-        backend_used, precision = engine.backend, engine.precision
-
-    ok = ~np.isnan(probs).any(1)
+        ds = _dataset(data, labels, preset)
+        ref_model = _reference_model(reference, preset) if reference is not None else None
+        outputs = _run(engine, ds.paths, ref_model, batch_size, progress)
+        engine_info = {"model": str(model), "engine": repr(engine), "backend": engine.backend,
+                       "precision": engine.precision}
+    multilabel = preset.activation != "softmax"
+    ok = outputs.ok
     if multilabel:
-        metrics = multilabel_metrics(truth[ok], probs[ok], preset.labels, threshold=preset.threshold)
-        metrics["labels_not_in_table"] = list(table.missing_labels)
+        metrics = multilabel_metrics(ds.truth[ok], outputs.probs[ok], preset.labels,
+                                     threshold=preset.threshold)
+        metrics["labels_not_in_table"] = list(ds.missing_labels)
     else:
-        metrics = classification_metrics(truth[ok], probs[ok], preset.labels)
-    lat = np.asarray(latencies) * 1e3
+        metrics = classification_metrics(ds.truth[ok], outputs.probs[ok], preset.labels)
+    lat = np.asarray(outputs.latencies) * 1e3
     report: dict[str, Any] = {
-        "model": str(model), "engine": described, "backend": backend_used, "precision": precision,
-        "task": "multi-label" if multilabel else "single-label",
+        **engine_info, "task": "multi-label" if multilabel else "single-label",
         "data": str(data), **metrics,
-        "images": len(paths) + (len(table.missing_files) if multilabel else 0),
-        "evaluated": metrics["images"], "failed": failures,
+        "images": len(ds.paths) + ds.missing_files,
+        "evaluated": metrics["images"], "failed": ds.failures + outputs.failures,
         "latency_ms_per_image": {"batch_size": batch_size, "mean": float(lat.mean()),
                                  "p50": float(np.percentile(lat, 50)),
                                  "p95": float(np.percentile(lat, 95)),
                                  "p99": float(np.percentile(lat, 99))},
-        "images_per_s": len(paths) / wall,
+        "images_per_s": len(ds.paths) / outputs.seconds,
     }
     if reference is not None:
         report["reference"] = _compare_with_reference(
-            reference, [p for p, good in zip(paths, ok) if good], probs[ok], ref_probs[ok], metrics,
-            preset.labels, multilabel, truth[ok] if multilabel else None, preset.threshold)
+            reference, [p for p, good in zip(ds.paths, ok) if good], outputs.probs[ok],
+            outputs.reference[ok], metrics, preset.labels, multilabel,
+            ds.truth[ok] if multilabel else None, preset.threshold)
+    return EvalResult(report, _write(report, preset, out))
+
+
+def _dataset(data: str | os.PathLike[str], labels: str | os.PathLike[str] | None,
+             preset: Any) -> _Dataset:
+    """The images to evaluate and their truth: a label table (multi-label presets) or class
+    folders (single-label)."""
+    if preset.activation != "softmax":
+        table = read_label_table(labels if labels is not None else Path(data) / "labels.csv",
+                                 preset.labels, root=data)
+        failures = [{"path": str(x), "error": "listed in the label table; file not found"}
+                    for x in table.missing_files]
+        return _Dataset(list(table.paths), table.targets, failures, tuple(table.missing_labels),
+                        len(table.missing_files))
+    if labels is not None:
+        raise ValueError(f"a label table is for multi-label models; the {preset.name!r} "
+                         "preset is single-label and reads class folders (drop --labels)")
+    paths, truth = _class_folder(data, preset)
+    return _Dataset(paths, truth, [])
+
+
+def _reference_model(reference: str | os.PathLike[str], preset: Any) -> tuple[Any, Any]:
+    """The reference checkpoint's model and preset; its labels must be the model's."""
+    ref_model, ref_preset = load(reference)
+    if tuple(ref_preset.labels) != tuple(preset.labels):
+        raise ValueError(f"reference {reference} predicts {list(ref_preset.labels)}; the "
+                         f"model predicts {list(preset.labels)}: pass the checkpoint the "
+                         "model was exported from")
+    return ref_model, ref_preset
+
+
+def _run(engine: Any, paths: list[Path], ref: tuple[Any, Any] | None, batch_size: int,
+         progress: Callable[[int, int], None] | None) -> _Outputs:
+    """The model's (and the reference's) probabilities on ``paths``, in batches; each image is
+    decoded once. Unreadable images, failed items and non-finite outputs are listed."""
+    n = len(paths)
+    probs = np.full((n, engine.preset.num_classes), np.nan, np.float32)
+    ref_probs = probs.copy() if ref is not None else None
+    done = np.zeros(n, bool)  # the model gave this image an output
+    failures: list[dict[str, str]] = []
+    latencies: list[float] = []
+    start = time.perf_counter()
+    for lo in range(0, n, batch_size):
+        chunk = paths[lo:lo + batch_size]
+        t0 = time.perf_counter()
+        read = list(iter_images(chunk))
+        good = [lo + i for i, x in enumerate(read) if x.ok]
+        failures += [{"path": str(x.path), "error": str(x.error)} for x in read if not x.ok]
+        images = [x.image for x in read if x.ok]
+        if images:
+            r = engine.infer(images, k=1, return_probs=True)
+            probs[good] = r.probs
+            done[good] = True
+            for x in r.errors:
+                done[good[x.index]] = False
+                failures.append({"path": str(paths[good[x.index]]), "error": str(x.error)})
+        latencies.append((time.perf_counter() - t0) / len(chunk))
+        if ref is not None and images:
+            ref_probs[good] = predict(ref[0], images, preset=ref[1]).probs
+        if progress:
+            progress(min(lo + batch_size, n), n)
+    seconds = time.perf_counter() - start
+    finite = np.isfinite(probs).all(1)
+    failures += [{"path": str(paths[i]), "error": "the model's probabilities hold NaN or infinity "
+                  "(an overflow at its precision?); left out of the metrics"}
+                 for i in np.flatnonzero(done & ~finite)]
+    return _Outputs(probs, done & finite, ref_probs, failures, latencies, seconds)
+
+
+def _write(report: dict[str, Any], preset: Any, out: Path) -> dict[str, Path]:
+    """eval.json, the confusion and reliability plots and summary.md in ``out``."""
     files = {"json": out / "eval.json", "confusion": out / "confusion.png",
              "reliability": out / "reliability.png", "summary": out / "summary.md"}
     files["json"].write_text(json.dumps(report, indent=2) + "\n")
-    if multilabel:
-        _plot_label_counts(metrics["per_label"], files["confusion"])
-        _plot_reliability(metrics["reliability"], metrics["ece"], files["reliability"],
+    if report["task"] == "multi-label":
+        _plot_label_counts(report["per_label"], files["confusion"])
+        _plot_reliability(report["reliability"], report["ece"], files["reliability"],
                           xlabel="predicted probability (all labels)", ylabel="observed frequency")
         files["summary"].write_text(_summary_multilabel(report, preset.labels))
     else:
-        _plot_confusion(np.asarray(metrics["confusion"]), preset.labels, files["confusion"])
-        _plot_reliability(metrics["reliability"], metrics["ece"], files["reliability"])
+        _plot_confusion(np.asarray(report["confusion"]), preset.labels, files["confusion"])
+        _plot_reliability(report["reliability"], report["ece"], files["reliability"])
         files["summary"].write_text(_summary(report, preset.labels))
-    return EvalResult(report, files)
+    return files
 
 
 def _class_folder(data: str | os.PathLike[str], preset: Any) -> tuple[list[Path], np.ndarray]:
-    from medtrt.data import scan_folder
-
     folder = scan_folder(data)
     unknown = [c for c in folder.classes if c not in preset.labels]
     if unknown:
@@ -260,9 +210,8 @@ def _compare_with_reference(reference: str | os.PathLike[str], paths: list[Path]
     """Agreement with the PyTorch FP32 reference's ``ref`` probabilities on the same images:
     top-1 (single-label) or threshold decisions and per-label AUROC change against the model's
     ``metrics`` (multi-label), and max |Δprob| with the worst image."""
-    from medtrt.testing import agreement
-
-    rep = agreement(probs, ref, activation="sigmoid" if multilabel else "softmax", threshold=threshold)
+    rep = agreement(probs, ref, activation="sigmoid" if multilabel else "softmax",
+                    threshold=threshold)
     worst = int(np.abs(probs - ref).max(1).argmax())
     out: dict[str, Any] = {"checkpoint": str(reference)}
     if not multilabel:
@@ -279,7 +228,8 @@ def _compare_with_reference(reference: str | os.PathLike[str], paths: list[Path]
     out.update({
         "max_abs_dprob": rep.max_abs_prob_diff,
         "mean_abs_dprob": rep.mean_abs_prob_diff,
-        "worst": {"path": str(paths[worst]), "model": probs[worst].tolist(), "reference": ref[worst].tolist()},
+        "worst": {"path": str(paths[worst]), "model": probs[worst].tolist(),
+                  "reference": ref[worst].tolist()},
     })
     return out
 

@@ -103,3 +103,25 @@ def test_gate_skips_unreadable_validation_images(setup, demo_model, tmp_path):
         accuracy_gate(demo_model.onnx, amax, tmp_path / "missing")
     with pytest.raises(ValueError, match="--min-agreement must be in"):
         GateConfig(min_agreement=1.5)
+
+
+def test_gate_refuses_non_finite_outputs_with_the_fix(setup, demo_model, monkeypatch):
+    """A Q/DQ graph giving NaN on a validation image stops the gate with the counts, the image
+    and what to try (not an AssertionError from inside the agreement)."""
+    import medtrt.precision.gate as gate
+    from medtrt.errors import NonFiniteError
+
+    _, _, amax, val = setup
+    real = gate.ort_logits
+
+    def nan_from_qdq(model, x, batch_size=32):
+        out = real(model, x, batch_size)
+        if isinstance(model, onnx.ModelProto):  # a Q/DQ variant; the FP32 graph is a path
+            out[2] = np.nan
+        return out
+
+    monkeypatch.setattr(gate, "ort_logits", nan_from_qdq)
+    with pytest.raises(NonFiniteError, match=r"^the outputs of the INT8 graph on the validation "
+                       r"images hold non-finite values: 6 NaN and 0 infinite in 1 of 8 samples "
+                       r"\(first: sample 2\); check the calibration data .*--keep-fp16"):
+        accuracy_gate(demo_model.onnx, amax, val[:8])

@@ -33,10 +33,30 @@ from typing import Any
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt.data import IMAGE_SUFFIXES, iter_images, list_images
+from medtrt.export import read_metadata
+from medtrt.metrics import AgreementReport, agreement, require_finite
+from medtrt.ops import resize_normalize_mixed
+from medtrt.precision.calibrate import _augmented_session
+from medtrt.precision.qdq import FP16_OPS, QdqRecipe
+from medtrt.reference import activate
 
-__all__ = ["GateConfig", "GateResult", "accuracy_gate", "load_validation"]
+__all__ = ["GateConfig", "GateResult", "NON_FINITE_FIX", "accuracy_gate", "load_validation",
+           "ort_logits", "ort_probs"]
 
 log = logging.getLogger(__name__)
+
+# What to try when a precision graph gives NaN or infinity where the FP32 graph does not
+# ({fp32}: the FP32 ONNX, {graph}: the precision ONNX).
+NON_FINITE_FIX = {
+    "fp16": "an activation probably overflows FP16 (|x| > 65504): find the layer with `medtrt "
+            "debug-layers {fp32} {graph} --data DIR`, then build in FP32 (no --fp16) or INT8 "
+            "(--int8: the layers outside Q/DQ run in FP32)",
+    "int8": "check the calibration data (--calib: real images like those deployed, not blank "
+            "ones; recalibrate rather than reuse an old --calib-cache), keep the sensitive "
+            "layers in FP16 (--keep-fp16 stem,head, --concat float) and find where the outputs "
+            "go bad with `medtrt debug-layers {fp32} {graph} --data DIR`",
+}
 
 
 @dataclass(frozen=True)
@@ -90,8 +110,6 @@ def load_validation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
                     labels: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
     """Up to ``n`` validation images (deterministic pick), their labels when every image sits in
     a folder named after a label of the model (else None), and the unreadable paths."""
-    from medtrt.data import IMAGE_SUFFIXES, iter_images, list_images
-
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if not root.is_dir():
@@ -100,7 +118,8 @@ def load_validation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
     else:
         paths = sorted(Path(p) for p in source)
     if not paths:
-        raise ValueError(f"validation folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"validation folder {source} holds no images "
+                         f"({', '.join(IMAGE_SUFFIXES)})")
     if len(paths) > n:
         pick = np.random.default_rng(2).choice(len(paths), size=n, replace=False)
         paths = [paths[i] for i in sorted(pick)]
@@ -115,24 +134,25 @@ def load_validation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
     return images, y, bad
 
 
-def ort_probs(model: Any, x: np.ndarray, activation: str, batch_size: int = 32) -> np.ndarray:
-    """Probabilities of an ONNX graph (path or ModelProto) on pre-processed ``x``, run in ONNX
+def ort_logits(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Outputs (logits) of an ONNX graph (path or ModelProto) on pre-processed ``x``, run in ONNX
     Runtime on the CPU in batches."""
-    from medtrt.reference import activate
-
     ort = require("onnxruntime")
     data = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: x[s:s + batch_size]})[0] for s in range(0, len(x), batch_size)]
-    return activate(np.concatenate(out), activation)
+    return np.concatenate(out)
+
+
+def ort_probs(model: Any, x: np.ndarray, activation: str, batch_size: int = 32) -> np.ndarray:
+    """Probabilities (``activation`` of ``ort_logits``) of an ONNX graph on ``x``."""
+    return activate(ort_logits(model, x, batch_size), activation)
 
 
 def _sqnr(fp32_path: Path, plan: Any, amax: dict[str, float], x: np.ndarray,
           batch_size: int) -> dict[str, float]:
     """Per quantized tensor: 10 log10(sum x^2 / sum (x - fakequant(x))^2) in dB, on ``x``."""
-    from medtrt.precision.calibrate import _augmented_session
-
     scale = plan.scales(amax)
     tensors = [t for t in plan.tensors if scale[t] > 0]
     session = _augmented_session(fp32_path, tensors)
@@ -150,6 +170,75 @@ def _sqnr(fp32_path: Path, plan: Any, amax: dict[str, float], x: np.ndarray,
             for t in tensors}
 
 
+class _Validation:
+    """The validation images pre-processed once, the FP32 graph's probabilities on them, and
+    how a Q/DQ variant of the graph (some layers kept in FP16) is made and measured."""
+
+    def __init__(self, fp32_onnx: Path, amax: dict[str, float], recipe: Any, preset: Any,
+                 cfg: GateConfig, images: list[np.ndarray]) -> None:
+        self.fp32_onnx, self.amax, self.recipe, self.preset, self.cfg = (
+            fp32_onnx, amax, recipe, preset, cfg)
+        self.fp32 = require("onnx").load(str(fp32_onnx))
+        kwargs = preset.preprocess_kwargs()
+        self.x = np.concatenate([resize_normalize_mixed(images[s:s + cfg.batch_size], **kwargs)
+                                 for s in range(0, len(images), cfg.batch_size)])
+        logits = require_finite(
+            ort_logits(fp32_onnx, self.x, cfg.batch_size),
+            f"the outputs of the FP32 graph {fp32_onnx.name} on the validation images",
+            fix="check the validation images and the exported model (medtrt export verifies it "
+                "against PyTorch)")
+        self.ref = activate(logits, preset.activation)
+        self.probe = np.linspace(0, len(self.x) - 1, min(cfg.probe_images, len(self.x))).astype(int)
+
+    def score(self, probs: np.ndarray, rows: np.ndarray | None = None) -> AgreementReport:
+        ref = self.ref if rows is None else self.ref[rows]
+        return agreement(probs, ref, activation=self.preset.activation,
+                         threshold=self.preset.threshold, labels=self.preset.labels)
+
+    def check(self, fp16_layers: Sequence[str],
+              rows: np.ndarray | None = None) -> tuple[Any, AgreementReport, np.ndarray]:
+        """The Q/DQ graph with ``fp16_layers`` in FP16, its agreement with FP32 (on ``rows`` of
+        the validation set, default all) and its probabilities."""
+        model = self.recipe.apply(self.fp32, self.amax, fp16_layers)[0]
+        x = self.x if rows is None else self.x[rows]
+        kept = f" ({len(fp16_layers)} layer(s) in FP16)" if fp16_layers else ""
+        logits = require_finite(ort_logits(model, x, self.cfg.batch_size),
+                                f"the outputs of the INT8 graph{kept} on the validation images",
+                                fix=NON_FINITE_FIX["int8"].format(
+                                    fp32=self.fp32_onnx, graph="NAME.int8.onnx (of a build without --val)"))
+        probs = activate(logits, self.preset.activation)
+        return model, self.score(probs, rows), probs
+
+
+def _sensitivity(v: _Validation, phase: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The ``candidates`` quantized layers with the lowest input SQNR, each measured on the
+    probe images with its Q/DQ removed (the layer in FP16); most helpful first."""
+    phase("accuracy gate: ranking layers by quantization SQNR")
+    plan = v.recipe.plan(v.fp32)
+    sqnr = _sqnr(v.fp32_onnx, plan, v.amax, v.x[v.probe], v.cfg.batch_size)
+    op_of = {n.name: n.op_type for n in v.fp32.graph.node}
+    layer_sqnr: dict[str, float] = {}
+    for t, nodes in plan.consumers.items():
+        for node in nodes:
+            if op_of.get(node) in FP16_OPS and t in sqnr:
+                layer_sqnr[node] = min(layer_sqnr.get(node, np.inf), sqnr[t])
+    ranked = sorted(layer_sqnr, key=layer_sqnr.get)[:v.cfg.candidates]
+    out = []
+    for i, node in enumerate(ranked):
+        phase(f"accuracy gate: sensitivity of {node} ({i + 1}/{len(ranked)})")
+        _, r, _ = v.check([node], v.probe)
+        out.append({"layer": node, "op": op_of[node], "sqnr_db": layer_sqnr[node],
+                    "agreement_without_qdq": r.agreement,
+                    "mean_abs_prob_diff_without_qdq": r.mean_abs_prob_diff})
+    out.sort(key=lambda d: (-d["agreement_without_qdq"], d["mean_abs_prob_diff_without_qdq"]))
+    return out
+
+
+def _step(fp16_layers: Sequence[str], rep: AgreementReport) -> dict[str, Any]:
+    return {"fp16_layers": list(fp16_layers), "agreement": rep.agreement,
+            "max_abs_prob_diff": rep.max_abs_prob_diff}
+
+
 def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
                   val: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
                   preset: Any = None, config: GateConfig | None = None,
@@ -160,89 +249,42 @@ def accuracy_gate(fp32_onnx: str | os.PathLike[str], amax: dict[str, float],
     ``recipe`` (a ``QdqRecipe``; default: shared Concat scales, no layer kept) is how the graph
     is quantized; its own FP16 layers are not candidates. Returns (the final Q/DQ ModelProto,
     with any FP16 fallback layers; the GateResult). The caller decides what a failed gate means
-    (``medtrt build`` stops).
+    (``medtrt build`` stops). NaN or infinite outputs raise ``medtrt.errors.NonFiniteError``.
     """
-    onnx = require("onnx")
-    from medtrt.export import read_metadata
-    from medtrt.ops import resize_normalize_mixed
-    from medtrt.precision.qdq import FP16_OPS, QdqRecipe
-    from medtrt.testing import agreement
-
     cfg = config or GateConfig()
-    recipe = recipe or QdqRecipe()
     phase = on_phase or (lambda _s: None)
     t0 = time.perf_counter()
     fp32_onnx = Path(fp32_onnx)
     preset = preset or read_metadata(fp32_onnx)[0]
-    fp32 = onnx.load(str(fp32_onnx))
     phase("accuracy gate: reading validation images")
     images, labels, bad = load_validation(val, cfg.images, preset.labels)
-    kwargs = preset.preprocess_kwargs()
-    x = np.concatenate([resize_normalize_mixed(images[s:s + cfg.batch_size], **kwargs)
-                        for s in range(0, len(images), cfg.batch_size)])
-    act = preset.activation
-    ref = ort_probs(fp32_onnx, x, act, cfg.batch_size)
-    probe = np.linspace(0, len(x) - 1, min(cfg.probe_images, len(x))).astype(int)
-
-    def variant(fp16_layers: Sequence[str]) -> Any:
-        return recipe.apply(fp32, amax, fp16_layers)[0]
-
-    def score_of(p: np.ndarray, rs: np.ndarray) -> Any:
-        rep = agreement(p, rs, activation=act, threshold=preset.threshold, labels=preset.labels)
-        return rep, rep.agreement
-
-    def check(model: Any, rows: np.ndarray | None = None) -> Any:
-        xs, rs = (x, ref) if rows is None else (x[rows], ref[rows])
-        p = ort_probs(model, xs, act, cfg.batch_size)
-        return (*score_of(p, rs), p)
-
+    v = _Validation(fp32_onnx, amax, recipe or QdqRecipe(), preset, cfg, images)
     phase("accuracy gate: checking the INT8 graph against FP32")
     kept: list[str] = []
-    model = variant(kept)
-    rep, score, probs = check(model)
-    before = score
-    steps = [{"fp16_layers": [], "agreement": score, "max_abs_prob_diff": rep.max_abs_prob_diff}]
+    model, rep, probs = v.check(kept)
+    before = rep.agreement
+    steps = [_step(kept, rep)]
     sensitivity: list[dict[str, Any]] = []
-    if score < cfg.min_agreement and cfg.max_fp16_layers > 0 and cfg.candidates > 0:
-        phase("accuracy gate: ranking layers by quantization SQNR")
-        plan = recipe.plan(fp32)
-        sqnr = _sqnr(fp32_onnx, plan, amax, x[probe], cfg.batch_size)
-        op_of = {n.name: n.op_type for n in fp32.graph.node}
-        layer_sqnr: dict[str, float] = {}
-        for t, nodes in plan.consumers.items():
-            for node in nodes:
-                if op_of.get(node) in FP16_OPS and t in sqnr:
-                    layer_sqnr[node] = min(layer_sqnr.get(node, np.inf), sqnr[t])
-        ranked = sorted(layer_sqnr, key=layer_sqnr.get)[:cfg.candidates]
-        for i, node in enumerate(ranked):
-            phase(f"accuracy gate: sensitivity of {node} ({i + 1}/{len(ranked)})")
-            r, s, _ = check(variant([node]), probe)
-            sensitivity.append({"layer": node, "op": op_of[node], "sqnr_db": layer_sqnr[node],
-                                "agreement_without_qdq": s,
-                                "mean_abs_prob_diff_without_qdq": r.mean_abs_prob_diff})
-        sensitivity.sort(key=lambda d: (-d["agreement_without_qdq"],
-                                        d["mean_abs_prob_diff_without_qdq"]))
-        base_rep, base_score = score_of(probs[probe], ref[probe])  # all-INT8, probe images
-        helpful = [d for d in sensitivity
-                   if d["agreement_without_qdq"] > base_score
-                   or d["mean_abs_prob_diff_without_qdq"] < base_rep.mean_abs_prob_diff]
+    if rep.agreement < cfg.min_agreement and cfg.max_fp16_layers > 0 and cfg.candidates > 0:
+        sensitivity = _sensitivity(v, phase)
+        base = v.score(probs[v.probe], v.probe)  # all-INT8, probe images
+        helpful = [d for d in sensitivity if d["agreement_without_qdq"] > base.agreement
+                   or d["mean_abs_prob_diff_without_qdq"] < base.mean_abs_prob_diff]
         for entry in helpful[:cfg.max_fp16_layers]:
             kept.append(entry["layer"])
             phase(f"accuracy gate: {len(kept)} layer(s) in FP16, re-checking")
-            model = variant(kept)
-            rep, score, probs = check(model)
-            steps.append({"fp16_layers": list(kept), "agreement": score,
-                          "max_abs_prob_diff": rep.max_abs_prob_diff})
-            if score >= cfg.min_agreement:
+            model, rep, probs = v.check(kept)
+            steps.append(_step(kept, rep))
+            if rep.agreement >= cfg.min_agreement:
                 break
     accuracy = None
-    if labels is not None and act == "softmax":
-        accuracy = {"fp32": float(np.mean(ref.argmax(1) == labels)),
+    if labels is not None and preset.activation == "softmax":
+        accuracy = {"fp32": float(np.mean(v.ref.argmax(1) == labels)),
                     "int8": float(np.mean(probs.argmax(1) == labels))}
     result = GateResult(
-        passed=score >= cfg.min_agreement, min_agreement=cfg.min_agreement, metric=rep.metric,
-        images=len(x), unreadable=bad, agreement_before=before, agreement=score,
-        max_abs_prob_diff=rep.max_abs_prob_diff, fp16_layers=kept,
+        passed=rep.agreement >= cfg.min_agreement, min_agreement=cfg.min_agreement,
+        metric=rep.metric, images=len(v.x), unreadable=bad, agreement_before=before,
+        agreement=rep.agreement, max_abs_prob_diff=rep.max_abs_prob_diff, fp16_layers=kept,
         max_fp16_layers=cfg.max_fp16_layers, sensitivity=sensitivity, steps=steps,
         accuracy=accuracy,
         worst={"index": rep.worst_index, "int8": rep.worst_candidate, "fp32": rep.worst_reference},
