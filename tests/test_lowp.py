@@ -1,4 +1,4 @@
-"""medtrt.reference.lowp: PyTorch at FP64/FP16/INT8, the parity suite's yardstick."""
+"""tests/helpers/lowp.py: PyTorch at FP64/FP16/INT8, the parity suite's yardstick."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def test_reference_yardstick_leaves_the_model_untouched(demo_model):
     import torch
 
     from medtrt.models import load
-    from medtrt.reference.lowp import torch_logits
+    from helpers.lowp import torch_logits
 
     model, _ = load(demo_model.checkpoint)
     model.train()
@@ -26,7 +26,7 @@ def test_int8_needs_calibration_and_precisions_are_checked(demo_model):
     import numpy as np
 
     from medtrt.models import load
-    from medtrt.reference.lowp import torch_logits
+    from helpers.lowp import torch_logits
 
     model, _ = load(demo_model.checkpoint)
     x = np.zeros((1, 1, 64, 64), np.float32)

@@ -28,6 +28,7 @@ from bench_ops import machine  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from helpers.chexnet import _images_and_labels, chexnet_parity  # noqa: E402
+from helpers.lowp import torch_logits  # noqa: E402
 from medtrt.data import read_image  # noqa: E402
 from medtrt.metrics import agreement, auroc  # noqa: E402
 from medtrt.models import load  # noqa: E402
@@ -35,7 +36,6 @@ from medtrt.ops import resize_normalize  # noqa: E402
 from medtrt.precision import CalibrationConfig, QdqRecipe, plan_qdq  # noqa: E402
 from medtrt.precision.calibrate import collect_histograms, compute_amax  # noqa: E402
 from medtrt.reference import activate  # noqa: E402
-from medtrt.reference.lowp import torch_logits  # noqa: E402
 from medtrt.train import cached_demo_model  # noqa: E402
 
 RECIPES = {

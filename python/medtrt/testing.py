@@ -178,7 +178,7 @@ def assert_like_baseline(candidate: Any, reference: Any, baseline: Any, samples:
 # Parity thresholds per precision, against the PyTorch FP32 reference on the same pre-processed
 # inputs. k: the artifact's logit RMS error may be at most k x PyTorch's own at that precision
 # (FP32: PyTorch FP32 vs float64; FP16: PyTorch FP16; INT8: PyTorch fake-quantized with medtrt's
-# recipe, see medtrt.reference.lowp). ceiling: max |dlogit| in units of the reference logits'
+# recipe, see tests/helpers/lowp.py). ceiling: max |dlogit| in units of the reference logits'
 # standard deviation. Single-label: top-1 agreement and max |dprob|. Multi-label: per-label
 # threshold-decision agreement and per-label AUROC change.
 PARITY: dict[str, dict[str, float]] = {

@@ -14,7 +14,7 @@ def mednist_case(demo_model, tmp_path_factory) -> ParityCase:
     from medtrt.export import read_metadata
     from medtrt.models import load
     from medtrt.ops import resize_normalize
-    from medtrt.reference.lowp import torch_logits
+    from helpers.lowp import torch_logits
 
     data = held_out(demo_model)
     preset = read_metadata(demo_model.onnx)[0]
@@ -39,7 +39,7 @@ def chexnet_case(demo_model, tmp_path_factory) -> ParityCase:
     from medtrt.export import read_metadata
     from medtrt.models import load
     from medtrt.ops import resize_normalize
-    from medtrt.reference.lowp import torch_logits
+    from helpers.lowp import torch_logits
 
     c = chexnet_parity(demo_model)
     preset = read_metadata(c.onnx)[0]

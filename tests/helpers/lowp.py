@@ -1,5 +1,8 @@
 """PyTorch itself at lower precision: the yardstick for the parity suite's logit checks.
 
+A test helper (the parity suite, tools/int8_recipes.py), outside the package: its INT8 path
+runs medtrt.precision's calibration, and medtrt.reference sits below medtrt.precision.
+
 A deployed artifact's error against the FP32 reference is judged relative to the error PyTorch
 makes when it runs the same model at that precision on the same pre-processed inputs:
 
@@ -24,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt._native import native
+from medtrt.precision.calibrate import CalibrationConfig, compute_amax
 
 __all__ = ["torch_logits", "PRECISIONS"]
 
@@ -47,9 +52,6 @@ def _quantized_modules(torch: Any, model: Any) -> list[tuple[str, Any]]:
 
 def _int8_logits(torch: Any, model: Any, x: np.ndarray, calibration: Iterable[np.ndarray],
                  method: str, batch_size: int) -> np.ndarray:
-    from medtrt._native import native
-    from medtrt.precision.calibrate import CalibrationConfig, compute_amax
-
     c = native()
     mods = _quantized_modules(torch, model)
     hists = {n: c.AbsHistogram(2048) for n, _ in mods}
