@@ -107,15 +107,7 @@ def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str |
     with the reference graph's preset (``medtrt export`` metadata) and run one by one.
     """
     onnx = require("onnx")
-    try:
-        from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-        from polygraphy.comparator import Comparator, SimpleCompareFunc
-    except ImportError as exc:
-        from medtrt.errors import MissingDependencyError
-
-        raise MissingDependencyError("layer comparison needs Polygraphy: pip install "
-                                     "'medtrt[debug]' (or pip install polygraphy)") from exc
+    comparator = _polygraphy()  # a missing extra is reported before any work
     from medtrt.export import read_metadata
     from medtrt.ops import resize_normalize_mixed
     from medtrt.precision.gate import load_validation
@@ -134,34 +126,69 @@ def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str |
     if not names:
         raise ValueError(f"{reference_onnx} and {candidate_onnx} share no tensor names; compare "
                          "graphs derived from the same export")
-    input_name = ref_model.graph.input[0].name
-    out_name = ref_model.graph.output[0].name
+    feeds = [{ref_model.graph.input[0].name: x[i:i + 1]} for i in range(len(x))]
+    ref_runs, cand_runs, passed_by_tensor = _run_both(comparator, ref_model, cand_model, names,
+                                                      feeds, atol, rtol)
+    rel, cos = _errors(names, ref_runs, cand_runs)
+    grown = _error_growth(ref_model, set(names), rel)
+    layers = [LayerDiff(n, producer[n].name, producer[n].op_type, rel[n], cos[n], grown[n],
+                        passed_by_tensor.get(n, True)) for n in names]
+    return LayerReport(str(reference_onnx), str(candidate_onnx), len(x), atol, rtol, layers,
+                       rel.get(ref_model.graph.output[0].name, float("nan")),
+                       time.perf_counter() - t0)
+
+
+def _polygraphy() -> dict[str, Any]:
+    """The Polygraphy pieces compare_layers uses, or an error naming the extra to install."""
+    try:
+        from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+        from polygraphy.comparator import Comparator, SimpleCompareFunc
+        from polygraphy.logger import G_LOGGER
+    except ImportError as exc:
+        from medtrt.errors import MissingDependencyError
+
+        raise MissingDependencyError("layer comparison needs Polygraphy: pip install "
+                                     "'medtrt[debug]' (or pip install polygraphy)") from exc
+    return {"BytesFromOnnx": BytesFromOnnx, "ModifyOutputs": ModifyOutputs,
+            "OnnxrtRunner": OnnxrtRunner, "SessionFromOnnx": SessionFromOnnx,
+            "Comparator": Comparator, "SimpleCompareFunc": SimpleCompareFunc,
+            "G_LOGGER": G_LOGGER}
+
+
+def _run_both(pg: dict[str, Any], ref_model: Any, cand_model: Any, names: list[str],
+              feeds: list[dict], atol: float,
+              rtol: float) -> tuple[list[Any], list[Any], dict[str, bool]]:
+    """Both graphs with every shared tensor marked as an output, through Polygraphy's ONNX
+    Runtime runner and Comparator: (reference runs, candidate runs, pass/fail per tensor)."""
     runners = []
     for label, model in (("reference", ref_model), ("candidate", cand_model)):
-        marked = ModifyOutputs(model, outputs=names, copy=True)
-        runners.append(OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(marked),
-                                                    providers=["CPUExecutionProvider"]),
-                                    name=label))
-    feeds = [{input_name: x[i:i + 1]} for i in range(len(x))]
-    from polygraphy.logger import G_LOGGER
-
-    severity = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.CRITICAL  # medtrt reports; Polygraphy's per-tensor log is huge
+        marked = pg["ModifyOutputs"](model, outputs=names, copy=True)
+        session = pg["SessionFromOnnx"](pg["BytesFromOnnx"](marked),
+                                        providers=["CPUExecutionProvider"])
+        runners.append(pg["OnnxrtRunner"](session, name=label))
+    logger = pg["G_LOGGER"]
+    severity = logger.module_severity
+    logger.module_severity = logger.CRITICAL  # medtrt reports; Polygraphy's per-tensor log is huge
     try:
-        results = Comparator.run(runners, data_loader=feeds, warm_up=0)
-        verdict = Comparator.compare_accuracy(
-            results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_shapes=True))
+        results = pg["Comparator"].run(runners, data_loader=feeds, warm_up=0)
+        verdict = pg["Comparator"].compare_accuracy(
+            results, compare_func=pg["SimpleCompareFunc"](atol=atol, rtol=rtol,
+                                                          check_shapes=True))
     finally:
-        G_LOGGER.module_severity = severity
+        logger.module_severity = severity
     passed_by_tensor: dict[str, bool] = {n: True for n in names}
     for per_func in verdict:  # one AccuracyResult per compare function
         for iterations in per_func.values():  # runner pair -> per-iteration {tensor: verdict}
             for it in iterations:
                 for name, ok in it.items():
                     passed_by_tensor[name] = passed_by_tensor.get(name, True) and bool(ok)
+    return results[0][1], results[1][1], passed_by_tensor
 
-    ref_runs = results[0][1]
-    cand_runs = results[1][1]
+
+def _errors(names: list[str], ref_runs: list[Any],
+            cand_runs: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Relative L2 error and cosine similarity of each tensor over all images."""
     rel, cos = {}, {}
     for n in names:
         a = np.concatenate([np.asarray(r[n], np.float64).ravel() for r in ref_runs])
@@ -170,11 +197,15 @@ def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str |
         rel[n] = float(np.linalg.norm(b - a) / na) if na > 0 else float(np.linalg.norm(b))
         nb = np.linalg.norm(b)
         cos[n] = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
-    shared = set(names)
+    return rel, cos
+
+
+def _error_growth(ref_model: Any, shared: set[str], rel: dict[str, float]) -> dict[str, float]:
+    """Each tensor's error minus the largest error among the nearest shared tensors feeding it
+    (the error a layer adds rather than inherits)."""
     producer_of = {o: n for n in ref_model.graph.node for o in n.output}
 
     def upstream(tensor: str, depth: int = 0) -> float:
-        """Largest relative error among the nearest shared tensors feeding ``tensor``'s node."""
         node = producer_of.get(tensor)
         if node is None or depth > 8:
             return 0.0
@@ -186,7 +217,4 @@ def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str |
                 best = max(best, upstream(i, depth + 1))
         return best
 
-    layers = [LayerDiff(n, producer[n].name, producer[n].op_type, rel[n], cos[n],
-                        rel[n] - upstream(n), passed_by_tensor.get(n, True)) for n in names]
-    return LayerReport(str(reference_onnx), str(candidate_onnx), len(x), atol, rtol, layers,
-                       rel.get(out_name, float("nan")), time.perf_counter() - t0)
+    return {n: rel[n] - upstream(n) for n in shared}
