@@ -148,18 +148,23 @@ def test_unknown_baseline_is_refused():
 
 
 
-def test_tensorrt_backend_says_why_a_bundle_cannot_run_here(model_dir, tmp_path):
+@pytest.mark.trt
+def test_tensorrt_backend_says_why_a_bundle_cannot_run_here(model_dir, tmp_path, monkeypatch):
     """A bundle is found beside the model, but this machine cannot run it: the skip reason is the
-    runtime's own (here: the TensorRT flavour it was built with is not installed)."""
-    from medtrt.bench import make_backend
+    bundle's own (here: the TensorRT flavour it was built with is not installed)."""
+    import sys
+    from dataclasses import replace
+
+    from medtrt.build import BuildOptions, build
 
     root = tmp_path / "m"
     shutil.copytree(model_dir, root)
-    engine = root / "engines" / "model.fp16.engine"
-    engine.write_bytes(b"\0" * 16)
-    engine.with_name(engine.name + ".json").write_text(json.dumps({
-        "format": "medtrt-engine-bundle/1", "engine_bytes": 16,
-        "tensorrt": {"flavour": "tensorrt", "version": "0.0-not-here"}}))
+    b = build(root / "model.onnx", root / "engines",
+              BuildOptions(precision="fp16", batch=(1, 2, 4), check_images=8)).bundle
+    engine = b.engine_path
+    elsewhere = replace(b.tensorrt, flavour="tensorrt", version="0.0-not-here")
+    replace(b, tensorrt=elsewhere).write(engine)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed, wherever this runs
     art = find_artifacts(root / "model.pt")
     assert art.engines == {"fp16": engine}
     for mode in ("engine", "pipeline"):

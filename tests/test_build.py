@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from helpers.heldout import held_out
+from medtrt.artifacts import Bundle, Profile, sha256_file
 from medtrt.build import BuildOptions, build
 from medtrt.cli import main
 from medtrt.errors import MissingDependencyError
@@ -44,26 +45,32 @@ def test_bundle_contents(bundles, demo_model, precision, ops):
     out, results = bundles
     r = results[precision]
     assert r.engine.stat().st_size > 1_000_000
-    assert engine_header_version(r.engine) == r.bundle["tensorrt"]["version"]
-    b = json.loads(r.bundle_json.read_text())
-    assert b == r.bundle and b["format"] == "medtrt-engine-bundle/1" and b["precision"] == precision
-    assert b["input"]["name"] == "image" and b["input"]["layout"] == "NCHW"
-    assert b["input"]["profile"] == {"min": [1, 1, 64, 64], "opt": [8, 1, 64, 64], "max": [64, 1, 64, 64]}
-    assert b["output"]["labels"][0] == "AbdomenCT" and b["output"]["activation"] == "softmax"
-    assert b["preprocess"]["out_size"] == [64, 64]
-    assert b["source_onnx"]["sha256"] == __import__("medtrt.export", fromlist=["x"]).sha256_file(demo_model.onnx)
-    assert b["tensorrt"]["flavour"] in ("tensorrt", "tensorrt_rtx") and b["executed"] is False
-    assert b["accuracy_check"]["top1_agreement"] >= 0.99
-    assert b["accuracy_check"]["metric"] == "top1"
-    assert b["accuracy_check"]["agreement"] == b["accuracy_check"]["top1_agreement"]
-    graph = onnx.load(str(out / b["precision_onnx"]))
+    b = r.bundle
+    assert engine_header_version(r.engine) == b.tensorrt.version
+    assert Bundle.read(r.bundle_json) == b and b.path == r.bundle_json and b.precision == precision
+    assert b.input.name == "image" and b.input.layout == "NCHW"
+    assert b.input.profile == Profile((1, 1, 64, 64), (8, 1, 64, 64), (64, 1, 64, 64))
+    assert b.preset.labels[0] == "AbdomenCT" and b.preset.activation == "softmax"
+    assert b.output.classes == b.preset.num_classes == 6
+    assert b.preset.preprocess_kwargs()["out_size"] == (64, 64)
+    assert b.source_onnx.sha256 == sha256_file(demo_model.onnx)
+    assert b.engine.sha256 == sha256_file(r.engine) and b.engine.bytes == r.engine.stat().st_size
+    assert b.precision_onnx.sha256 == sha256_file(r.precision_onnx)
+    assert b.tensorrt.flavour in ("tensorrt", "tensorrt_rtx")
+    raw = json.loads(r.bundle_json.read_text())
+    assert raw["format"] == "medtrt-engine-bundle" and raw["schema_version"] == 2
+    assert "executed" not in raw  # whether it runs is decided where it is loaded
+    assert b.accuracy_check.top1_agreement >= 0.99
+    assert b.accuracy_check.metric == "top1"
+    assert b.accuracy_check.agreement == b.accuracy_check.top1_agreement
+    graph = onnx.load(str(out / b.precision_onnx.file))
     present = Counter(n.op_type for n in graph.graph.node)
     assert ops <= set(present), present
     if precision == "int8":
-        assert b["calibration"]["method"] == "entropy" and b["calibration"]["images"] == 256
-        assert present["QuantizeLinear"] == b["quantization"]["activation_tensors"] == 241
+        assert b.calibration.method == "entropy" and b.calibration.images == 256
+        assert present["QuantizeLinear"] == b.quantization.activation_tensors == 241
     else:
-        assert "QuantizeLinear" not in present and b["calibration"] is None
+        assert "QuantizeLinear" not in present and b.calibration is None
 
 
 @pytest.mark.trt
@@ -72,7 +79,7 @@ def test_calibration_cache_reuse_gives_identical_scales(bundles, demo_model, tmp
     cache = out / "model.int8.calib.json"
     again = build(demo_model.onnx, tmp_path, BuildOptions(precision="int8", calib_cache=str(cache),
                                                           batch=(1, 8, 64)))
-    assert again.bundle["calibration"]["reused_cache"] is True
+    assert again.bundle.calibration.reused_cache is True
     assert "calibration_s" not in again.timings  # no data pass
 
     def scales(path):
@@ -110,8 +117,12 @@ def test_cache_from_another_onnx_is_refused(bundles, demo_model, tmp_path):
 def test_cli_build_prints_summary(demo_model, tmp_path, capsys):
     assert main(["build", str(demo_model.onnx), "--fp16", "--out", str(tmp_path), "--batch", "1,4,16"]) == 0
     printed = capsys.readouterr().out
-    assert "FP16" in printed and "built, not executed" in printed
-    assert (tmp_path / "model.fp16.engine").is_file() and (tmp_path / "model.fp16.engine.json").is_file()
+    assert (tmp_path / "model.fp16.engine").is_file()
+    # What this machine can do, decided now (not a fact written into the bundle at build time).
+    why = Bundle.read(tmp_path / "model.fp16.engine").why_not_runnable(0)
+    said = ("TensorRT can run it here (GPU 0)" if why is None else
+            f"TensorRT cannot run it on this machine: {why}")
+    assert "FP16" in printed and said in " ".join(printed.split()) and "not executed" not in printed
 
 
 @pytest.mark.trt
@@ -208,12 +219,12 @@ def test_accuracy_gate_keeps_the_broken_layer_in_fp16(demo_model, broken_cache, 
     assert main(["build", str(demo_model.onnx), "--int8", "--calib-cache", str(broken_cache),
                  "--val", str(val_dir), "--min-agreement", "0.99", "--out", str(tmp_path),
                  "--batch", "1,4,16"]) == 0
-    b = json.loads((tmp_path / "model.int8.engine.json").read_text())
-    gate = b["accuracy_gate"]
+    b = Bundle.read(tmp_path / "model.int8.engine.json")
+    gate = b.accuracy_gate
     assert gate["passed"] and gate["agreement_before"] < 0.99 <= gate["agreement"]
-    assert gate["fp16_layers"] == b["quantization"]["fp16_layers"] == ["node_Conv_1698"]
+    assert gate["fp16_layers"] == list(b.quantization.fp16_layers) == ["node_Conv_1698"]
     # The bundle counts the gated graph: the image's own Q/DQ went with the stem conv.
-    assert b["quantization"]["activation_tensors"] == 240
+    assert b.quantization.activation_tensors == 240
     assert gate["accuracy"]["int8"] >= gate["accuracy"]["fp32"] - 0.01 and gate["images"] == 256
     graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     assert "node_Conv_1698_CastToFp16" in {n.name for n in graph.node}
@@ -230,15 +241,15 @@ def test_recipe_keeps_the_stem_in_fp16_from_the_start(demo_model, broken_cache, 
     assert main(["build", str(demo_model.onnx), "--int8", "--calib-cache", str(broken_cache),
                  "--concat", "float", "--keep-fp16", "stem", "--val", str(val_dir),
                  "--out", str(tmp_path), "--batch", "1,4,16"]) == 0
-    b = json.loads((tmp_path / "model.int8.engine.json").read_text())
-    q, gate = b["quantization"], b["accuracy_gate"]
+    b = Bundle.read(tmp_path / "model.int8.engine.json")
+    q, gate = b.quantization, b.accuracy_gate
     assert gate["passed"] and gate["agreement_before"] >= 0.99 and gate["fp16_layers"] == []
-    assert q["concat"] == "float" and q["keep_fp16"] == ["stem"] and not q["share_concat_scales"]
-    assert q["fp16_layers"] == q["keep_fp16_layers"] == ["node_Conv_1698"]
-    assert q["gate_fp16_layers"] == []
+    assert q.concat == "float" and q.keep_fp16 == ("stem",) and not q.share_concat_scales
+    assert q.fp16_layers == q.keep_fp16_layers == ("node_Conv_1698",)
+    assert q.gate_fp16_layers == ()
     graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-    assert "image" not in quantized and len(quantized) == q["activation_tensors"] < 241
+    assert "image" not in quantized and len(quantized) == q.activation_tensors < 241
     assert "node_Conv_1698_CastToFp16" in {n.name for n in graph.node}
     printed = " ".join(capsys.readouterr().out.replace("│", " ").split())  # wrapped cells rejoined
     assert "Concat float; FP16 layers: node_Conv_1698" in printed, printed

@@ -115,8 +115,9 @@ def build_section(demo, split, images, labels, ref) -> bool:
         if have_trt:
             options = BuildOptions(precision=precision, calib=str(calib) if precision == "int8" else None)
             result = build(demo.onnx, out, options)
-            engine = f"{result.engine.name} {result.bundle['engine_bytes'] / 2**20:.0f} MiB " \
-                     f"({result.bundle['tensorrt']['flavour']} {result.bundle['tensorrt']['version']})"
+            b = result.bundle
+            engine = (f"{result.engine.name} {b.engine.bytes / 2**20:.0f} MiB "
+                      f"({b.tensorrt.flavour} {b.tensorrt.version})")
         else:
             from medtrt.precision import CalibrationConfig, calibrate, insert_qdq, plan_qdq, to_fp16
             import onnx

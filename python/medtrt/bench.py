@@ -49,6 +49,21 @@ from typing import Any
 
 import numpy as np
 
+import medtrt
+from medtrt._lazy import require
+from medtrt.artifacts import Bundle
+from medtrt.data import list_images, read_image
+from medtrt.data.synth import CLASSES, render
+from medtrt.errors import BundleError, MissingDependencyError
+from medtrt.models import load
+from medtrt.models.checkpoint import load_checkpoint
+from medtrt.models.presets import Preset
+from medtrt.ops import resize_normalize
+from medtrt.reference import predict
+from medtrt.runtime import Engine
+from medtrt.runtime.stages import TensorRTStage
+from medtrt.trt import import_trt
+
 __all__ = ["BenchConfig", "BACKENDS", "MODES", "run_bench", "machine_info"]
 
 MODES = ("engine", "pipeline", "files")
@@ -104,8 +119,6 @@ def machine_info(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Date, commit, host, CPU, GPU/driver and library versions for a benchmark record. The
     commit is $MEDTRT_COMMIT or that of the git checkout at ``cwd`` (default: the current
     directory, where `medtrt bench` is run from)."""
-    import medtrt
-
     def run(cmd: list[str]) -> str:
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
@@ -280,8 +293,6 @@ class TorchCompute(Backend):
         super().__init__(name)
         import torch
 
-        from medtrt.models import load
-
         self.torch = torch
         model, _ = load(checkpoint)
         model = model.to(device).eval()
@@ -327,25 +338,22 @@ class TensorRTCompute(Backend):
 
     device = "cuda:0"
 
-    def __init__(self, name: str, bundle: dict[str, Any], engine_file: Path, flavour: str) -> None:
+    def __init__(self, name: str, bundle: Bundle) -> None:
         super().__init__(name)
         import torch
 
-        from medtrt.runtime.stages import TensorRTStage
-        from medtrt.trt import import_trt
-
-        trt, _ = import_trt(flavour)
+        trt, _ = import_trt(bundle.tensorrt.flavour)
         self.torch = torch
-        self.stage = TensorRTStage(trt, engine_file, 1, 0)
-        profile = bundle["input"]["profile"]
-        self.min_batch, self.max_batch = int(profile["min"][0]), int(profile["max"][0])
+        self.stage = TensorRTStage(trt, bundle.engine_path, 1, 0)
+        profile = bundle.input.profile
+        self.min_batch, self.max_batch = profile.min[0], profile.max[0]
         # The stage's own shape check, against the bundle's input and labels (no pipeline here).
-        self.stage.bind(SimpleNamespace(input_shape=tuple(int(d) for d in profile["opt"][1:]),
-                                        classes=len(bundle["output"]["labels"])))
+        self.stage.bind(SimpleNamespace(input_shape=profile.opt[1:],
+                                        classes=bundle.output.classes))
         self.in_dtype = getattr(torch, self.stage.input_dtype)
         self.stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.stream(self.stream):  # its memory belongs to the stream that uses it
-            self.out = torch.empty((self.max_batch, len(bundle["output"]["labels"])),
+            self.out = torch.empty((self.max_batch, bundle.output.classes),
                                    dtype=getattr(torch, self.stage.logits_dtype),
                                    device=self.device)
 
@@ -385,8 +393,6 @@ class EnginePipeline(Backend):
 
     def __init__(self, name: str, path: Path, decode_threads: int, **kwargs: Any) -> None:
         super().__init__(name)
-        from medtrt import Engine
-
         self.engine = Engine(path, **kwargs)
         self.files = bool(decode_threads) or self.engine.decode == "nvjpeg"
         self.pool = (ThreadPoolExecutor(decode_threads)
@@ -399,8 +405,6 @@ class EnginePipeline(Backend):
 
     def call(self, inputs: Any) -> None:
         if self.files:
-            from medtrt.data import read_image
-
             # nvJPEG: the engine reads the paths (its decoder, in infer_many's reader thread)
             source = inputs if self.pool is None else self.pool.map(read_image, inputs)
             for _ in self.engine.infer_many(source, batch_size=self.batch, k=1):
@@ -425,13 +429,9 @@ class TorchReference(Backend):
 
     def __init__(self, name: str, checkpoint: Path) -> None:
         super().__init__(name)
-        from medtrt.models import load
-
         self.model, self.preset = load(checkpoint)
 
     def call(self, inputs: Any) -> None:
-        from medtrt.reference import predict
-
         predict(self.model, inputs, preset=self.preset, k=1, batch_size=max(len(inputs), 1))
 
 
@@ -443,8 +443,6 @@ class SeedDataLoader(Backend):
     def __init__(self, name: str, checkpoint: Path, workers: int) -> None:
         super().__init__(name)
         import torch
-
-        from medtrt.models import load
 
         self.torch = torch
         self.model, self.preset = load(checkpoint)
@@ -502,18 +500,15 @@ def _cuda() -> tuple[bool, str]:
     return True, ""
 
 
-def _trt_bundle(prec: str, art: Artifacts) -> tuple[dict[str, Any], Path, str] | str:
-    """(bundle, engine file, TensorRT flavour) of the model's engine at ``prec``, or why it
-    cannot run here."""
+def _trt_bundle(prec: str, art: Artifacts) -> Bundle | str:
+    """The bundle of the model's engine at ``prec``, or why TensorRT cannot run it here."""
     if prec not in art.engines:
         return f"no {art.checkpoint.stem}.{prec}.engine bundle: run medtrt build --{prec}"
-    from medtrt.runtime.engine import BundleError, _read_bundle, check_bundle_runnable
-
     try:
-        bundle, engine_file = _read_bundle(art.engines[prec])
-        return bundle, engine_file, check_bundle_runnable(bundle)
+        bundle = Bundle.read(art.engines[prec])
     except BundleError as exc:
         return str(exc)
+    return bundle.why_not_runnable(0) or bundle
 
 
 def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend | str:
@@ -525,8 +520,6 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
             return "nvJPEG decode applies to files mode"
         if not cuda_ok:
             return why_no_cuda
-        from medtrt.errors import MissingDependencyError
-
         base = name[: -len(NVJPEG)]
         try:
             if base.startswith("trt-"):
@@ -551,11 +544,10 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
         got = _trt_bundle(prec, art)
         if isinstance(got, str):
             return got
-        bundle, engine_file, flavour = got
         if mode == "engine":
             if not cuda_ok:
                 return f"engine mode keeps inputs on the GPU through torch: {why_no_cuda}"
-            return TensorRTCompute(name, bundle, engine_file, flavour)
+            return TensorRTCompute(name, got)
         return EnginePipeline(name, art.engines[prec], decode, backend="tensorrt", device=0)
     if name.startswith("ort-"):
         prec = name.split("-")[2]
@@ -585,15 +577,10 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend 
 def _inputs(mode: str, preset: Any, n: int, seed: int, data: str | None, tmp: Path,
             file_format: str = "jpeg") -> Any:
     """The largest batch's inputs; smaller batches take a prefix."""
-    from medtrt.data.synth import CLASSES, render
-    from medtrt.ops import resize_normalize
-
     rng = np.random.default_rng(seed)
     size = max(preset.image_size)
     if mode == "files":
         if data:
-            from medtrt.data import list_images
-
             paths = list_images(data)
             if not paths:
                 raise ValueError(f"--data {data} holds no images")
@@ -620,9 +607,6 @@ def _pct(v: Sequence[float], q: float) -> float:
 def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.PathLike[str], *,
               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run the benchmark; write ``bench.json`` and PNGs under ``out``; return the report."""
-    from medtrt.models.checkpoint import load_checkpoint
-    from medtrt.models.presets import Preset
-
     cfg = config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -789,8 +773,6 @@ def _report(cfg: BenchConfig, art: Artifacts, preset: Any, baselines: dict[str, 
 
 def plot(report: dict[str, Any], out: Path) -> list[str]:
     """Throughput vs batch, latency percentiles, stage breakdown and telemetry traces (PNG)."""
-    from medtrt._lazy import require
-
     require("matplotlib")
     import matplotlib
 
@@ -859,23 +841,27 @@ def plot(report: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         files.append("stages.png")
 
-    trace = report["telemetry"]["trace"]
-    if trace:
-        series = [("cpu_percent", "CPU %"), ("rss_bytes", "host RSS (GiB)"), ("gpu_util", "GPU util %"),
-                  ("power_w", "GPU power (W)"), ("gpu_mem_bytes", "GPU memory (GiB)"),
-                  ("temp_c", "GPU temp (C)")]
-        series = [(k, lab) for k, lab in series if any(k in s for s in trace)]
-        fig, axes = plt.subplots(len(series), 1, figsize=(7, 1.6 * len(series) + 0.6), sharex=True)
-        for ax, (k, lab) in zip(np.atleast_1d(axes), series):
-            pts = [(s["t"], s[k] / (2**30 if k.endswith("bytes") else 1)) for s in trace if k in s]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
-            ax.set_ylabel(lab, fontsize=7)
-            ax.grid(alpha=0.3)
-        np.atleast_1d(axes)[-1].set_xlabel("seconds")
-        np.atleast_1d(axes)[0].set_title(f"telemetry ({report['telemetry']['nvml']}) - {title}",
-                                         fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "telemetry.png", dpi=120)
-        plt.close(fig)
-        files.append("telemetry.png")
+    if report["telemetry"]["trace"]:
+        files.append(_plot_telemetry(plt, report["telemetry"], title, out))
     return files
+
+
+def _plot_telemetry(plt: Any, telemetry: dict[str, Any], title: str, out: Path) -> str:
+    """CPU, memory, GPU utilisation, power and temperature over the run (telemetry.png)."""
+    trace = telemetry["trace"]
+    series = [("cpu_percent", "CPU %"), ("rss_bytes", "host RSS (GiB)"), ("gpu_util", "GPU util %"),
+              ("power_w", "GPU power (W)"), ("gpu_mem_bytes", "GPU memory (GiB)"),
+              ("temp_c", "GPU temp (C)")]
+    series = [(k, lab) for k, lab in series if any(k in s for s in trace)]
+    fig, axes = plt.subplots(len(series), 1, figsize=(7, 1.6 * len(series) + 0.6), sharex=True)
+    for ax, (k, lab) in zip(np.atleast_1d(axes), series):
+        pts = [(s["t"], s[k] / (2**30 if k.endswith("bytes") else 1)) for s in trace if k in s]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
+        ax.set_ylabel(lab, fontsize=7)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[-1].set_xlabel("seconds")
+    np.atleast_1d(axes)[0].set_title(f"telemetry ({telemetry['nvml']}) - {title}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "telemetry.png", dpi=120)
+    plt.close(fig)
+    return "telemetry.png"

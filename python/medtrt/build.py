@@ -8,7 +8,7 @@
 The precision graph is checked on the CPU in ONNX Runtime against the FP32 graph (top-1
 agreement, max |dprob|) before the engine is built. The bundle is ``NAME.engine`` plus
 ``NAME.engine.json`` (what the engine expects and produces, how it was built and checked) and
-the precision ONNX it was built from, ``NAME.onnx``.
+the precision ONNX it was built from, ``NAME.onnx``; the JSON is a ``medtrt.artifacts.Bundle``.
 """
 
 from __future__ import annotations
@@ -26,17 +26,28 @@ from typing import Any, Callable
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt._native import native
+from medtrt.artifacts import (PRECISIONS, AccuracyCheck, ArtifactError, BuildMachine, Bundle,
+                              Calibration, FileRecord, InputSpec, OnnxMetadata, OutputSpec,
+                              Profile, Quantization, SourceOnnx, TensorRTInfo, output_classes,
+                              sha256_file)
+from medtrt.data import read_image
+from medtrt.errors import GateError
+from medtrt.export import verification_images
 from medtrt.metrics import agreement, require_finite
 from medtrt.ops import resize_normalize
+from medtrt.precision import (CalibrationConfig, GateConfig, QdqRecipe, accuracy_gate, calibrate,
+                              read_cache, to_fp16, write_trt_cache)
+from medtrt.precision.calibrate import load_images
 from medtrt.precision.gate import NON_FINITE_FIX, ort_logits
 from medtrt.reference import activate
+from medtrt.trt import EngineBuild, build_engine, import_trt
 
 __all__ = ["BuildOptions", "BuildResult", "build", "BUNDLE_FORMAT"]
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "medtrt-engine-bundle/1"
-PRECISIONS = ("fp32", "fp16", "int8")
+BUNDLE_FORMAT = Bundle.FORMAT
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class BuildResult:
     engine: Path
     bundle_json: Path
     precision_onnx: Path
-    bundle: dict[str, Any]
+    bundle: Bundle
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -117,14 +128,55 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
           options: BuildOptions | None = None, *,
           on_phase: Callable[[str], None] | None = None) -> BuildResult:
     """Build an engine bundle from a medtrt-exported FP32 ONNX (see module docstring)."""
-    from medtrt.export import read_metadata, sha256_file, verification_images
-    from medtrt.precision import (CalibrationConfig, QdqRecipe, calibrate, read_cache, to_fp16,
-                                  write_trt_cache)
-    from medtrt.trt import build_engine, import_trt
-
     opts = options or BuildOptions()
     phase = on_phase or (lambda _s: None)
-    onnx_path = Path(onnx_path)
+    src = _read_source(Path(onnx_path), opts)
+    out = Path(out_dir) if out_dir else src.path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    name = opts.name or f"{src.path.stem}.{opts.precision}"
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    graph = _precision_graph(src, out, name, opts, phase, timings)
+    timings["precision_s"] = time.perf_counter() - t0
+
+    phase("checking accuracy on the CPU")
+    images = _check_images(src, graph, opts)
+    accuracy = _check_accuracy(src.path, graph.path, src.meta.preset, images,
+                               precision=opts.precision)
+    built = build_engine(graph.path, out / f"{name}.engine", batch=opts.batch, flavour=opts.flavour,
+                         workspace_mib=opts.workspace_mib,
+                         optimization_level=opts.optimization_level,
+                         timing_cache_dir=_cache_dir() / "timing",
+                         compute_capabilities=list(opts.compute_capabilities) or None,
+                         on_phase=phase)
+    timings["engine_build_s"] = built.seconds
+    bundle = _bundle(src, graph, built, opts, accuracy, timings).write(out / f"{name}.engine.json")
+    return BuildResult(built.path, bundle.json_path(built.path), graph.path, bundle, timings)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The FP32 ONNX a build starts from."""
+
+    path: Path
+    model: Any  # onnx.ModelProto
+    meta: OnnxMetadata
+    sha256: str
+    classes: int  # the graph's output width
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The precision graph (NAME.onnx) and how it was made."""
+
+    path: Path
+    calibration: Calibration | None = None
+    quantization: Quantization | None = None
+    gate: dict[str, Any] | None = None
+
+
+def _read_source(onnx_path: Path, opts: BuildOptions) -> _Source:
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} does not exist")
     import_trt(opts.flavour)  # fail before any work when no TensorRT flavour is installed
@@ -133,147 +185,148 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         model = onnx.load(str(onnx_path))
     except Exception as exc:
         raise ValueError(f"{onnx_path} is not an ONNX file: {exc}") from exc
-    preset, props = read_metadata(onnx_path)
-    source_sha = sha256_file(onnx_path)
-    out = Path(out_dir) if out_dir else onnx_path.parent
-    out.mkdir(parents=True, exist_ok=True)
-    name = opts.name or f"{onnx_path.stem}.{opts.precision}"
-    precision_onnx = out / f"{name}.onnx"
-    timings: dict[str, float] = {}
-    calibration_info: dict[str, Any] | None = None
-    quantization: dict[str, Any] | None = None
-    gate_info: dict[str, Any] | None = None
+    meta = OnnxMetadata.from_model(model, onnx_path)  # labels checked against the output
+    classes = output_classes(model)
+    if classes is None:
+        raise ArtifactError(f"{onnx_path}: the graph's output has no fixed class dimension, so "
+                            "the engine's labels cannot be checked; export it with `medtrt "
+                            "export` (one output [batch, classes])")
+    return _Source(onnx_path, model, meta, sha256_file(onnx_path), classes)
 
-    t0 = time.perf_counter()
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MEDTRT_CACHE", Path.home() / ".cache" / "medtrt"))
+
+
+def _precision_graph(src: _Source, out: Path, name: str, opts: BuildOptions,
+                     phase: Callable[[str], None], timings: dict[str, float]) -> _Graph:
+    path = out / f"{name}.onnx"
     if opts.precision == "fp32":
-        if precision_onnx.resolve() != onnx_path.resolve():
-            shutil.copyfile(onnx_path, precision_onnx)
-    elif opts.precision == "fp16":
+        if path.resolve() != src.path.resolve():
+            shutil.copyfile(src.path, path)
+        return _Graph(path)
+    if opts.precision == "fp16":
         phase("converting to FP16")
-        to_fp16(model, precision_onnx)
-    else:
-        recipe = opts.recipe or QdqRecipe()
-        plan = recipe.plan(model)
-        if opts.calib_cache:
-            phase("reading calibration cache")
-            cal = read_cache(opts.calib_cache, expect_sha256=source_sha)
-            missing = [t for t in plan.tensors if t not in cal.amax]
-            if missing:
-                raise ValueError(f"calibration cache {opts.calib_cache} lacks {len(missing)} "
-                                 f"tensors of this graph (e.g. {missing[0]!r}); recalibrate")
-        else:
-            phase("calibrating")
-            config = opts.calibration or CalibrationConfig()
-            cal = calibrate(onnx_path, opts.calib, plan.tensors, config, preset=preset)
-            timings["calibration_s"] = cal.seconds
-        cache_json = cal.write(out / f"{name}.calib.json")
-        trt_mod, flavour = import_trt(opts.flavour)
-        # The text cache is for TensorRT 10 users; stamp it with TensorRT's version when that is
-        # the flavour here (TensorRT-RTX numbers its releases differently).
-        trt_cache = write_trt_cache(cal, out / f"{name}.calib.cache",
-                                    trt_version=str(trt_mod.__version__) if flavour == "tensorrt" else None)
-        phase("inserting Q/DQ")
-        qdq_model, final_plan = recipe.apply(model, cal.amax)
-        fp16_layers: list[str] = []
-        if opts.val:
-            from medtrt.errors import GateError
-            from medtrt.precision import GateConfig, accuracy_gate
+        to_fp16(src.model, path)
+        return _Graph(path)
+    return _int8_graph(src, path, opts, phase, timings)
 
-            t_gate = time.perf_counter()
-            qdq_model, gate = accuracy_gate(onnx_path, cal.amax, opts.val, preset=preset,
-                                            config=opts.gate or GateConfig(),
-                                            recipe=recipe, on_phase=phase)
-            timings["gate_s"] = time.perf_counter() - t_gate
-            gate_info = gate.to_json()
-            fp16_layers = gate.fp16_layers
-            if fp16_layers:  # the plan the gated graph was made with, for the bundle's counts
-                final_plan = recipe.plan(model, fp16_layers)
-            if not gate.passed:
-                path = out / f"{name}.gate.json"
-                path.write_text(json.dumps(gate_info, indent=2, default=float) + "\n")
-                raise GateError(
-                    f"{gate.summary()}; no engine built. The most sensitive layers are listed "
-                    f"in {path}; compare layer outputs with `medtrt debug-layers` to see where "
-                    "the INT8 error grows, then try --concat float, --keep-fp16 stem, "
-                    "--calib-method max, more calibration images, or a larger "
-                    "--max-fp16-layers", gate_info, path)
-        onnx.save(qdq_model, str(precision_onnx))
-        calibration_info = {"method": cal.config.method, "images": cal.images,
-                            "bins": cal.config.bins, "start_bin": cal.config.start_bin,
-                            "quantized_bins": cal.config.quantized_bins,
-                            "percentile": cal.config.percentile if cal.config.method == "percentile" else None,
-                            "seed": cal.config.seed, "reused_cache": bool(opts.calib_cache),
-                            "cache_json": cache_json.name, "trt_cache": trt_cache.name,
-                            "seconds": cal.seconds}
-        quantization = {"activation_tensors": len(final_plan.tensors),
-                        "scale_groups": len(final_plan.groups),
-                        **recipe.to_json(model),
-                        "share_concat_scales": recipe.concat == "shared",
-                        "kept_in_float": final_plan.skipped,
-                        "fp16_layers": recipe.layers(model, fp16_layers),
-                        "gate_fp16_layers": fp16_layers}
-    timings["precision_s"] = time.perf_counter() - t0
 
-    phase("checking accuracy on the CPU")
-    if opts.calib and opts.precision == "int8":
-        from medtrt.data import read_image
-        from medtrt.precision.calibrate import load_images
+def _int8_graph(src: _Source, path: Path, opts: BuildOptions, phase: Callable[[str], None],
+                timings: dict[str, float]) -> _Graph:
+    """Calibration (or its cache), explicit Q/DQ and, with --val, the accuracy gate."""
+    recipe = opts.recipe or QdqRecipe()
+    cal = _calibrate(src, recipe.plan(src.model), opts, phase, timings)
+    stem = path.name[: -len(".onnx")]
+    cache_json = cal.write(path.with_name(f"{stem}.calib.json"))
+    trt_mod, flavour = import_trt(opts.flavour)
+    # The text cache is for TensorRT 10 users; stamp it with TensorRT's version when that is
+    # the flavour here (TensorRT-RTX numbers its releases differently).
+    trt_cache = write_trt_cache(cal, path.with_name(f"{stem}.calib.cache"),
+                                trt_version=str(trt_mod.__version__) if flavour == "tensorrt"
+                                else None)
+    phase("inserting Q/DQ")
+    qdq_model, final_plan = recipe.apply(src.model, cal.amax)
+    gate_info: dict[str, Any] | None = None
+    fp16_layers: list[str] = []
+    if opts.val:
+        qdq_model, gate = _gate(src, cal, recipe, path.with_name(f"{stem}.gate.json"), opts,
+                                phase, timings)
+        gate_info, fp16_layers = gate.to_json(), gate.fp16_layers
+        if fp16_layers:  # the plan the gated graph was made with, for the bundle's counts
+            final_plan = recipe.plan(src.model, fp16_layers)
+    require("onnx").save(qdq_model, str(path))
+    calibration = Calibration.from_dict({
+        "method": cal.config.method, "images": cal.images, "bins": cal.config.bins,
+        "start_bin": cal.config.start_bin, "quantized_bins": cal.config.quantized_bins,
+        "percentile": cal.config.percentile if cal.config.method == "percentile" else None,
+        "seed": cal.config.seed, "reused_cache": bool(opts.calib_cache),
+        "cache_json": cache_json.name, "trt_cache": trt_cache.name, "seconds": cal.seconds})
+    quantization = Quantization.from_dict({
+        "activation_tensors": len(final_plan.tensors), "scale_groups": len(final_plan.groups),
+        **recipe.to_json(src.model), "share_concat_scales": recipe.concat == "shared",
+        "kept_in_float": final_plan.skipped,
+        "fp16_layers": recipe.layers(src.model, fp16_layers), "gate_fp16_layers": fp16_layers})
+    return _Graph(path, calibration, quantization, gate_info)
 
-        paths = load_images(opts.calib, min(opts.check_images, cal.images), seed=1)
-        check_images = [read_image(p) for p in paths]
-    else:
-        check_images = verification_images(preset, opts.check_images)
-    accuracy = _check_accuracy(onnx_path, precision_onnx, preset, check_images,
-                               precision=opts.precision)
 
-    engine_path = out / f"{name}.engine"
-    built = build_engine(precision_onnx, engine_path, batch=opts.batch, flavour=opts.flavour,
-                         workspace_mib=opts.workspace_mib,
-                         optimization_level=opts.optimization_level,
-                         timing_cache_dir=Path(os.environ.get("MEDTRT_CACHE", Path.home() / ".cache" / "medtrt")) / "timing",
-                         compute_capabilities=list(opts.compute_capabilities) or None,
-                         on_phase=phase)
-    timings["engine_build_s"] = built.seconds
-    gpu = _build_gpu()
-    bundle = {
-        "format": BUNDLE_FORMAT,
-        "engine": engine_path.name,
-        "engine_bytes": built.engine_bytes,
-        "precision": opts.precision,
-        "precision_onnx": precision_onnx.name,
-        "input": {"name": built.input_name, "dtype": built.input_dtype, "layout": "NCHW",
-                  "channels": preset.in_channels, "size": list(preset.image_size),
-                  "profile": built.profile},
-        "output": {"name": built.output_name, "dtype": built.output_dtype,
-                   "activation": preset.activation, "labels": list(preset.labels),
-                   "threshold": preset.threshold if preset.activation == "sigmoid" else None},
-        "preprocess": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in preset.preprocess_kwargs().items()},
-        "preset": preset.to_dict(),
-        "calibration": calibration_info,
-        "quantization": quantization,
-        "source_onnx": {"name": onnx_path.name, "sha256": source_sha,
-                        "export": json.loads(props.get("medtrt.export", "{}"))},
-        "tensorrt": {"flavour": built.flavour, "version": built.version,
-                     "targets": built.targets, "optimization_level": built.optimization_level,
-                     "workspace_bytes": built.workspace_bytes, "timing_cache": built.timing_cache,
-                     "layers": built.layers, "warnings": built.warnings[-20:]},
-        "build_machine": {"host": platform.node(), **gpu},
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "timings": timings,
-        "accuracy_check": accuracy,
-        "accuracy_gate": gate_info,
-        "executed": False,  # built here; running engines is the runtime's job (issue #5)
-    }
-    bundle_json = out / f"{name}.engine.json"
-    bundle_json.write_text(json.dumps(bundle, indent=2) + "\n")
-    return BuildResult(engine_path, bundle_json, precision_onnx, bundle, timings)
+def _calibrate(src: _Source, plan: Any, opts: BuildOptions, phase: Callable[[str], None],
+               timings: dict[str, float]) -> Any:
+    """The calibration (medtrt.precision.Calibration) from --calib-cache or --calib."""
+    if opts.calib_cache:
+        phase("reading calibration cache")
+        cal = read_cache(opts.calib_cache, expect_sha256=src.sha256)
+        missing = [t for t in plan.tensors if t not in cal.amax]
+        if missing:
+            raise ValueError(f"calibration cache {opts.calib_cache} lacks {len(missing)} "
+                             f"tensors of this graph (e.g. {missing[0]!r}); recalibrate")
+        return cal
+    phase("calibrating")
+    config = opts.calibration or CalibrationConfig()
+    cal = calibrate(src.path, opts.calib, plan.tensors, config, preset=src.meta.preset)
+    timings["calibration_s"] = cal.seconds
+    return cal
+
+
+def _gate(src: _Source, cal: Any, recipe: Any, report: Path, opts: BuildOptions,
+          phase: Callable[[str], None], timings: dict[str, float]) -> tuple[Any, Any]:
+    """(gated Q/DQ model, GateResult); GateError, with the report written, when it fails."""
+    t_gate = time.perf_counter()
+    qdq_model, gate = accuracy_gate(src.path, cal.amax, opts.val, preset=src.meta.preset,
+                                    config=opts.gate or GateConfig(),
+                                    recipe=recipe, on_phase=phase)
+    timings["gate_s"] = time.perf_counter() - t_gate
+    if not gate.passed:
+        gate_info = gate.to_json()
+        report.write_text(json.dumps(gate_info, indent=2, default=float) + "\n")
+        raise GateError(
+            f"{gate.summary()}; no engine built. The most sensitive layers are listed "
+            f"in {report}; compare layer outputs with `medtrt debug-layers` to see where "
+            "the INT8 error grows, then try --concat float, --keep-fp16 stem, "
+            "--calib-method max, more calibration images, or a larger "
+            "--max-fp16-layers", gate_info, report)
+    return qdq_model, gate
+
+
+def _check_images(src: _Source, graph: _Graph, opts: BuildOptions) -> list[np.ndarray]:
+    """Images for the accuracy check: calibration images for INT8 from --calib, else the
+    synthetic verification set."""
+    if opts.calib and graph.calibration is not None:
+        paths = load_images(opts.calib, min(opts.check_images, graph.calibration.images), seed=1)
+        return [read_image(p) for p in paths]
+    return verification_images(src.meta.preset, opts.check_images)
+
+
+def _bundle(src: _Source, graph: _Graph, built: EngineBuild, opts: BuildOptions,
+            accuracy: dict[str, Any], timings: dict[str, float]) -> Bundle:
+    """The bundle record of this build (written as NAME.engine.json)."""
+    return Bundle(
+        precision=opts.precision,
+        engine=FileRecord.of(built.path),
+        precision_onnx=FileRecord.of(graph.path),
+        input=InputSpec(name=built.input_name, dtype=built.input_dtype, layout="NCHW",
+                        profile=Profile.from_dict(built.profile)),
+        output=OutputSpec(name=built.output_name, dtype=built.output_dtype, classes=src.classes),
+        preset=src.meta.preset,
+        source_onnx=SourceOnnx(name=src.path.name, sha256=src.sha256, export=src.meta.export),
+        tensorrt=TensorRTInfo(flavour=built.flavour, version=built.version,
+                              targets=tuple(built.targets),
+                              optimization_level=built.optimization_level,
+                              workspace_bytes=built.workspace_bytes,
+                              timing_cache=built.timing_cache, layers=built.layers,
+                              warnings=tuple(built.warnings[-20:])),
+        build_machine=BuildMachine(host=platform.node(), **_build_gpu()),
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        accuracy_check=AccuracyCheck.from_dict(accuracy),
+        calibration=graph.calibration,
+        quantization=graph.quantization,
+        accuracy_gate=graph.gate,
+        timings=dict(timings),
+    )
 
 
 def _build_gpu() -> dict[str, Any]:
     """The GPU of the build machine, if any (TensorRT-RTX builds ahead of time without one)."""
-    from medtrt._native import native
-
     c = native()
     if c.cuda_device_count() == 0:
         return {"gpu": None, "compute_capability": None, "gpu_status": c.cuda_device_status()}

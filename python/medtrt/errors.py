@@ -16,6 +16,8 @@ __all__ = [
     "ExportError",
     "GateError",
     "NonFiniteError",
+    "ArtifactError",
+    "BundleError",
 ]
 
 
@@ -68,3 +70,13 @@ class GateError(MedtrtError):
 class NonFiniteError(MedtrtError, ValueError):
     """Outputs (logits, probabilities, scores) hold NaN or infinity where a measurement needs
     finite numbers; the message names the input, the counts, the first sample and the fix."""
+
+
+class ArtifactError(MedtrtError, ValueError):
+    """A file medtrt wrote and now reads (ONNX metadata, engine bundle) is missing, damaged, or
+    from another medtrt version; the message names the file, what is wrong and the fix."""
+
+
+class BundleError(ArtifactError):
+    """An engine bundle is incomplete, damaged, from another medtrt, or built for another
+    TensorRT or GPU."""

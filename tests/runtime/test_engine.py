@@ -3,9 +3,9 @@ forms, per-item errors, split/pad, threads, bundle checks."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -226,10 +226,10 @@ def test_bundle_checks(demo_model, data, tmp_path):
     with pytest.raises(ValueError, match=r"backend='tensorrt' runs on a GPU; with device='cpu'"):
         Engine(result.engine, backend="tensorrt", device="cpu")
     assert Engine(result.engine, device="cpu").backend == "onnxruntime"
-    meta = json.loads(result.bundle_json.read_text())
-    meta["tensorrt"]["version"] = "0.0.1"
-    result.bundle_json.write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"built with tensorrt_rtx 0.0.1 but .* is installed; rebuild"):
+    b = result.bundle
+    replace(b, tensorrt=replace(b.tensorrt, version="0.0.1")).write(result.bundle_json)
+    with pytest.raises(BundleError,
+                       match=r"built with tensorrt_rtx 0.0.1 but .* is installed; rebuild"):
         Engine(result.engine, backend="tensorrt")
     with open(result.engine, "r+b") as f:
         f.truncate(1000)

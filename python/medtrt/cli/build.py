@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from medtrt.artifacts import Quantization
 from medtrt.build import BuildOptions, BuildResult, build
 from medtrt.cli._common import positive_int
 from medtrt.precision import CalibrationConfig, GateConfig, QdqRecipe
@@ -62,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         result = build(args.onnx, args.out, options,
                        on_phase=lambda p: status.update(f"{p} ({args.onnx.name}, {precision})"))
     Console().print(_summary(result, args.onnx.name, precision))
-    print(f"wrote {result.engine}, {result.bundle_json.name}, {result.precision_onnx.name} "
-          f"(built, not executed: running engines needs a GPU)")
+    print(f"wrote {result.engine}, {result.bundle_json.name}, {result.precision_onnx.name}")
+    why = result.bundle.why_not_runnable(0)  # what this machine can do now, not a bundle fact
+    print("TensorRT can run it here (GPU 0)" if why is None else
+          f"TensorRT cannot run it on this machine: {why}")
     return 0
 
 
@@ -96,36 +99,34 @@ def _recipe(args: argparse.Namespace) -> QdqRecipe | None:
 def _summary(result: BuildResult, name: str, precision: str) -> Table:
     """The bundle's key facts as a two-column table."""
     b = result.bundle
-    acc = b["accuracy_check"]
-    cal = b["calibration"]
+    acc, cal, trt, profile = b.accuracy_check, b.calibration, b.tensorrt, b.input.profile
     table = Table(title=f"medtrt build: {name}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
         ("precision", precision.upper()),
-        ("engine", f"{b['engine']} ({b['engine_bytes'] / 2**20:.1f} MiB)"),
-        ("engine build", f"{b['timings']['engine_build_s']:.1f} s"),
-        ("calibration", "-" if not cal else "reused cache" if cal["reused_cache"] else
-         f"{cal['method']}, {cal['images']} images, {cal['seconds']:.1f} s"),
-        ("vs FP32 (CPU, ORT)", f"{acc['metric']} agreement {acc['agreement']:.4f}, max |dprob| "
-                               f"{acc['max_abs_prob_diff']:.2e} on {acc['images']} images"),
-        ("quantization", _quant_row(b.get("quantization"))),
-        ("accuracy gate", _gate_row(b.get("accuracy_gate"))),
-        ("TensorRT", f"{b['tensorrt']['flavour']} {b['tensorrt']['version']}, targets "
-                     f"{', '.join(b['tensorrt']['targets']) or 'build GPU'}"),
-        ("profile", " / ".join(str(b["input"]["profile"][k][0]) for k in ("min", "opt", "max"))),
+        ("engine", f"{b.engine.file} ({b.engine.bytes / 2**20:.1f} MiB)"),
+        ("engine build", f"{b.timings['engine_build_s']:.1f} s"),
+        ("calibration", "-" if not cal else "reused cache" if cal.reused_cache else
+         f"{cal.method}, {cal.images} images, {cal.seconds:.1f} s"),
+        ("vs FP32 (CPU, ORT)", f"{acc.metric} agreement {acc.agreement:.4f}, max |dprob| "
+                               f"{acc.max_abs_prob_diff:.2e} on {acc.images} images"),
+        ("quantization", _quant_row(b.quantization)),
+        ("accuracy gate", _gate_row(b.accuracy_gate)),
+        ("TensorRT", f"{trt.flavour} {trt.version}, targets "
+                     f"{', '.join(trt.targets) or 'build GPU'}"),
+        ("profile", f"{profile.min[0]} / {profile.opt[0]} / {profile.max[0]}"),
     ]
     for field, value in rows:
         table.add_row(field, value)
     return table
 
 
-def _quant_row(q: dict | None) -> str:
-    if not q:
+def _quant_row(q: Quantization | None) -> str:
+    if q is None:
         return "-"
-    kept = q.get("fp16_layers") or []
-    return (f"{q['activation_tensors']} activation tensors in INT8, "
-            f"Concat {q.get('concat', 'shared')}"
+    kept = q.fp16_layers
+    return (f"{q.activation_tensors} activation tensors in INT8, Concat {q.concat}"
             f"; FP16 layers: {', '.join(kept) if kept else 'none'}")
 
 

@@ -9,7 +9,7 @@ where TensorRT cannot run it, its precision ONNX runs in ONNX Runtime.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import sys
 from collections import deque
@@ -22,72 +22,67 @@ from typing import Any
 import numpy as np
 
 from medtrt._lazy import require
-from medtrt.errors import ImageReadError, MedtrtError
-from medtrt.models.presets import Preset
+from medtrt._native import native
+from medtrt.artifacts import Bundle, OnnxMetadata
+from medtrt.data import read_image
+from medtrt.data.gpu_decode import NvjpegDecoder, device_image, upload
+from medtrt.errors import BundleError, ImageReadError, MissingDependencyError
+from medtrt.models import load
+from medtrt.ops._common import is_tensor
+from medtrt.ops.resize_normalize import make_options
 from medtrt.runtime.results import Result, Results, failed
 from medtrt.runtime.stages import OnnxRuntimeStage, TensorRTStage, TorchStage
+from medtrt.trt import import_trt
 
 __all__ = ["Engine", "BundleError"]
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
 DECODERS = ("cpu", "nvjpeg", "auto")
 
 
-class BundleError(MedtrtError, ValueError):
-    """An engine bundle is incomplete, damaged, or built for another TensorRT or GPU."""
+def _check_arguments(path: Path, backend: str, decode: str, slots: int, precision: str | None,
+                     cuda_graphs: bool) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if decode not in DECODERS:
+        raise ValueError(f"decode must be one of {DECODERS}; got {decode!r}")
+    if not 1 <= slots <= 16:
+        raise ValueError(f"slots must be in [1, 16]; got {slots}")
+    listed = path.name.endswith(".engine") and Bundle.json_path(path).is_file()
+    if not path.exists() and not listed:  # a bundle's missing engine: Bundle.read says what to do
+        raise FileNotFoundError(f"{path} does not exist")
+    if precision is not None and precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16'; got {precision!r}")
+    if (precision or cuda_graphs) and (backend not in ("auto", "torch") or
+                                       path.suffix in (".onnx", ".engine", ".json")):
+        raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
+                         "an ONNX file or bundle has its precision built in")
 
 
-def _read_bundle(path: Path) -> tuple[dict[str, Any], Path]:
-    json_path = path if path.name.endswith(".engine.json") else path.with_name(path.name + ".json")
-    engine = json_path.with_name(json_path.name[: -len(".json")])
-    if not json_path.is_file():
-        raise BundleError(f"{json_path} is missing: an engine bundle is NAME.engine plus "
-                          "NAME.engine.json (rebuild with `medtrt build`)")
-    bundle = json.loads(json_path.read_text())
-    if bundle.get("format") != "medtrt-engine-bundle/1":
-        raise BundleError(f"{json_path} is not a medtrt engine bundle")
-    if not engine.is_file():
-        raise BundleError(f"engine file {engine} is missing; rebuild with `medtrt build`")
-    size = engine.stat().st_size
-    if size != bundle["engine_bytes"]:
-        raise BundleError(f"engine file {engine} is {size} bytes but its bundle says "
-                          f"{bundle['engine_bytes']} (truncated or replaced); rebuild with `medtrt build`")
-    return bundle, engine
-
-
-def check_bundle_runnable(bundle: dict[str, Any], device: int = 0) -> str:
-    """Raise BundleError unless TensorRT can run this bundle here, on GPU ``device``; returns
-    the flavour."""
-    from medtrt._native import cuda_ready
-    from medtrt.trt import import_trt
-
-    trt_info = bundle["tensorrt"]
-    try:
-        trt, flavour = import_trt(trt_info["flavour"])
-    except ImportError as exc:
-        raise BundleError(f"the engine was built with {trt_info['flavour']} "
-                          f"{trt_info['version']}, which is not installed here ({exc})") from exc
-    if str(trt.__version__) != trt_info["version"]:
-        raise BundleError(f"the engine was built with {flavour} {trt_info['version']} but "
-                          f"{trt.__version__} is installed; rebuild with `medtrt build` here")
-    ok, why = cuda_ready()
-    if not ok:
-        raise BundleError(f"running a TensorRT engine needs a CUDA GPU: {why}; use "
-                          "backend='onnxruntime' (runs the bundle's precision ONNX on the CPU)")
-    from medtrt._native import native
-
-    count = native().cuda_device_count()
-    if not 0 <= device < count:
-        raise BundleError(f"GPU {device} does not exist here ({count} visible); pass device=0"
-                          f"{f'..{count - 1}' if count > 1 else ''}")
-    built_gpu = bundle.get("build_machine", {}).get("gpu")
-    if flavour == "tensorrt" and built_gpu:
-        torch = require("torch")
-        here = torch.cuda.get_device_name(device)
-        if here != built_gpu:
-            raise BundleError(f"the engine was built on {built_gpu} but this GPU is {here}; "
-                              "TensorRT engines are GPU-specific: rebuild with `medtrt build` here")
-    return flavour
+def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int) -> Any:
+    """TensorRT where it can run the bundle here (decided now, ``Bundle.why_not_runnable``),
+    else the bundle's precision ONNX in ONNX Runtime."""
+    if backend not in ("auto", "tensorrt", "onnxruntime"):
+        raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
+    if backend == "tensorrt" and str(device) == "cpu":
+        raise ValueError("backend='tensorrt' runs on a GPU; with device='cpu' use "
+                         "backend='onnxruntime' (the bundle's precision ONNX)")
+    why = ("backend='onnxruntime' was asked for" if backend == "onnxruntime" else
+           "device='cpu' was asked for")
+    if backend != "onnxruntime" and str(device) != "cpu":
+        index = _cuda_index(device)
+        reason = bundle.why_not_runnable(index)
+        if reason is None:
+            trt, _ = import_trt(bundle.tensorrt.flavour)
+            return TensorRTStage(trt, bundle.engine_path, slots, index)
+        if backend == "tensorrt":
+            raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
+        why = reason
+        log.info("%s: TensorRT cannot run it here (%s); running its precision ONNX in ONNX "
+                 "Runtime", bundle.path, reason)
+    return OnnxRuntimeStage(bundle.require_precision_onnx(why))
 
 
 def _cuda_index(device: Any) -> int:
@@ -201,84 +196,49 @@ class Engine:
                  backend: str = "auto", max_batch: int | None = None,
                  precision: str | None = None, cuda_graphs: bool = False,
                  decode: str = "cpu") -> None:
-        from medtrt._native import native
-        from medtrt.ops.resize_normalize import make_options
-
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-        if decode not in DECODERS:
-            raise ValueError(f"decode must be one of {DECODERS}; got {decode!r}")
-        if not 1 <= slots <= 16:
-            raise ValueError(f"slots must be in [1, 16]; got {slots}")
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
+        _check_arguments(path, backend, decode, slots, precision, cuda_graphs)
         self.path, self.slots = path, slots
-        self.bundle: dict[str, Any] | None = None
+        self.bundle: Bundle | None = None
         min_batch, profile_max = 1, None
-        if precision is not None and precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16'; got {precision!r}")
-        if (precision or cuda_graphs) and (backend not in ("auto", "torch") or
-                                           path.suffix in (".onnx", ".engine", ".json")):
-            raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
-                             "an ONNX file or bundle has its precision built in")
         if path.name.endswith((".engine", ".engine.json")):
-            self.bundle, engine_file = _read_bundle(path)
-            self.preset = Preset.from_dict(self.bundle["preset"])
-            self.precision = self.bundle["precision"]
-            profile = self.bundle["input"]["profile"]
-            min_batch, profile_max = profile["min"][0], profile["max"][0]
-            stage: Any = None
-            if backend == "tensorrt" and str(device) == "cpu":
-                raise ValueError("backend='tensorrt' runs on a GPU; with device='cpu' use "
-                                 "backend='onnxruntime' (the bundle's precision ONNX)")
-            if backend in ("auto", "tensorrt") and str(device) != "cpu":
-                try:
-                    flavour = check_bundle_runnable(self.bundle, _cuda_index(device))
-                except BundleError:
-                    if backend == "tensorrt":
-                        raise
-                else:
-                    from medtrt.trt import import_trt
-
-                    trt, _ = import_trt(flavour)
-                    stage = TensorRTStage(trt, engine_file, slots, _cuda_index(device))
-            if stage is None:
-                if backend not in ("auto", "onnxruntime"):
-                    raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; "
-                                     f"got {backend!r}")
-                # Where TensorRT cannot run it: the bundle's precision ONNX in ONNX Runtime.
-                stage = OnnxRuntimeStage(engine_file.with_name(self.bundle["precision_onnx"]))
+            self.bundle = Bundle.read(path)
+            self.preset, self.precision = self.bundle.preset, self.bundle.precision
+            profile = self.bundle.input.profile
+            min_batch, profile_max = profile.min[0], profile.max[0]
+            stage: Any = _bundle_stage(self.bundle, backend, device, slots)
         elif path.suffix == ".onnx":
-            from medtrt.export import read_metadata
-
             if backend not in ("auto", "onnxruntime"):
                 raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
-            self.preset, _ = read_metadata(path)
+            self.preset = OnnxMetadata.read(path).preset
             self.precision = _onnx_precision(path)
             stage = OnnxRuntimeStage(path)
         else:
             if backend not in ("auto", "torch"):
                 raise ValueError(f"a checkpoint runs with backend 'torch'; got {backend!r}")
-            from medtrt.models import load
-
             model, self.preset = load(path)
             self.precision = precision or "fp32"
             stage = TorchStage(model, _torch_device(device), half=self.precision == "fp16",
                                cuda_graphs=cuda_graphs)
+        self._start(stage, min_batch, profile_max, max_batch, decode)
+
+    def _start(self, stage: Any, min_batch: int, profile_max: int | None,
+               max_batch: int | None, decode: str) -> None:
+        """The pipeline around ``stage``, its slots reserved, and the decoder."""
         self._stage = stage
         self.backend = stage.name
         self.device = stage.device
         self.min_batch = min_batch
         self.max_batch = max_batch or profile_max or 64
         if self.max_batch < min_batch:
-            raise ValueError(f"max_batch {self.max_batch} is below the engine's minimum batch {min_batch}")
+            raise ValueError(f"max_batch {self.max_batch} is below the engine's minimum batch "
+                             f"{min_batch}")
         if profile_max and self.max_batch > profile_max:
             raise ValueError(f"max_batch {self.max_batch} exceeds the engine's profile maximum "
                              f"{profile_max}; rebuild with a larger --batch max")
         options = make_options(**self.preset.preprocess_kwargs(), dtype=stage.input_dtype)
         self._pipeline = native().Pipeline(
-            slots=slots, classes=self.preset.num_classes, preprocess=options,
+            slots=self.slots, classes=self.preset.num_classes, preprocess=options,
             logits_dtype=stage.logits_dtype, activation=self.preset.activation,
             device="cpu" if self.device == "cpu" else _cuda_index(self.device))
         stage.bind(self._pipeline)
@@ -431,8 +391,6 @@ class Engine:
         elif any(not isinstance(x, np.ndarray) for x in prepared.images):
             # A resident batch: every image in device memory (host arrays uploaded on the
             # producer stream), read in place after that stream (which waits for the decoder).
-            from medtrt.data.gpu_decode import upload
-
             self._check_finite_cuda(prepared.images, prepared.where, producer)
             torch = require("torch")
             if decoded:
@@ -476,8 +434,6 @@ class Engine:
 
     def _load(self, item: Any, index: int) -> np.ndarray:
         if isinstance(item, (str, os.PathLike)):
-            from medtrt.data import read_image
-
             return read_image(item)
         arr = np.asarray(item)
         if arr.dtype.kind == "f":
@@ -491,8 +447,6 @@ class Engine:
 
     def _load_cuda(self, tensor: Any, index: int, producer: Any) -> Any:
         """A CUDA tensor as a DeviceImage on this engine's GPU (moved there if elsewhere)."""
-        from medtrt.data.gpu_decode import device_image
-
         torch = require("torch")
         self._check_channels(tuple(tensor.shape), index)
         with torch.cuda.stream(producer):
@@ -543,9 +497,6 @@ def _make_decoder(decode: str, device: str) -> Any:
             raise ValueError("decode='nvjpeg' decodes on the GPU; this engine runs on the CPU "
                              "(use decode='cpu', or a GPU backend)")
         return None
-    from medtrt.data.gpu_decode import NvjpegDecoder
-    from medtrt.errors import MissingDependencyError
-
     try:
         return NvjpegDecoder(_cuda_index(device))
     except MissingDependencyError:
@@ -555,8 +506,6 @@ def _make_decoder(decode: str, device: str) -> Any:
 
 
 def _is_cuda(x: Any) -> bool:
-    from medtrt.ops._common import is_tensor
-
     return is_tensor(x) and x.is_cuda
 
 
@@ -574,8 +523,6 @@ def _onnx_precision(path: Path) -> str:
 def _as_items(batch: Any, keep_cuda: bool = False) -> tuple[list[Any], list[str | None]]:
     """The items of a batch; torch tensors become NumPy arrays, except CUDA tensors when
     ``keep_cuda`` (a GPU backend reads them in place)."""
-    from medtrt.ops._common import is_tensor
-
     def host(x: Any) -> Any:
         return x if keep_cuda and x.is_cuda else x.detach().cpu().numpy()
 
