@@ -159,24 +159,9 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     t0 = time.perf_counter()
 
     builder = trt.Builder(logs.logger)
-    flags = 0
-    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if name == "tensorrt" and version.split(".")[0] == "10" and typed is not None:
-        flags = 1 << int(typed)  # TensorRT 10: opt in; 11 and RTX are always strongly typed
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logs.logger)
     phase("parsing")
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = []
-        for i in range(parser.num_errors):
-            e = parser.get_error(i)
-            errors.append(f"node {e.node_name() or e.node()!r} ({e.node_operator() or '?'}): {e.desc()}")
-        raise BuildError(f"TensorRT ({name} {version}) cannot parse {onnx_path}:\n  "
-                         + "\n  ".join(errors or ["unknown parser error"])
-                         + (f"\nTensorRT log:\n{logs.tail()}" if logs.lines else ""))
-    if network.num_inputs != 1 or network.num_outputs != 1:
-        raise BuildError(f"{onnx_path}: expected one input and one output; got "
-                         f"{network.num_inputs} and {network.num_outputs}")
+    # The parser holds the weights the network refers to: it lives until the build is done.
+    network, _parser = _parse(trt, name, version, builder, logs, onnx_path)
     inp, out = network.get_input(0), network.get_output(0)
     dims = tuple(inp.shape)
     if dims[0] != -1 and not lo == opt == hi == dims[0]:
@@ -190,33 +175,8 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     rest = dims[1:]
     profile.set_shape(inp.name, (lo, *rest), (opt, *rest), (hi, *rest))
     config.add_optimization_profile(profile)
-
-    targets: list[str] = []
-    if name == "tensorrt_rtx":
-        if compute_capabilities:
-            ccs = []
-            for cc in compute_capabilities:
-                value = getattr(trt.ComputeCapability, cc.upper(), None)
-                if value is None:
-                    known = [m for m in dir(trt.ComputeCapability) if m.startswith("SM")]
-                    raise ValueError(f"unknown compute capability {cc!r}; TensorRT-RTX knows {known}")
-                ccs.append(value)
-            config.num_compute_capabilities = len(ccs)
-            for i, cc in enumerate(ccs):
-                config.set_compute_capability(cc, i)
-        targets = [str(config.get_compute_capability(i)).rsplit(".", 1)[-1]
-                   for i in range(config.num_compute_capabilities)] or ["library default"]
-    elif compute_capabilities:
-        raise ValueError("compute capability targets are a TensorRT-RTX option; TensorRT builds "
-                         "for the GPU it runs on")
-
-    cache_path = None
-    cache = None
-    if name == "tensorrt" and timing_cache_dir is not None:
-        cache_path = Path(timing_cache_dir) / f"timing-{name}-{version}-{_gpu_key()}.cache"
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    targets = _set_targets(trt, name, config, compute_capabilities)
+    cache_path, cache = _timing_cache(name, version, config, timing_cache_dir)
 
     phase("building")
     plan = builder.build_serialized_network(network, config)
@@ -243,3 +203,63 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         targets=targets, optimization_level=optimization_level, workspace_bytes=workspace_mib << 20,
         layers=network.num_layers, warnings=[l for l in logs.lines if l.startswith("[W]")],
     )
+
+
+def _parse(trt: Any, name: str, version: str, builder: Any, logs: "_Log",
+           onnx_path: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """(the strongly typed network of ``onnx_path``, its parser): one input, one output, or a
+    BuildError listing the parser's errors and the tail of TensorRT's log."""
+    flags = 0
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if name == "tensorrt" and version.split(".")[0] == "10" and typed is not None:
+        flags = 1 << int(typed)  # TensorRT 10: opt in; 11 and RTX are always strongly typed
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logs.logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            errors.append(f"node {e.node_name() or e.node()!r} ({e.node_operator() or '?'}): {e.desc()}")
+        raise BuildError(f"TensorRT ({name} {version}) cannot parse {onnx_path}:\n  "
+                         + "\n  ".join(errors or ["unknown parser error"])
+                         + (f"\nTensorRT log:\n{logs.tail()}" if logs.lines else ""))
+    if network.num_inputs != 1 or network.num_outputs != 1:
+        raise BuildError(f"{onnx_path}: expected one input and one output; got "
+                         f"{network.num_inputs} and {network.num_outputs}")
+    return network, parser
+
+
+def _set_targets(trt: Any, name: str, config: Any,
+                 compute_capabilities: list[str] | None) -> list[str]:
+    """TensorRT-RTX: the compute capabilities to build for (the library's default when none
+    are named). Full TensorRT builds for the GPU it runs on."""
+    if name != "tensorrt_rtx":
+        if compute_capabilities:
+            raise ValueError("compute capability targets are a TensorRT-RTX option; TensorRT "
+                             "builds for the GPU it runs on")
+        return []
+    if compute_capabilities:
+        ccs = []
+        for cc in compute_capabilities:
+            value = getattr(trt.ComputeCapability, cc.upper(), None)
+            if value is None:
+                known = [m for m in dir(trt.ComputeCapability) if m.startswith("SM")]
+                raise ValueError(f"unknown compute capability {cc!r}; TensorRT-RTX knows {known}")
+            ccs.append(value)
+        config.num_compute_capabilities = len(ccs)
+        for i, cc in enumerate(ccs):
+            config.set_compute_capability(cc, i)
+    return [str(config.get_compute_capability(i)).rsplit(".", 1)[-1]
+            for i in range(config.num_compute_capabilities)] or ["library default"]
+
+
+def _timing_cache(name: str, version: str, config: Any,
+                  timing_cache_dir: str | os.PathLike[str] | None) -> tuple[Path | None, Any]:
+    """Full TensorRT: a timing cache per TensorRT version and GPU, loaded into ``config``."""
+    if name != "tensorrt" or timing_cache_dir is None:
+        return None, None
+    cache_path = Path(timing_cache_dir) / f"timing-{name}-{version}-{_gpu_key()}.cache"
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache_path, cache
