@@ -221,11 +221,14 @@ def test_bundle_checks(demo_model, data, tmp_path):
     assert auto.backend == "onnxruntime" and auto.max_batch == 32
     assert auto.infer(data.images[:5]).indices.shape == (5, 5)
     assert "Engine('model.fp32.engine', backend=onnxruntime, precision=fp32" in repr(auto)
+    assert auto.fallback.startswith("TensorRT cannot run it on 0 here (") and "fallback=" in repr(
+        auto)  # the reason is kept (and logged), not swallowed
     with pytest.raises(BundleError, match=r"needs a CUDA GPU: .*use backend='onnxruntime'"):
         Engine(result.engine, backend="tensorrt")
     with pytest.raises(ValueError, match=r"backend='tensorrt' runs on a GPU; with device='cpu'"):
         Engine(result.engine, backend="tensorrt", device="cpu")
     assert Engine(result.engine, device="cpu").backend == "onnxruntime"
+    assert Engine(result.engine, device="cpu").fallback is None  # what was asked for
     b = result.bundle
     replace(b, tensorrt=replace(b.tensorrt, version="0.0.1")).write(result.bundle_json)
     with pytest.raises(BundleError,
@@ -257,3 +260,25 @@ def test_infer_inside_an_infer_many_loop_does_not_deadlock(demo_model, data):
     assert len(seen) == 3
     np.testing.assert_array_equal(np.concatenate([a for a, _ in seen]),
                                   engine.infer(data.images[:20]).indices)
+
+
+def test_every_fallback_is_logged_and_kept(demo_model, caplog):
+    """One rule for every backend: a GPU asked for and not used is a logged fallback, kept in
+    Engine.fallback; the CPU asked for is no fallback."""
+    import logging
+
+    from medtrt._native import cuda_ready
+
+    with caplog.at_level(logging.INFO, logger="medtrt.runtime.engine"):
+        ckpt = Engine(demo_model.checkpoint, device=0)
+        onnx = Engine(demo_model.onnx, device="cuda:0")  # ONNX Runtime runs on the CPU here
+    assert "ONNX Runtime on the CPU, not on 'cuda:0'" in onnx.fallback
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(onnx.fallback in m for m in logged)
+    if cuda_ready()[0]:  # a GPU machine: the checkpoint runs where it was asked to
+        assert ckpt.device == "cuda:0" and ckpt.fallback is None
+    else:
+        assert ckpt.device == "cpu" and "torch sees no CUDA device for 0" in ckpt.fallback
+        assert any(ckpt.fallback in m for m in logged)
+    assert Engine(demo_model.checkpoint, device="cpu").fallback is None
+    assert Engine(demo_model.onnx, device="cpu").fallback is None

@@ -61,9 +61,10 @@ def _check_arguments(path: Path, backend: str, decode: str, slots: int, precisio
                          "an ONNX file or bundle has its precision built in")
 
 
-def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int) -> Any:
+def _bundle_stage(bundle: Bundle, backend: str, device: Any,
+                  slots: int) -> tuple[Any, str | None]:
     """TensorRT where it can run the bundle here (decided now, ``Bundle.why_not_runnable``),
-    else the bundle's precision ONNX in ONNX Runtime."""
+    else the bundle's precision ONNX in ONNX Runtime: (stage, why it fell back, or None)."""
     if backend not in ("auto", "tensorrt", "onnxruntime"):
         raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
     if backend == "tensorrt" and str(device) == "cpu":
@@ -76,13 +77,13 @@ def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int) -> Any:
         reason = bundle.why_not_runnable(index)
         if reason is None:
             trt, _ = import_trt(bundle.tensorrt.flavour)
-            return TensorRTStage(trt, bundle.engine_path, slots, index)
+            return TensorRTStage(trt, bundle.engine_path, slots, index), None
         if backend == "tensorrt":
             raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
-        why = reason
-        log.info("%s: TensorRT cannot run it here (%s); running its precision ONNX in ONNX "
-                 "Runtime", bundle.path, reason)
-    return OnnxRuntimeStage(bundle.require_precision_onnx(why))
+        stage = OnnxRuntimeStage(bundle.require_precision_onnx(reason))
+        return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running its "
+                       "precision ONNX in ONNX Runtime on the CPU")
+    return OnnxRuntimeStage(bundle.require_precision_onnx(why)), None
 
 
 def _cuda_index(device: Any) -> int:
@@ -99,13 +100,16 @@ def _cuda_index(device: Any) -> int:
     raise ValueError(f"device must be a GPU index, 'cuda', 'cuda:N' or 'cpu'; got {device!r}")
 
 
-def _torch_device(device: Any) -> str:
-    """'cpu' or 'cuda:N' for the torch backend (the CPU when no GPU is usable)."""
+def _torch_device(device: Any) -> tuple[str, str | None]:
+    """'cpu' or 'cuda:N' for the torch backend, and why it is the CPU when a GPU was asked for
+    but torch sees none (None otherwise)."""
     if str(device) == "cpu":
-        return "cpu"
+        return "cpu", None
     index = _cuda_index(device)
     torch = require("torch")
-    return f"cuda:{index}" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return f"cuda:{index}", None
+    return "cpu", f"torch sees no CUDA device for {device!r}; running the model on the CPU"
 
 
 class _Flight:
@@ -206,20 +210,28 @@ class Engine:
             self.preset, self.precision = self.bundle.preset, self.bundle.precision
             profile = self.bundle.input.profile
             min_batch, profile_max = profile.min[0], profile.max[0]
-            stage: Any = _bundle_stage(self.bundle, backend, device, slots)
+            stage, fallback = _bundle_stage(self.bundle, backend, device, slots)
         elif path.suffix == ".onnx":
             if backend not in ("auto", "onnxruntime"):
                 raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
             self.preset = OnnxMetadata.read(path).preset
             self.precision = _onnx_precision(path)
             stage = OnnxRuntimeStage(path)
+            fallback = None if str(device) == "cpu" else (
+                f"an ONNX file runs in ONNX Runtime on the CPU, not on {device!r}; build an "
+                "engine bundle (`medtrt build`) to run on a GPU")
         else:
             if backend not in ("auto", "torch"):
                 raise ValueError(f"a checkpoint runs with backend 'torch'; got {backend!r}")
             model, self.preset = load(path)
             self.precision = precision or "fp32"
-            stage = TorchStage(model, _torch_device(device), half=self.precision == "fp16",
+            torch_device, fallback = _torch_device(device)
+            stage = TorchStage(model, torch_device, half=self.precision == "fp16",
                                cuda_graphs=cuda_graphs)
+        # One rule for every backend: a fallback from what was asked for is logged and kept.
+        self.fallback: str | None = fallback
+        if fallback:
+            log.info("%s: %s", path, fallback)
         self._start(stage, min_batch, profile_max, max_batch, decode)
 
     def _start(self, stage: Any, min_batch: int, profile_max: int | None,
@@ -341,7 +353,8 @@ class Engine:
         return (f"Engine({self.path.name!r}, backend={self.backend}, precision={self.precision}, "
                 f"device={device}, slots={self.slots}, decode={self.decode}, "
                 f"input={self.preset.in_channels}x{h}x{w}, labels={self.preset.num_classes}, "
-                f"max_batch={self.max_batch})")
+                f"max_batch={self.max_batch}"
+                + (f", fallback={self.fallback!r})" if self.fallback else ")"))
 
     # -- internals --------------------------------------------------------------------------------
 
