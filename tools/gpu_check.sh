@@ -110,7 +110,8 @@ trap finish EXIT
 env_info() {
   { nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader \
       || echo "no nvidia-smi"; } >"$WORK/nvidia-smi.csv" 2>&1
-  { nvcc --version | tail -1 || echo "no nvcc"; } >"$WORK/nvcc.txt" 2>&1
+  { command -v nvcc >/dev/null && nvcc --version | tail -1 || echo "no nvcc"; } \
+    >"$WORK/nvcc.txt" 2>&1
   $PY -c 'import json, platform, importlib.metadata as m
 v = {"python": platform.python_version()}
 for p in ("torch", "torchvision", "onnxruntime", "numpy", "monai"):
@@ -152,8 +153,9 @@ if [ "$DRY" = 1 ]; then
 elif ls .whl/medtrt-*.whl >/dev/null 2>&1 && NOTE="carried wheel" step build 60 install_wheels; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 else
-  ls .whl/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile \
-    --target /tmp/site .whl/*.whl >>"$LOG" 2>&1  # MONAI at least
+  # MONAI alone: a medtrt wheel pip refuses (another Python) would abort a joint install
+  ls .whl/monai-*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps \
+    --no-compile --target /tmp/site .whl/monai-*.whl >>"$LOG" 2>&1
   NOTE="the wheel was missing or did not import" step build-source 240 build_source \
     || { echo "medtrt does not import with CUDA: nothing else can run" >>"$LOG"; exit 1; }
   export PYTHONPATH=/tmp/site-src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -194,6 +196,7 @@ if [ "$GPU" = 1 ] && command -v compute-sanitizer >/dev/null; then
   probe=$?
   if [ $probe -ne 0 ] && tail -50 "$LOG" | grep -qi "unrecognized\|invalid.*kernel-name\|unknown option"; then
     FILTER=()  # this compute-sanitizer has no kernel filter: check every kernel
+    sed -i '$d' "$STEPS"  # the retry's record replaces the refused attempt's
     NOTE="retried without --kernel-name" step sanitize-probe 60 sanitize_probe "${FILTER[@]}"
     probe=$?
   fi

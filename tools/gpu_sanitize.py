@@ -158,7 +158,7 @@ def _collect(pipe, twin, twin_stage, item, checks: Checks, dtype: str) -> None:
     ref = np.asarray(want[2], np.float64)
     checks.close(f"pipeline {dtype} batch {i} logits of indices",
                  np.take_along_axis(ref, got[1].astype(np.int64), 1),
-                 np.take_along_axis(ref, want[1].astype(np.int64), 1))
+                 np.take_along_axis(ref, want[1].astype(np.int64), 1), 1e-6, 1e-5)
 
 
 def main(argv: list[str] | None = None) -> int:

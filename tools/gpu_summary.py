@@ -105,19 +105,21 @@ def sanitizer_errors(work: Path) -> dict[str, Any]:
 def figures(out: Path, work: Path, cases: list[dict[str, Any]]) -> dict[str, Any]:
     fig: dict[str, Any] = {}
     ops = read_json(out / "bench_ops_gpu.json")
-    if ops and ops.get("gpu"):
-        g = ops["gpu"]
+    g = (ops or {}).get("gpu") or {}
+    if "copy_bandwidth_Bps" in g:  # (a skipped GPU section holds only the reason)
         fig["kernels"] = {"copy_bandwidth_GBps": round(g["copy_bandwidth_Bps"] / 1e9, 1),
-                          "rows": [{"op": r["op"], "case": r["case"],
-                                    "bandwidth_GBps": round(r["bandwidth_Bps"] / 1e9, 1),
-                                    "fraction_of_copy": round(r["fraction_of_copy"], 3)}
+                          "rows": [{"op": r.get("op"), "case": r.get("case"),
+                                    "bandwidth_GBps": round(r.get("bandwidth_Bps", 0) / 1e9, 1),
+                                    "fraction_of_copy": round(r.get("fraction_of_copy", 0), 3)}
                                    for r in g.get("results", [])]}
+    elif g:
+        fig["kernels"] = {"skipped": g.get("skipped", g)}
     pipe = read_json(out / "bench_pipeline_gpu.json")
     if pipe:
         fig["pipeline_end_to_end_over_compute"] = [
-            {"slots": r["slots"], "cuda_graphs": r["cuda_graphs"], "batch": pipe.get("batch"),
-             "ratio": r["ratio_end_to_end_to_compute"],
-             "end_to_end_images_per_s": r["end_to_end_images_per_s"]}
+            {"slots": r.get("slots"), "cuda_graphs": r.get("cuda_graphs"),
+             "batch": pipe.get("batch"), "ratio": r.get("ratio_end_to_end_to_compute"),
+             "end_to_end_images_per_s": r.get("end_to_end_images_per_s")}
             for r in pipe.get("results", [])]
     bench = read_json(out / "bench.json")
     if bench:

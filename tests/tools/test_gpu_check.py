@@ -131,3 +131,23 @@ def test_the_budget_table_matches_the_steps():
     assert {k: v[0] for k, v in table.items()} == calls
     expected = sum(e for k, (_, e) in table.items() if k != "build-source")
     assert expected <= 540 - 60, expected  # a minute of slack under the budget
+
+
+def test_summary_survives_a_skipped_gpu_section(tmp_path, monkeypatch):
+    """bench_ops writes {"gpu": {"skipped": why}} without a usable GPU: the summary records the
+    reason instead of failing (it runs from the EXIT trap: a crash there loses everything)."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (out / "bench_ops_gpu.json").write_text(json.dumps({"gpu": {"skipped": "no GPU"}}))
+    (out / "bench_pipeline_gpu.json").write_text(json.dumps({"results": [{"slots": 2}]}))
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import gpu_summary
+
+    assert gpu_summary.main(["--work", str(work), "--out", str(out), "--budget", "540",
+                             "--elapsed", "3"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["figures"]["kernels"] == {"skipped": "no GPU"}
+    assert s["figures"]["pipeline_end_to_end_over_compute"][0]["ratio"] is None
+    assert s["ok"] is False  # no step ran
+    sys.modules.pop("gpu_summary", None)
