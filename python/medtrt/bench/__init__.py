@@ -18,8 +18,8 @@ Modes (what one timed call covers):
 
 Several modes in one run (``mode="engine,pipeline"``) interleave them too, and each backend
 that ran in two modes gets the ratio between them at each batch size (``mode_ratios``:
-pipeline / engine is the share of compute-only throughput the whole pipeline keeps; #5 and #7
-ask for >= 0.95 at batch 256 with the torch FP16 stage on a GPU).
+pipeline / engine is the share of compute-only throughput the whole pipeline keeps; the goal
+is >= 0.95 at batch 256 with the torch FP16 stage on a GPU).
 
 Backends are interleaved: each repeat visits every batch size and every backend in turn, so
 drift (thermal, other load) affects all alike; each (backend, batch) window runs warm-up calls

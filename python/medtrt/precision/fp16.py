@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medtrt._lazy import require
+from medtrt.errors import MissingDependencyError
 
 __all__ = ["to_fp16", "FP32_OPS"]
 
@@ -37,8 +38,6 @@ def to_fp16(model: Any, out: str | os.PathLike[str] | None = None, *, keep_io_ty
     try:
         from onnxconverter_common import float16
     except ImportError as exc:
-        from medtrt.errors import MissingDependencyError
-
         raise MissingDependencyError("onnxconverter-common is needed for FP16 conversion; "
                                      "install it with: pip install 'medtrt[onnx]'") from exc
     proto = onnx.load(str(model)) if isinstance(model, (str, os.PathLike)) else model
