@@ -1,0 +1,39 @@
+"""Reference checkpoints from torchvision's own densenet121 (tools/byo_reference.py), made by an
+interpreter that has torchvision: medtrt's own environment does not (its torch build does not
+pair with a torchvision wheel), so the reference runs in a separate venv.
+
+The interpreter is $MEDTRT_TORCHVISION_PYTHON, else REPO/.venv-torchvision/bin/python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / "tools" / "byo_reference.py"
+DEFAULT_PYTHON = REPO / ".venv-torchvision" / "bin" / "python"
+MAKE_VENV = ("python3.11 -m venv .venv-torchvision && .venv-torchvision/bin/pip install "
+             "torch==2.14.1 torchvision==0.29.1 (or set MEDTRT_TORCHVISION_PYTHON)")
+
+
+def torchvision_python() -> tuple[Path | None, str]:
+    """(interpreter, why not): the interpreter that runs tools/byo_reference.py, or None."""
+    given = os.environ.get("MEDTRT_TORCHVISION_PYTHON")
+    if given:
+        return Path(given), ""  # asked for explicitly: a broken one must fail, not skip
+    if DEFAULT_PYTHON.exists():
+        return DEFAULT_PYTHON, ""
+    return None, ("no interpreter with torchvision for the reference checkpoints; make one: "
+                  + MAKE_VENV)
+
+
+def make_reference(python: Path, out: Path, seed: int = 0) -> dict:
+    """Run the reference tool into ``out``; its manifest (variants, versions)."""
+    proc = subprocess.run([str(python), str(TOOL), str(out), "--seed", str(seed)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{TOOL.name} failed under {python}:\n{proc.stderr[-3000:]}")
+    return json.loads((out / "manifest.json").read_text())
