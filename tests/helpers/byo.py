@@ -15,8 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "byo_reference.py"
 DEFAULT_PYTHON = REPO / ".venv-torchvision" / "bin" / "python"
-MAKE_VENV = ("python3.11 -m venv .venv-torchvision && .venv-torchvision/bin/pip install "
-             "torch==2.14.1 torchvision==0.29.1 (or set MEDTRT_TORCHVISION_PYTHON)")
+MAKE_VENV = ("`make test-import-torchvision`, or python3.11 -m venv .venv-torchvision && "
+             ".venv-torchvision/bin/pip install torch==2.14.1 torchvision==0.29.1 (or set "
+             "MEDTRT_TORCHVISION_PYTHON)")
 
 
 def torchvision_python() -> tuple[Path | None, str]:
