@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 from medtrt._lazy import require
+from medtrt.errors import MissingDependencyError
+from medtrt.onnxio import save_onnx
 
 __all__ = ["to_fp16", "FP32_OPS"]
 
@@ -37,8 +38,6 @@ def to_fp16(model: Any, out: str | os.PathLike[str] | None = None, *, keep_io_ty
     try:
         from onnxconverter_common import float16
     except ImportError as exc:
-        from medtrt.errors import MissingDependencyError
-
         raise MissingDependencyError("onnxconverter-common is needed for FP16 conversion; "
                                      "install it with: pip install 'medtrt[onnx]'") from exc
     proto = onnx.load(str(model)) if isinstance(model, (str, os.PathLike)) else model
@@ -53,6 +52,5 @@ def to_fp16(model: Any, out: str | os.PathLike[str] | None = None, *, keep_io_ty
         log.info("fp16: %d weights below the FP16 range were clamped to +-1e-7", clamped)
     onnx.checker.check_model(converted)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(converted, str(out))
+        save_onnx(converted, out)
     return converted

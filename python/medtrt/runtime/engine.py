@@ -23,10 +23,11 @@ import numpy as np
 
 from medtrt._lazy import require
 from medtrt._native import native
-from medtrt.artifacts import Bundle, OnnxMetadata
+from medtrt.artifacts import Bundle
 from medtrt.data import read_image
 from medtrt.data.gpu_decode import NvjpegDecoder, device_image, upload
 from medtrt.errors import BundleError, ImageReadError, MissingDependencyError
+from medtrt.foreign import read_onnx
 from medtrt.models import load
 from medtrt.ops._common import is_tensor
 from medtrt.ops.resize_normalize import make_options
@@ -43,7 +44,7 @@ DECODERS = ("cpu", "nvjpeg", "auto")
 
 
 def _check_arguments(path: Path, backend: str, decode: str, slots: int, precision: str | None,
-                     cuda_graphs: bool) -> None:
+                     cuda_graphs: bool, preset: Any) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if decode not in DECODERS:
@@ -59,6 +60,9 @@ def _check_arguments(path: Path, backend: str, decode: str, slots: int, precisio
                                        path.suffix in (".onnx", ".engine", ".json")):
         raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
                          "an ONNX file or bundle has its precision built in")
+    if preset is not None and path.suffix != ".onnx":
+        raise ValueError(f"preset= applies to an ONNX file; {path.name} carries its own preset "
+                         "(build the bundle with --preset, or import the checkpoint)")
 
 
 def _bundle_stage(bundle: Bundle, backend: str, device: Any,
@@ -177,8 +181,9 @@ class Engine:
     uploads while another computes; on the CPU the same code runs the CPU twins.
 
     Args:
-        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file from
-            ``medtrt export``/``build``, or a checkpoint (``.pt``, torch backend).
+        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file (from
+            ``medtrt export``/``build``, or any with ``preset=``), or a checkpoint (``.pt``,
+            torch backend).
         device: GPU index (or "cuda:N") for GPU backends; "cpu" runs the torch backend on the CPU.
         slots: pipeline slots, i.e. batches in flight at once (default 2: double buffering).
         backend: "auto" (TensorRT for a bundle on a GPU that can run it, else ONNX Runtime;
@@ -191,6 +196,9 @@ class Engine:
             the calling thread), "nvjpeg" (batched nvJPEG decode on the GPU through torchvision;
             PNG/DICOM and JPEGs nvJPEG refuses go through the CPU readers), or "auto" (nvJPEG
             where it works). nvJPEG pixels differ from libjpeg's by about one grey level.
+        preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
+            graph medtrt did not export, or one that replaces the graph's own; the graph is
+            checked against it and a final Softmax/Sigmoid is removed (``medtrt.foreign``).
 
     CUDA tensors given to ``infer`` on a GPU backend are read where they are (no host copy),
     after the caller's current stream has reached the ``infer`` call.
@@ -199,9 +207,9 @@ class Engine:
     def __init__(self, path: str | os.PathLike[str], *, device: Any = 0, slots: int = 2,
                  backend: str = "auto", max_batch: int | None = None,
                  precision: str | None = None, cuda_graphs: bool = False,
-                 decode: str = "cpu") -> None:
+                 decode: str = "cpu", preset: Any = None) -> None:
         path = Path(path)
-        _check_arguments(path, backend, decode, slots, precision, cuda_graphs)
+        _check_arguments(path, backend, decode, slots, precision, cuda_graphs, preset)
         self.path, self.slots = path, slots
         self.bundle: Bundle | None = None
         min_batch, profile_max = 1, None
@@ -214,9 +222,12 @@ class Engine:
         elif path.suffix == ".onnx":
             if backend not in ("auto", "onnxruntime"):
                 raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
-            self.preset = OnnxMetadata.read(path).preset
-            self.precision = _onnx_precision(path)
-            stage = OnnxRuntimeStage(path)
+            # Checked against the preset; a final Softmax/Sigmoid removed (medtrt.foreign).
+            source = read_onnx(path, preset, weights=False)
+            self.preset, self.precision = source.preset, _onnx_precision(path)
+            stage = OnnxRuntimeStage(source.runnable())
+            if source.io.batch:  # a fixed batch: every chunk is padded to it
+                min_batch = profile_max = source.io.batch
             fallback = None if str(device) == "cpu" else (
                 f"an ONNX file runs in ONNX Runtime on the CPU, not on {device!r}; build an "
                 "engine bundle (`medtrt build`) to run on a GPU")

@@ -67,14 +67,16 @@ def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) ->
 
 
 class OnnxRuntimeStage:
-    """ONNX Runtime on the CPU for an ONNX file (FP32, FP16 or Q/DQ INT8)."""
+    """ONNX Runtime on the CPU for an ONNX file (FP32, FP16 or Q/DQ INT8), or a serialized
+    graph (bytes)."""
 
     name = "onnxruntime"
     device = "cpu"
 
-    def __init__(self, onnx_path: str | Path) -> None:
+    def __init__(self, onnx_path: str | Path | bytes) -> None:
         ort = require("onnxruntime")
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+        self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name = inp.name
         self.input_dtype = "float16" if inp.type == "tensor(float16)" else "float32"
