@@ -38,8 +38,8 @@ from medtrt.models.checkpoint import load_checkpoint
 from medtrt.models.presets import PRESETS, Preset, load_preset
 from medtrt.onnxio import external_data_files, load_onnx, load_weights, save_onnx
 
-__all__ = ["ACTIVATION_OPS", "Carried", "GraphIO", "OnnxSource", "carried_preset", "graph_io",
-           "read_onnx", "remove_final_activation", "write_adopted"]
+__all__ = ["ACTIVATION_OPS", "Carried", "GraphIO", "OnnxSource", "adopted_path", "carried_preset",
+           "graph_io", "read_onnx", "remove_final_activation", "write_adopted"]
 
 ACTIVATION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}  # graph node -> preset activation
 _PASS_THROUGH = ("Identity",)
@@ -278,8 +278,8 @@ def write_adopted(source: OnnxSource, folder: str | os.PathLike[str]) -> OnnxSou
         raise ValueError("write_adopted needs the weights: open the graph with read_onnx(path)")
     model = source.model
     source.meta.write(model)
-    require("onnx").checker.check_model(model)
     path = save_onnx(model, adopted_path(source, Path(folder)))
+    require("onnx").checker.check_model(str(path))  # from the file: also past protobuf's 2 GiB
     return read_onnx(path)
 
 
