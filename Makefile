@@ -26,7 +26,7 @@ test-fast: $(VENV)/.installed
 
 # The synthetic set + trained + exported demo model (cached per code version in .cache/medtrt).
 model: $(VENV)/.installed
-	$(PY) -c "from medtrt.train import cached_demo_model as c; d = c('.cache/medtrt'); print(d.checkpoint); print(d.onnx)"
+	$(PY) -c "from medtrt.demo import cached_demo_model as c; d = c('.cache/medtrt'); print(d.checkpoint); print(d.onnx)"
 
 bench-ops: $(VENV)/.installed
 	$(PY) tools/bench_ops.py

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cpu import cpu_summary
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +40,10 @@ GPU_MACHINE_MAY_SKIP = {
     "full TensorRT is not installed": "full TensorRT comes only from NVIDIA's own index",
     "needs two GPUs": "the lent machine has one GPU",
 }
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"cpu: {cpu_summary()}"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -85,7 +91,7 @@ def demo_model():
     Built once per code version (generator, training, model and export code, settings, torch
     and MONAI versions) under .cache/medtrt or $MEDTRT_CACHE, and reused by every later run.
     """
-    from medtrt.train import cached_demo_model
+    from medtrt.demo import cached_demo_model
 
     return cached_demo_model(os.environ.get("MEDTRT_CACHE") or REPO / ".cache" / "medtrt",
                              progress=False)

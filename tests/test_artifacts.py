@@ -78,7 +78,7 @@ def test_onnx_metadata_round_trip(demo_model):
                                if p.key.startswith("medtrt.")}
 
 
-# -- the tampered bundles of issue #18, end to end through Engine: each was a raw error before
+# -- the tampered bundles, end to end through Engine: each was a raw error before
 
 
 @pytest.mark.trt

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from medtrt.bench import BenchConfig, find_artifacts, make_backend, run_bench
+from medtrt.bench import (BackendUnavailable, BenchConfig, StageCompute, find_artifacts,
+                          make_backend, run_bench)
 from medtrt.cli import main
 
 
@@ -92,8 +93,8 @@ def test_pipeline_and_files_modes_with_stage_breakdown_and_seed_baseline(model_d
     assert files["config"]["file_format"] == "jpeg"
     if not files["machine"].get("gpu"):  # no GPU here: the nvJPEG backend says why
         assert files["skipped"]["torch-cuda-fp16+nvjpeg"]
-    assert make_backend("torch-cuda-fp16+nvjpeg", "engine", find_artifacts(model_dir / "model.pt"),
-                        1) == "nvJPEG decode applies to files mode"
+    with pytest.raises(BackendUnavailable, match="nvJPEG decode applies to files mode"):
+        make_backend("torch-cuda-fp16+nvjpeg", "engine", find_artifacts(model_dir / "model.pt"), 1)
     # The seed path runs at its own batch (32) over the same 32 files; medtrt at 16 and 32.
     assert ("seed-dataloader", 32) in rows and ("seed-dataloader", 16) not in rows
     assert rows[("ort-cpu-int8", 16)]["latency_ms"]["images_per_call"] == 32
@@ -148,103 +149,155 @@ def test_unknown_baseline_is_refused():
 
 
 
-@pytest.mark.trt
 def test_tensorrt_backend_says_why_a_bundle_cannot_run_here(model_dir, tmp_path, monkeypatch):
     """A bundle is found beside the model, but this machine cannot run it: the skip reason is the
-    bundle's own (here: the TensorRT flavour it was built with is not installed)."""
+    bundle's own (here: the TensorRT flavour it was built with is not installed), raised as
+    BackendUnavailable and recorded in bench.json's "skipped"."""
     import sys
-    from dataclasses import replace
 
-    from medtrt.build import BuildOptions, build
+    from helpers.bundles import NOT_HERE, unrunnable_bundle
 
     root = tmp_path / "m"
     shutil.copytree(model_dir, root)
-    b = build(root / "model.onnx", root / "engines",
-              BuildOptions(precision="fp16", batch=(1, 2, 4), check_images=8)).bundle
-    engine = b.engine_path
-    elsewhere = replace(b.tensorrt, flavour="tensorrt", version="0.0-not-here")
-    replace(b, tensorrt=elsewhere).write(engine)
+    engine = unrunnable_bundle(root / "model.onnx", root / "engines").engine_path
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed, wherever this runs
     art = find_artifacts(root / "model.pt")
     assert art.engines == {"fp16": engine}
     for mode in ("engine", "pipeline"):
-        why = make_backend("trt-fp16", mode, art, 1)
-        assert isinstance(why, str) and "tensorrt 0.0-not-here" in why and "not installed" in why
-    assert "run medtrt build --int8" in make_backend("trt-int8", "engine", art, 1)
+        with pytest.raises(BackendUnavailable) as why:
+            make_backend("trt-fp16", mode, art, 1)
+        assert f"tensorrt {NOT_HERE}" in why.value.reason and "not installed" in why.value.reason
+    with pytest.raises(BackendUnavailable, match="run medtrt build --int8"):
+        make_backend("trt-int8", "engine", art, 1)
+    report = run_bench(root / "model.pt", BenchConfig(
+        mode="pipeline", batches=(2,), duration=0.01, repeats=1, warmup=0,
+        backends=("trt-fp16",)), tmp_path / "out")
+    assert f"tensorrt {NOT_HERE}" in report["skipped"]["trt-fp16"]
 
 
-def test_tensorrt_compute_splits_at_the_profile_max_and_pads_to_its_min():
-    """Engine-mode TensorRT: the batch is cut into profile-sized parts outside the timing, and
-    every part goes to the execution context as one call on the backend's own stream, which
-    sync() waits for (checked with a recording stage and stream on the CPU; the real stage is
-    the pipeline's TensorRTStage, run only where TensorRT and a GPU are)."""
-    torch = pytest.importorskip("torch")
+class RecordingStage:
+    """A Stage that records what it is bound to and called with, reads its input through the
+    host's host_input and writes the input's per-image sums as logits (CPU buffers)."""
+
+    name, device, logits_dtype = "recording", "cpu", "float32"
+
+    def __init__(self, input_dtype="float16"):
+        self.input_dtype, self.calls, self.closed = input_dtype, [], False
+
+    def bind(self, pipeline):
+        self.host = pipeline
+
+    def __call__(self, view):
+        x = self.host.host_input(view)
+        self.calls.append((view.slot, view.batch, view.input, view.logits, view.stream, x.copy()))
+        self.host.host_logits(view)[...] = x.reshape(len(x), -1).sum(1, keepdims=True)
+
+    def close(self):
+        self.closed = True
+
+
+def test_stage_compute_splits_at_the_profile_max_and_pads_to_its_min():
+    """Engine mode: the batch is cut into profile-sized parts outside the timing, in the stage's
+    input dtype, and every part goes to the stage as one call over the bench's buffers (checked
+    with a recording stage on the CPU; the CUDA buffers are checked on a GPU below)."""
     import numpy as np
 
-    from medtrt.bench import TensorRTCompute
+    from medtrt.runtime.stages import Stage
 
-    calls = []
-
-    class Stream:  # the backend's torch.cuda.Stream
-        cuda_stream = 0x5EED
-
-        def synchronize(self):
-            calls.append("synchronize")
-
-    be = object.__new__(TensorRTCompute)
-    be.torch, be.device, be.in_dtype = torch, "cpu", torch.float16
-    be.min_batch, be.max_batch = 2, 4
-    be.out, be.stream = torch.empty(4, 6), Stream()
-    be.stage = lambda view: calls.append((view.slot, view.batch, view.input, view.logits,
-                                          view.stream))
-    x = np.arange(9 * 3, dtype=np.float32).reshape(9, 1, 3, 1)
+    stage = RecordingStage()
+    assert isinstance(stage, Stage)
+    be = StageCompute("rec", stage, (1, 3, 1), 1, min_batch=2, max_batch=4)
+    assert stage.host is be.buffers and be.buffers.input_shape == (1, 3, 1)
+    x = np.random.default_rng(0).uniform(-1, 1, (9, 1, 3, 1)).astype(np.float32)
     parts = be.prepare(9, x)
-    assert [len(p) for p in parts] == [4, 4, 2]  # 9 = 4 + 4 + 1 padded to 2
-    assert all(p.dtype == torch.float16 and p.is_contiguous() for p in parts)
-    np.testing.assert_array_equal(torch.cat(parts).float().numpy()[:9], x)
-    np.testing.assert_array_equal(parts[-1][1].float().numpy(), x[8])  # padding repeats the last
+    assert [rows for _, rows in parts] == [4, 4, 2]  # 9 = 4 + 4 + 1 padded to 2
     be.call(parts)
     be.sync()
-    assert calls == [(0, len(p), p.data_ptr(), be.out.data_ptr(), 0x5EED) for p in parts] + [
-        "synchronize"]
-    assert [len(p) for p in be.prepare(1, x[:1])] == [2]
+    seen = [c[5] for c in stage.calls]
+    assert all(a.dtype == np.float16 and a.flags.c_contiguous for a in seen)
+    np.testing.assert_array_equal(np.concatenate(seen)[:9], x.astype(np.float16))
+    np.testing.assert_array_equal(seen[-1][1], x[8].astype(np.float16))  # padding: the last again
+    logits = {c[3] for c in stage.calls}
+    assert [c[:3] for c in stage.calls] == [(0, rows, address) for address, rows in parts]
+    assert len(logits) == 1 and {c[4] for c in stage.calls} == {0}  # one logits buffer, no stream
+    np.testing.assert_allclose(be.logits(2)[:, 0], seen[-1].astype(np.float32).sum((1, 2, 3)))
+    assert [rows for _, rows in be.prepare(1, x[:1])] == [2]
+    be.close()
+    assert stage.closed
+
+
+def test_engine_mode_runs_the_loaders_stages_on_the_cpu(model_dir):
+    """Engine mode's ONNX Runtime and torch backends are the Engine's own stages (from
+    medtrt.runtime.loader, ONNX Runtime with the bench's threads) over the bench's buffers: fed
+    the same pre-processed batch they write the same logits."""
+    import numpy as np
+
+    from medtrt.bench.run import _inputs
+    from medtrt.models import load
+    from medtrt.runtime.stages import OnnxRuntimeStage, TorchStage
+    from medtrt.testing import assert_close
+
+    art = find_artifacts(model_dir / "model.pt")
+    ort = make_backend("ort-cpu-fp32", "engine", art, 2)
+    torch_cpu = make_backend("torch-cpu-fp32", "engine", art, 2)
+    assert isinstance(ort, StageCompute) and isinstance(ort.stage, OnnxRuntimeStage)
+    assert isinstance(torch_cpu, StageCompute) and isinstance(torch_cpu.stage, TorchStage)
+    assert ort.stage.session.get_session_options().intra_op_num_threads == 2
+    assert torch_cpu.stage.device == "cpu" and torch_cpu.max_batch is None
+    _, preset = load(art.checkpoint)
+    x = _inputs("engine", preset, 5, 0, None, model_dir)
+    logits = []
+    for be in (ort, torch_cpu):
+        be.call(be.prepare(5, x))
+        be.sync()
+        logits.append(be.logits(5))
+        be.close()
+    assert logits[0].shape == (5, preset.num_classes) and np.ptp(logits[0]) > 0
+    assert_close(logits[0], logits[1], atol=1e-3, rtol=1e-3, name="ORT vs torch logits")
 
 
 @pytest.mark.gpu
-def test_tensorrt_compute_runs_on_its_own_stream_after_its_copies():
-    """On a GPU: the stage gets a non-default stream of the backend's own, prepare's copies are
-    complete before the stage's work there even while the caller's current stream is busy, and
-    sync() waits for that stream (a stand-in stage doubles the input after a long sleep)."""
+def test_stage_compute_runs_a_cuda_stage_on_its_own_stream_after_its_copies():
+    """On a GPU: a CUDA stage gets a non-default stream of the backend's own, prepare's copies
+    are complete before the stage's work there even while the caller's current stream is busy,
+    and sync() waits for that stream (a stand-in stage doubles the input after a long sleep)."""
     import numpy as np
     import torch
 
-    from medtrt.bench import TensorRTCompute
-    from medtrt.runtime.stages import cuda_alias
+    from medtrt.runtime.stages import Stage, cuda_alias
 
-    streams = []
+    class Doubling:
+        name, device, input_dtype, logits_dtype = "doubling", "cuda:0", "float32", "float32"
 
-    def stage(view):
-        streams.append(view.stream)
-        x = cuda_alias(view.input, (view.batch, 6), "float32", "cuda:0")
-        out = cuda_alias(view.logits, (view.batch, 6), "float32", "cuda:0")
-        with torch.cuda.stream(torch.cuda.ExternalStream(view.stream, device="cuda:0")):
-            torch.cuda._sleep(20_000_000)  # ~10 ms before the result lands
-            out.copy_(x * 2)
+        def __init__(self):
+            self.streams = []
 
-    be = object.__new__(TensorRTCompute)
-    be.torch, be.device, be.in_dtype = torch, "cuda:0", torch.float32
-    be.min_batch, be.max_batch = 1, 8
-    be.stream = torch.cuda.Stream(device="cuda:0")
-    be.out = torch.zeros(8, 6, device="cuda:0")
-    be.stage = stage
+        def bind(self, pipeline):
+            assert tuple(pipeline.input_shape) == (1, 2, 3) and pipeline.classes == 6
+
+        def __call__(self, view):
+            self.streams.append(view.stream)
+            x = cuda_alias(view.input, (view.batch, 6), "float32", "cuda:0")
+            out = cuda_alias(view.logits, (view.batch, 6), "float32", "cuda:0")
+            with torch.cuda.stream(torch.cuda.ExternalStream(view.stream, device="cuda:0")):
+                torch.cuda._sleep(20_000_000)  # ~10 ms before the result lands
+                out.copy_(x * 2)
+
+        def close(self):
+            pass
+
+    stage = Doubling()
+    assert isinstance(stage, Stage)
+    be = StageCompute("doubling", stage, (1, 2, 3), 6, min_batch=1, max_batch=8)
     x = np.random.default_rng(0).uniform(-1, 1, (5, 1, 2, 3)).astype(np.float32)
     torch.cuda.synchronize()
     torch.cuda._sleep(50_000_000)  # the caller's stream busy ~25 ms: the copies still first
     parts = be.prepare(5, x)
     be.call(parts)
     be.sync()
-    assert be.stream.query()
+    assert be.buffers.cuda_stream.query()
     legacy = torch.cuda.default_stream("cuda:0").cuda_stream
-    assert streams == [be.stream.cuda_stream] and streams[0] not in (0, legacy)
-    np.testing.assert_array_equal(be.out[:5].cpu().numpy(), 2 * x.reshape(5, 6))
+    assert stage.streams == [be.buffers.stream] and stage.streams[0] not in (0, legacy)
+    np.testing.assert_array_equal(be.logits(5), 2 * x.reshape(5, 6))
+    be.close()
     torch.cuda.synchronize()

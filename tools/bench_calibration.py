@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_calibration.json")
     args = parser.parse_args(argv)
     if args.onnx is None or args.images is None:
-        from medtrt.train import cached_demo_model
+        from medtrt.demo import cached_demo_model
 
         demo = cached_demo_model(ROOT / ".cache" / "medtrt")
         args.onnx = args.onnx or demo.onnx

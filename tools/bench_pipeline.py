@@ -79,7 +79,7 @@ def end_to_end(engine: Engine, images: list[np.ndarray], batch: int,
 def demo_checkpoint() -> Path:
     """The demo model's checkpoint, from the cache the tests use: $MEDTRT_CACHE, else
     .cache/medtrt in the repository (built there if missing)."""
-    from medtrt.train import cached_demo_model
+    from medtrt.demo import cached_demo_model
 
     cache = os.environ.get("MEDTRT_CACHE") or ROOT / ".cache" / "medtrt"
     return cached_demo_model(cache, progress=False).checkpoint

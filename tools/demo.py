@@ -50,7 +50,8 @@ def model_section() -> bool:
 
     from medtrt.data import read_image
     from medtrt.reference import activate, predict
-    from medtrt.train import cached_demo_model, training_split
+    from medtrt.demo import cached_demo_model
+    from medtrt.train import training_split
 
     demo = cached_demo_model(ROOT / ".cache" / "medtrt")
     summary = json.loads(demo.metrics.read_text())
@@ -189,7 +190,8 @@ def heldout_folder(demo, split) -> Path:
 def eval_section() -> bool:
     """`medtrt eval` of the INT8 graph on the held-out split, against the PyTorch reference."""
     from medtrt.evaluation import evaluate
-    from medtrt.train import cached_demo_model, training_split
+    from medtrt.demo import cached_demo_model
+    from medtrt.train import training_split
 
     demo = cached_demo_model(ROOT / ".cache" / "medtrt", progress=False)
     data = heldout_folder(demo, training_split(demo.metrics))
@@ -207,7 +209,8 @@ def eval_section() -> bool:
 def engine_section() -> bool:
     """Engine(...).infer(...) on the held-out images, for each backend this machine can run."""
     from medtrt import Engine
-    from medtrt.train import cached_demo_model, training_split
+    from medtrt.demo import cached_demo_model
+    from medtrt.train import training_split
 
     demo = cached_demo_model(ROOT / ".cache" / "medtrt", progress=False)
     split = training_split(demo.metrics)

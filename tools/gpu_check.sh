@@ -169,7 +169,7 @@ gpu() {  # gpu NAME CAP COMMAND...: a step that needs the GPU
 }
 PYTEST=($PY -m pytest -p no:cacheprovider -q -rs --durations=10 -m gpu)
 
-gpu model 150 $PY -c "from medtrt.train import cached_demo_model as c
+gpu model 150 $PY -c "from medtrt.demo import cached_demo_model as c
 print(c(progress=False).checkpoint)"
 MODEL=$(ls -d "$MEDTRT_CACHE"/mednist-demo-*/model.pt 2>/dev/null | head -1)
 

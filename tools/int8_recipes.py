@@ -36,7 +36,7 @@ from medtrt.ops import resize_normalize  # noqa: E402
 from medtrt.precision import CalibrationConfig, QdqRecipe, plan_qdq  # noqa: E402
 from medtrt.precision.calibrate import collect_histograms, compute_amax  # noqa: E402
 from medtrt.reference import activate  # noqa: E402
-from medtrt.train import cached_demo_model  # noqa: E402
+from medtrt.demo import cached_demo_model  # noqa: E402
 
 RECIPES = {
     "default (Concat shared, all INT8)": QdqRecipe(),

@@ -87,6 +87,27 @@ def imports(path: Path, module: str) -> set[str]:
     return found
 
 
+def function_level_imports(path: Path, module: str) -> list[str]:
+    """medtrt's own imports inside functions ("module:line name"): they hide the import graph
+    (and cycles) from a reader. The compiled core (medtrt._C) is exempt: it is optional and
+    imported on first use so that `import medtrt` works without it."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                names = ["medtrt.<relative>"] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{module}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] == "medtrt" and n != "medtrt._C"]
+    return sorted(set(found))
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index, low, stack, on, out = {}, {}, [], set(), []
@@ -147,6 +168,8 @@ def measure(root: Path, limit: int) -> dict:
         f"python_functions_over_{limit}_lines": py_long,
         f"cpp_functions_over_{limit}_lines": cpp_long,
         "product_modules_importing_medtrt_testing": harness,
+        "function_level_medtrt_imports": [i for m, p in mods.items()
+                                          for i in function_level_imports(p, m)],
         "import_cycles": cycles(graph),
         "package_import_cycles": cycles(packages(graph)),
     }

@@ -20,8 +20,8 @@ from medtrt.errors import NonFiniteError
 from medtrt.reference import activate
 
 __all__ = ["AgreementReport", "LogitReport", "agreement", "auroc", "classification_metrics",
-           "describe", "logit_errors", "multilabel_metrics", "outside_bounds",
-           "per_sample_errors", "reliability", "require_finite", "to_numpy"]
+           "describe", "logit_errors", "multilabel_metrics", "per_sample_errors",
+           "reliability", "require_finite", "to_numpy"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -177,20 +177,6 @@ def per_sample_errors(logits: Any, reference: Any,
     a, r = _pair(logits, reference, "logit", "per_sample_errors")
     dprob = np.abs(activate(a, activation) - activate(r, activation)).max(1)
     return np.abs(a - r).max(1), dprob
-
-
-def outside_bounds(logits: Any, reference: Any, *, ceiling: float, max_prob_diff: float,
-                   activation: str = "softmax") -> np.ndarray:
-    """Indices of the samples on which ``logits`` break a per-sample bound against
-    ``reference``: max |dlogit| > ``ceiling`` or max |dprob| > ``max_prob_diff``.
-
-    Where a model moves a few samples far under any implementation at a precision (PyTorch's own
-    fake quantization too), hold the candidate to that baseline on them
-    (``medtrt.testing.assert_like_baseline``) and keep their number small, or the bounds say
-    nothing.
-    """
-    dlogit, dprob = per_sample_errors(logits, reference, activation)
-    return np.flatnonzero((dlogit > ceiling) | (dprob > max_prob_diff))
 
 
 # --------------------------------------------------------------------------- ranking, calibration

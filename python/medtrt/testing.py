@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from medtrt.metrics import (AgreementReport, LogitReport, agreement, auroc, logit_errors,
-                            outside_bounds, per_sample_errors, to_numpy)
+from medtrt.metrics import AgreementReport, LogitReport, agreement, auroc, logit_errors, to_numpy
 
 __all__ = ["PARITY", "AgreementReport", "CloseReport", "LogitReport", "agreement",
-           "assert_agreement", "assert_auroc_change", "assert_close", "assert_like_baseline",
-           "assert_logit_parity", "auroc", "logit_errors", "outside_bounds", "to_numpy"]
+           "assert_agreement", "assert_auroc_change", "assert_close", "assert_logit_parity",
+           "auroc", "logit_errors", "to_numpy"]
 
 
 @dataclass(frozen=True)
@@ -151,28 +150,6 @@ def assert_auroc_change(labels: Any, candidate_probs: Any, reference_probs: Any,
                              f"{max_change} ({r[worst]:.4f} -> {a[worst]:.4f}); "
                              f"{int((change > max_change).sum())} labels over the limit")
     return change
-
-
-def assert_like_baseline(candidate: Any, reference: Any, baseline: Any, samples: Any, *,
-                         factor: float = 1.25, activation: str = "softmax",
-                         name: str = "candidate") -> None:
-    """On each of ``samples``: the candidate's max |dlogit| and max |dprob| against the reference
-    are at most ``factor`` x the baseline's on the same sample."""
-    idx = np.asarray(samples, dtype=np.int64)
-    if idx.size == 0:
-        return
-    ref = to_numpy(reference)[idx]
-    c_logit, c_prob = per_sample_errors(to_numpy(candidate)[idx], ref, activation)
-    b_logit, b_prob = per_sample_errors(to_numpy(baseline)[idx], ref, activation)
-    rows = zip(idx, c_logit, b_logit, c_prob, b_prob)
-    bad = [(int(i), cl, bl, cp, bp) for i, cl, bl, cp, bp in rows
-           if cl > factor * bl or cp > factor * bp]
-    if bad:
-        i, cl, bl, cp, bp = bad[0]
-        raise AssertionError(f"{name}: on {len(bad)} sample(s) the error is more than "
-                             f"{factor:g} x the baseline's on the same sample, e.g. sample {i}: "
-                             f"max |dlogit| {cl:.4g} vs baseline {bl:.4g}, max |dprob| "
-                             f"{cp:.4g} vs {bp:.4g}")
 
 
 # Parity thresholds per precision, against the PyTorch FP32 reference on the same pre-processed

@@ -8,12 +8,12 @@ to a JSON file next to the checkpoint, and the held-out test accuracy is measure
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,10 +25,12 @@ import numpy as np
 from medtrt._lazy import require
 from medtrt.data import iter_images, scan_folder, split_folder
 from medtrt.data.folder import ImageFolder, Split
+from medtrt.models import create, save
 from medtrt.models.presets import Preset, get_preset
+from medtrt.ops import resize_normalize_mixed
 
 __all__ = ["TrainConfig", "TrainResult", "train", "training_split", "load_split_arrays",
-           "cached_demo_model", "DemoModel"]
+           "REPRODUCIBLE_ENV", "REPRODUCIBLE_THREADS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class TrainConfig:
     augment: bool = True
     device: str = "auto"  # "auto": CUDA when torch sees it, else CPU
     threads: int | None = None  # CPU threads for torch; default: all cores
+    # The same weights on every x86-64 CPU with AVX2 (see REPRODUCIBLE_ENV); CPU only, slower.
+    reproducible: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,6 @@ class TrainResult:
 
 def load_split_arrays(folder: ImageFolder, preset: Preset) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read and pre-process a split: (inputs float32 [N, C, H, W], labels int64 [N], unreadable)."""
-    from medtrt.ops import resize_normalize_mixed
-
     images, labels, bad = [], [], []
     for result, label in zip(iter_images(folder.paths), folder.labels):
         if result.ok:
@@ -115,11 +117,14 @@ def _evaluate(torch: Any, model: Any, x: Any, y: Any, batch: int) -> tuple[float
 def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
           config: TrainConfig | dict[str, Any] | None = None, *,
           progress: bool = True) -> TrainResult:
-    """Train ``config.preset`` on ROOT/<Class>/* images; write OUT (checkpoint) and OUT.json."""
-    torch = require("torch")
-    from medtrt.models import create, save
+    """Train ``config.preset`` on ROOT/<Class>/* images; write OUT (checkpoint) and OUT.json.
 
+    With ``config.reproducible`` the training runs in a child process under REPRODUCIBLE_ENV
+    (see there), so that the weights come out the same on every x86-64 CPU with AVX2."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
+    if cfg.reproducible and os.environ.get(_CHILD) != "1":
+        return _train_in_child(data_dir, out, cfg, progress)
+    torch = require("torch")
     t0 = time.perf_counter()
     folder, preset = _labelled_folder(data_dir, get_preset(cfg.preset))
     split = split_folder(folder, ratios=cfg.split, seed=cfg.seed)
@@ -128,7 +133,8 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
                          f"({len(folder)} images)")
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if device == "cpu":
+    reproducible = _pin_torch(torch) if cfg.reproducible else None
+    if device == "cpu" and not reproducible:
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     arrays = {name: load_split_arrays(getattr(split, name), preset) for name in ("train", "val", "test")}
@@ -155,6 +161,7 @@ def train(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
         "test_accuracy": test_acc,
         "seconds": seconds,
         "torch": str(torch.__version__),
+        "reproducible": reproducible,
     }
     save(model.cpu(), preset, out, training=summary)
     metrics = out.parent / (out.stem + ".train.json")
@@ -232,71 +239,72 @@ def _progress(enabled: bool, total: int) -> Callable[[str | None], None]:
     return advance
 
 
-# ---- the cached demo/test model ---------------------------------------------------------------
+# ---- reproducible training ----------------------------------------------------------------------
 
-DEMO_SYNTH = {"per_class": 300, "seed": 0}
-DEMO_TRAIN = TrainConfig(preset="mednist", epochs=2, seed=0)
-
-
-@dataclass(frozen=True)
-class DemoModel:
-    root: Path
-    data: Path
-    checkpoint: Path
-    metrics: Path
-    onnx: Path  # exported with a dynamic batch and verified against PyTorch
-    trained_now: bool
-
-
-def _code_key() -> str:
-    """Digest of everything that decides the demo model: generator, training and model code,
-    the settings, and the torch/MONAI versions."""
-    torch = require("torch")
-    monai = require("monai")
-    import medtrt.data.synth as synth_mod
-    import medtrt.export as export_mod
-    import medtrt.models.checkpoint as ckpt_mod
-    import medtrt.models.presets as presets_mod
-
-    h = hashlib.sha256()
-    for mod in (synth_mod, presets_mod, ckpt_mod, export_mod):
-        h.update(Path(mod.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    h.update(json.dumps([DEMO_SYNTH, asdict(DEMO_TRAIN), torch.__version__, monai.__version__],
-                        sort_keys=True).encode())
-    return h.hexdigest()[:16]
+# What decides the bits of a CPU training run is which kernels run and how their sums are split.
+# Pinned here: ATen's vectorized kernels at AVX2 (else AVX-512 where the CPU has it), MKL's
+# conditional-numerical-reproducibility branch COMPATIBLE in strict mode (the only fixed branch
+# MKL offers on non-Intel CPUs too), NumPy's dispatch without AVX-512, and two threads (reduction
+# splits depend on the thread count). oneDNN and NNPACK are switched off in the child: their
+# blocking follows the CPU's cache sizes. The variables must be set before torch starts, hence
+# the child process. Measured on a 2-core Xeon: about 3x slower than the default kernels.
+REPRODUCIBLE_THREADS = 2
+REPRODUCIBLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE,STRICT",
+    "OMP_NUM_THREADS": str(REPRODUCIBLE_THREADS),
+    "MKL_NUM_THREADS": str(REPRODUCIBLE_THREADS),
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4,AVX512_ICL,AVX512_SPR",
+    # Not a numeric pin: waiting threads sleep instead of spinning, so two pinned threads on a
+    # busy machine do not crawl (measured: 21 s instead of 97 s for a small run under load).
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+_CHILD = "MEDTRT_REPRODUCIBLE_CHILD"
 
 
-def cached_demo_model(cache_dir: str | os.PathLike[str] | None = None, *,
-                      progress: bool = True) -> DemoModel:
-    """The synthetic MedNIST set, the model trained on it and its ONNX export, made once per
-    code version.
+def _pin_torch(torch: Any) -> dict[str, Any]:
+    """In the child: oneDNN/NNPACK off, the fixed thread count, and a check that the pins took."""
+    missing = {k: v for k, v in REPRODUCIBLE_ENV.items() if os.environ.get(k) != v}
+    capability = torch.backends.cpu.get_cpu_capability()
+    if missing or capability != "AVX2":
+        raise RuntimeError(
+            f"reproducible training needs an x86-64 CPU with AVX2 and the environment "
+            f"{REPRODUCIBLE_ENV} set before torch starts (missing: {missing}; torch's CPU "
+            f"capability: {capability}); train through medtrt.train.train, which starts the "
+            "child process itself")
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+    torch.set_num_threads(REPRODUCIBLE_THREADS)
+    return {"env": dict(REPRODUCIBLE_ENV), "threads": REPRODUCIBLE_THREADS,
+            "cpu_capability": capability, "mkldnn": False, "nnpack": False}
 
-    Lives under ``cache_dir`` (default $MEDTRT_CACHE or ./.cache/medtrt) in a folder named by
-    a digest of the generator/training code and settings; built in a temporary folder and
-    renamed when complete, so an interrupted run never leaves a half-made model behind.
-    """
-    from medtrt.data import synthesize
-    from medtrt.export import export_onnx
 
-    cache = Path(cache_dir or os.environ.get("MEDTRT_CACHE") or Path.cwd() / ".cache" / "medtrt")
-    root = cache / f"mednist-demo-{_code_key()}"
-    done = DemoModel(root, root / "data", root / "model.pt", root / "model.train.json",
-                     root / "model.onnx", False)
-    if all(p.is_file() for p in (done.checkpoint, done.metrics, done.onnx)):
-        return done
-    tmp = cache / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    synthesize(tmp / "data", **DEMO_SYNTH)
-    train(tmp / "data", tmp / "model.pt", DEMO_TRAIN, progress=progress)
-    # The checkpoint records the data root; point it at the final location.
-    summary = json.loads((tmp / "model.train.json").read_text())
-    summary["data"]["root"] = str((root / "data").resolve())
-    (tmp / "model.train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    export_onnx(tmp / "model.pt", tmp / "model.onnx")
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
-    return DemoModel(root, root / "data", root / "model.pt", root / "model.train.json",
-                     root / "model.onnx", True)
+def _train_in_child(data_dir: str | os.PathLike[str], out: str | os.PathLike[str],
+                    cfg: TrainConfig, progress: bool) -> TrainResult:
+    if cfg.device not in ("auto", "cpu"):
+        raise ValueError(f"reproducible training runs on the CPU; got device={cfg.device!r}")
+    cfg_json = json.dumps({**asdict(cfg), "device": "cpu", "split": list(cfg.split)})
+    env = {**os.environ, **REPRODUCIBLE_ENV, _CHILD: "1"}
+    cmd = [sys.executable, "-m", "medtrt.train", str(data_dir), str(out), cfg_json,
+           "1" if progress else "0"]
+    done = subprocess.run(cmd, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"reproducible training of {data_dir} failed (exit {done.returncode}; "
+                           "its error is printed above)")
+    metrics = Path(out).parent / (Path(out).stem + ".train.json")
+    summary = json.loads(metrics.read_text())
+    return TrainResult(Path(out), metrics, summary["history"], summary["test_accuracy"],
+                       summary["seconds"], summary["data"]["skipped_files"])
+
+
+def _child_main(argv: list[str]) -> int:
+    data_dir, out, cfg_json, progress = argv
+    raw = json.loads(cfg_json)
+    cfg = TrainConfig(**{**raw, "split": tuple(raw["split"])})
+    train(data_dir, out, cfg, progress=progress == "1")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
+

@@ -1,7 +1,7 @@
-"""TensorRTStage's calls and the CUDA device it makes them on, with a recording stand-in for the
-tensorrt module and for the CUDA current-device calls (no machine here executes a TensorRT
-engine; the stage is written against the documented TensorRT 10/11 Python API, and the stand-ins
-are checked against the installed TensorRT's API)."""
+"""Every stage is a ``Stage``; TensorRTStage's calls and the CUDA device it makes them on, with a
+recording stand-in for the tensorrt module and for the CUDA current-device calls (no machine here
+executes a TensorRT engine; the stage is written against the documented TensorRT 10/11 Python
+API, and the stand-ins are checked against the installed TensorRT's API)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 import medtrt._native
-from medtrt.runtime.stages import TensorRTStage, on_cuda_device
+from medtrt.runtime import stages
+from medtrt.runtime.stages import (OnnxRuntimeStage, Stage, TensorRTStage, TorchStage,
+                                   on_cuda_device)
 
 
 class FakeCuda:
@@ -296,3 +298,41 @@ def test_native_current_device_calls_on_this_machine():
         c.cuda_restore_device(previous)
         assert c.cuda_current_device() == previous
     assert c.cuda_device_status() == status
+
+
+def test_every_stage_class_is_a_stage(cuda, engine_file, demo_model):
+    """Each stage class in medtrt.runtime.stages, built, has everything the Stage protocol
+    names (the pipeline, the loader and the bench rely on no more); something short of one
+    method is not a Stage."""
+    torch = pytest.importorskip("torch")
+    built = [OnnxRuntimeStage(demo_model.onnx, threads=1),
+             TorchStage(torch.nn.Linear(4, 2), "cpu"),
+             TensorRTStage(FakeTrt(Recorder(cuda)), engine_file, slots=1, device=0)]
+    classes = {v for k, v in vars(stages).items() if k.endswith("Stage") and k in stages.__all__
+               and isinstance(v, type) and v is not Stage}
+    assert {type(s) for s in built} == classes, "a new stage class needs its place here"
+    for stage in built:
+        assert isinstance(stage, Stage), f"{type(stage).__name__} is not a Stage"
+        assert stage.device in ("cpu", "cuda:0") and stage.name in ("onnxruntime", "torch",
+                                                                      "tensorrt")
+        assert {stage.input_dtype, stage.logits_dtype} <= {"float32", "float16"}
+        stage.close()
+
+    class NoClose:
+        name, device, input_dtype, logits_dtype = "x", "cpu", "float32", "float32"
+
+        def bind(self, pipeline):
+            pass
+
+        def __call__(self, view):
+            pass
+
+    assert not isinstance(NoClose(), Stage)
+
+
+def test_torch_stage_compile_runs_the_model_through_torch_compile():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(4, 2)
+    stage = TorchStage(model, "cpu", compile=True)
+    assert stage.model is not model and stage.model._orig_mod is model  # compiled lazily
+    assert TorchStage(model, "cpu").model is model

@@ -13,12 +13,12 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 def test_bench_pipeline_writes_a_report(demo_model, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(TOOLS))
     import bench_pipeline
-    import medtrt.train
+    import medtrt.demo
 
     def no_cache(*args, **kwargs):
         raise AssertionError("--checkpoint given: the demo model cache must not be used")
 
-    monkeypatch.setattr(medtrt.train, "cached_demo_model", no_cache)
+    monkeypatch.setattr(medtrt.demo, "cached_demo_model", no_cache)
     out = tmp_path / "bench.json"
     assert bench_pipeline.main(["--device", "cpu", "--precision", "fp32", "--batch", "4",
                                 "--batches", "2", "--repeats", "1", "--slots", "1,2",
@@ -41,7 +41,7 @@ def test_the_default_model_comes_from_medtrt_cache(demo_model, tmp_path, monkeyp
     when set (as on the GPU machine), else .cache/medtrt in the repository."""
     monkeypatch.syspath_prepend(str(TOOLS))
     import bench_pipeline
-    import medtrt.train
+    import medtrt.demo
 
     asked = []
 
@@ -49,7 +49,7 @@ def test_the_default_model_comes_from_medtrt_cache(demo_model, tmp_path, monkeyp
         asked.append(Path(cache_dir))
         return demo_model
 
-    monkeypatch.setattr(medtrt.train, "cached_demo_model", cached)
+    monkeypatch.setattr(medtrt.demo, "cached_demo_model", cached)
     monkeypatch.setenv("MEDTRT_CACHE", str(tmp_path / "cache"))
     assert bench_pipeline.demo_checkpoint() == demo_model.checkpoint
     monkeypatch.delenv("MEDTRT_CACHE")

@@ -18,6 +18,7 @@ def test_no_product_module_imports_the_harness_and_no_import_cycles(monkeypatch)
     assert report["product_modules_importing_medtrt_testing"] == []
     assert report["import_cycles"] == []
     assert report["package_import_cycles"] == []
+    assert report["function_level_medtrt_imports"] == []
     sys.modules.pop("structure", None)
 
 
@@ -36,4 +37,6 @@ def test_the_measure_sees_a_cycle_and_a_harness_import(tmp_path, monkeypatch):
     report = structure.measure(tmp_path, 80)
     assert report["product_modules_importing_medtrt_testing"] == ["medtrt.b"]
     assert report["import_cycles"] == [["medtrt.a", "medtrt.b"]]
+    assert report["function_level_medtrt_imports"] == ["medtrt.b:2 medtrt.a.g",
+                                                      "medtrt.b:3 medtrt.testing"]
     sys.modules.pop("structure", None)

@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the weights")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--reproducible", action="store_true",
+                        help="the same weights on every x86-64 CPU with AVX2 (CPU only; pinned "
+                             "kernels and 2 threads in a child process; about 3x slower)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint path (model.pt)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -29,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, device=args.device,
-                         augment=not args.no_augment)
+                         augment=not args.no_augment, reproducible=args.reproducible)
     result = train(args.data, args.out, config, progress=not args.quiet)
     for h in result.history:
         print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}  val loss "

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from medtrt.errors import ImageReadError, MissingDependencyError
+from medtrt.data.readers import read_image
 
 __all__ = ["DeviceImage", "NvjpegDecoder", "device_image", "nvjpeg_status", "upload"]
 
@@ -206,8 +207,6 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytes | None:
 
 
 def _read_cpu(path: str | os.PathLike[str]) -> np.ndarray | ImageReadError:
-    from medtrt.data.readers import read_image
-
     try:
         return read_image(path)
     except ImageReadError as exc:

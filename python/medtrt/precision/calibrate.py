@@ -26,6 +26,9 @@ import numpy as np
 
 from medtrt._lazy import require
 from medtrt._native import native
+from medtrt.data import IMAGE_SUFFIXES, list_images, read_image
+from medtrt.export import read_metadata, sha256_file
+from medtrt.ops import resize_normalize_mixed
 
 __all__ = ["CalibrationConfig", "Calibration", "calibrate", "collect_histograms",
            "compute_amax", "fixed_batch", "load_images", "read_cache", "run_batches",
@@ -134,8 +137,6 @@ def load_images(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                 seed: int = 0) -> list[Path]:
     """``n`` image paths from a folder (recursively) or a list of paths, chosen
     deterministically by ``seed`` when there are more."""
-    from medtrt.data import IMAGE_SUFFIXES, list_images
-
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if not root.is_dir():
@@ -231,10 +232,6 @@ def calibrate(onnx_path: str | os.PathLike[str],
     The pre-processing comes from the preset recorded in the ONNX (``medtrt export``) unless
     ``preset`` is given. Unreadable images are an error (calibration must see what it says).
     """
-    from medtrt.data import read_image
-    from medtrt.export import read_metadata, sha256_file
-    from medtrt.ops import resize_normalize_mixed
-
     config = config or CalibrationConfig()
     onnx_path = Path(onnx_path)
     if preset is None:

@@ -29,6 +29,10 @@ from typing import Any
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt.errors import MissingDependencyError
+from medtrt.export import read_metadata
+from medtrt.ops import resize_normalize_mixed
+from medtrt.precision.gate import load_validation
 
 __all__ = ["LayerDiff", "LayerReport", "compare_layers"]
 
@@ -108,10 +112,6 @@ def compare_layers(reference_onnx: str | os.PathLike[str], candidate_onnx: str |
     """
     onnx = require("onnx")
     comparator = _polygraphy()  # a missing extra is reported before any work
-    from medtrt.export import read_metadata
-    from medtrt.ops import resize_normalize_mixed
-    from medtrt.precision.gate import load_validation
-
     t0 = time.perf_counter()
     preset = preset or read_metadata(reference_onnx)[0]
     if num_images < 1:
@@ -146,8 +146,6 @@ def _polygraphy() -> dict[str, Any]:
         from polygraphy.comparator import Comparator, SimpleCompareFunc
         from polygraphy.logger import G_LOGGER
     except ImportError as exc:
-        from medtrt.errors import MissingDependencyError
-
         raise MissingDependencyError("layer comparison needs Polygraphy: pip install "
                                      "'medtrt[debug]' (or pip install polygraphy)") from exc
     return {"BytesFromOnnx": BytesFromOnnx, "ModifyOutputs": ModifyOutputs,

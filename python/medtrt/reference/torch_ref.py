@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from medtrt._lazy import require
+from medtrt.data import read_image
+from medtrt.models import load
 from medtrt.models.presets import Preset
 from medtrt.reference.numpy_ref import activate, preprocess
 
@@ -61,8 +63,6 @@ def predict(model_or_checkpoint: Any, images: Sequence[Any], *, preset: Preset |
     """
     torch = require("torch")
     if isinstance(model_or_checkpoint, (str, os.PathLike)):
-        from medtrt.models import load
-
         model, loaded = load(model_or_checkpoint)
         preset = preset or loaded
     else:
@@ -91,7 +91,5 @@ def predict(model_or_checkpoint: Any, images: Sequence[Any], *, preset: Preset |
 
 def _load(x: Any) -> np.ndarray:
     if isinstance(x, (str, os.PathLike)):
-        from medtrt.data import read_image
-
         return read_image(Path(x))
     return np.asarray(x)

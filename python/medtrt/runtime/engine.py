@@ -3,8 +3,10 @@
 Every backend runs through the compiled ``medtrt._C.Pipeline`` (csrc/runtime): on a GPU, N slots
 with pinned staging, their own CUDA streams and buffers (H2D -> resize_normalize -> compute ->
 topk -> D2H); on the CPU the same slot logic with the CPU twins. Compute stages live in
-``medtrt.runtime.stages``. A bundle is validated (files, TensorRT flavour and version, GPU) and,
-where TensorRT cannot run it, its precision ONNX runs in ONNX Runtime.
+``medtrt.runtime.stages``, chosen and built by ``medtrt.runtime.loader`` (which validates a
+bundle's files, TensorRT flavour and version and GPU, and where TensorRT cannot run it runs its
+precision ONNX in ONNX Runtime). The Engine schedules batches over the slots, prepares the
+inputs and assembles the results.
 """
 
 from __future__ import annotations
@@ -27,93 +29,17 @@ from medtrt.artifacts import Bundle
 from medtrt.data import read_image
 from medtrt.data.gpu_decode import NvjpegDecoder, device_image, upload
 from medtrt.errors import BundleError, ImageReadError, MissingDependencyError
-from medtrt.foreign import read_onnx
-from medtrt.models import load
 from medtrt.ops._common import is_tensor
 from medtrt.ops.resize_normalize import make_options
+from medtrt.runtime.loader import cuda_index, load_stage
 from medtrt.runtime.results import Result, Results, failed
-from medtrt.runtime.stages import OnnxRuntimeStage, TensorRTStage, TorchStage
-from medtrt.trt import import_trt
+from medtrt.runtime.stages import Stage
 
 __all__ = ["Engine", "BundleError"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
 DECODERS = ("cpu", "nvjpeg", "auto")
-
-
-def _check_arguments(path: Path, backend: str, decode: str, slots: int, precision: str | None,
-                     cuda_graphs: bool, preset: Any) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    if decode not in DECODERS:
-        raise ValueError(f"decode must be one of {DECODERS}; got {decode!r}")
-    if not 1 <= slots <= 16:
-        raise ValueError(f"slots must be in [1, 16]; got {slots}")
-    listed = path.name.endswith(".engine") and Bundle.json_path(path).is_file()
-    if not path.exists() and not listed:  # a bundle's missing engine: Bundle.read says what to do
-        raise FileNotFoundError(f"{path} does not exist")
-    if precision is not None and precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16'; got {precision!r}")
-    if (precision or cuda_graphs) and (backend not in ("auto", "torch") or
-                                       path.suffix in (".onnx", ".engine", ".json")):
-        raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
-                         "an ONNX file or bundle has its precision built in")
-    if preset is not None and path.suffix != ".onnx":
-        raise ValueError(f"preset= applies to an ONNX file; {path.name} carries its own preset "
-                         "(build the bundle with --preset, or import the checkpoint)")
-
-
-def _bundle_stage(bundle: Bundle, backend: str, device: Any,
-                  slots: int) -> tuple[Any, str | None]:
-    """TensorRT where it can run the bundle here (decided now, ``Bundle.why_not_runnable``),
-    else the bundle's precision ONNX in ONNX Runtime: (stage, why it fell back, or None)."""
-    if backend not in ("auto", "tensorrt", "onnxruntime"):
-        raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
-    if backend == "tensorrt" and str(device) == "cpu":
-        raise ValueError("backend='tensorrt' runs on a GPU; with device='cpu' use "
-                         "backend='onnxruntime' (the bundle's precision ONNX)")
-    why = ("backend='onnxruntime' was asked for" if backend == "onnxruntime" else
-           "device='cpu' was asked for")
-    if backend != "onnxruntime" and str(device) != "cpu":
-        index = _cuda_index(device)
-        reason = bundle.why_not_runnable(index)
-        if reason is None:
-            trt, _ = import_trt(bundle.tensorrt.flavour)
-            return TensorRTStage(trt, bundle.engine_path, slots, index), None
-        if backend == "tensorrt":
-            raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
-        stage = OnnxRuntimeStage(bundle.require_precision_onnx(reason))
-        return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running its "
-                       "precision ONNX in ONNX Runtime on the CPU")
-    return OnnxRuntimeStage(bundle.require_precision_onnx(why)), None
-
-
-def _cuda_index(device: Any) -> int:
-    """GPU ordinal from 0, "cuda", "cuda:1" or a torch.device."""
-    if isinstance(device, int):
-        return device
-    text = str(device)
-    if text.isdigit():
-        return int(text)
-    if text == "cuda":
-        return 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return int(text[5:])
-    raise ValueError(f"device must be a GPU index, 'cuda', 'cuda:N' or 'cpu'; got {device!r}")
-
-
-def _torch_device(device: Any) -> tuple[str, str | None]:
-    """'cpu' or 'cuda:N' for the torch backend, and why it is the CPU when a GPU was asked for
-    but torch sees none (None otherwise)."""
-    if str(device) == "cpu":
-        return "cpu", None
-    index = _cuda_index(device)
-    torch = require("torch")
-    if torch.cuda.is_available():
-        return f"cuda:{index}", None
-    return "cpu", f"torch sees no CUDA device for {device!r}; running the model on the CPU"
 
 
 class _Flight:
@@ -197,8 +123,7 @@ class Engine:
             PNG/DICOM and JPEGs nvJPEG refuses go through the CPU readers), or "auto" (nvJPEG
             where it works). nvJPEG pixels differ from libjpeg's by about one grey level.
         preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
-            graph medtrt did not export, or one that replaces the graph's own; the graph is
-            checked against it and a final Softmax/Sigmoid is removed (``medtrt.foreign``).
+            graph medtrt did not export (see ``medtrt.runtime.loader.load_stage``).
 
     CUDA tensors given to ``infer`` on a GPU backend are read where they are (no host copy),
     after the caller's current stream has reached the ``infer`` call.
@@ -208,44 +133,25 @@ class Engine:
                  backend: str = "auto", max_batch: int | None = None,
                  precision: str | None = None, cuda_graphs: bool = False,
                  decode: str = "cpu", preset: Any = None) -> None:
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {DECODERS}; got {decode!r}")
         path = Path(path)
-        _check_arguments(path, backend, decode, slots, precision, cuda_graphs, preset)
+        loaded = load_stage(path, backend, device, slots=slots, precision=precision,
+                            cuda_graphs=cuda_graphs, preset=preset)
         self.path, self.slots = path, slots
-        self.bundle: Bundle | None = None
-        min_batch, profile_max = 1, None
-        if path.name.endswith((".engine", ".engine.json")):
-            self.bundle = Bundle.read(path)
-            self.preset, self.precision = self.bundle.preset, self.bundle.precision
-            profile = self.bundle.input.profile
-            min_batch, profile_max = profile.min[0], profile.max[0]
-            stage, fallback = _bundle_stage(self.bundle, backend, device, slots)
-        elif path.suffix == ".onnx":
-            if backend not in ("auto", "onnxruntime"):
-                raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
-            # Checked against the preset; a final Softmax/Sigmoid removed (medtrt.foreign).
-            source = read_onnx(path, preset, weights=False)
-            self.preset, self.precision = source.preset, _onnx_precision(path)
-            stage = OnnxRuntimeStage(source.runnable())
-            if source.io.batch:  # a fixed batch: every chunk is padded to it
-                min_batch = profile_max = source.io.batch
-            fallback = None if str(device) == "cpu" else (
-                f"an ONNX file runs in ONNX Runtime on the CPU, not on {device!r}; build an "
-                "engine bundle (`medtrt build`) to run on a GPU")
-        else:
-            if backend not in ("auto", "torch"):
-                raise ValueError(f"a checkpoint runs with backend 'torch'; got {backend!r}")
-            model, self.preset = load(path)
-            self.precision = precision or "fp32"
-            torch_device, fallback = _torch_device(device)
-            stage = TorchStage(model, torch_device, half=self.precision == "fp16",
-                               cuda_graphs=cuda_graphs)
-        # One rule for every backend: a fallback from what was asked for is logged and kept.
-        self.fallback: str | None = fallback
-        if fallback:
-            log.info("%s: %s", path, fallback)
-        self._start(stage, min_batch, profile_max, max_batch, decode)
+        self.bundle: Bundle | None = loaded.bundle
+        self.preset, self.precision = loaded.preset, loaded.precision
+        # One rule for every backend: a fallback from what was asked for is logged (by the
+        # loader) and kept.
+        self.fallback: str | None = loaded.fallback
+        try:
+            self._start(loaded.stage, loaded.min_batch, loaded.profile_max, max_batch, decode)
+        except BaseException:
+            self._pipeline = None
+            loaded.stage.close()
+            raise
 
-    def _start(self, stage: Any, min_batch: int, profile_max: int | None,
+    def _start(self, stage: Stage, min_batch: int, profile_max: int | None,
                max_batch: int | None, decode: str) -> None:
         """The pipeline around ``stage``, its slots reserved, and the decoder."""
         self._stage = stage
@@ -263,7 +169,7 @@ class Engine:
         self._pipeline = native().Pipeline(
             slots=self.slots, classes=self.preset.num_classes, preprocess=options,
             logits_dtype=stage.logits_dtype, activation=self.preset.activation,
-            device="cpu" if self.device == "cpu" else _cuda_index(self.device))
+            device="cpu" if self.device == "cpu" else cuda_index(self.device))
         stage.bind(self._pipeline)
         # Every slot sized for max_batch stored images of the model's input size now, not in
         # the middle of a run (a pinned allocation synchronizes the whole device). Presets store
@@ -345,7 +251,7 @@ class Engine:
         self._closed = True
         self._pipeline = None  # drains the slots (the C++ destructor waits on their streams)
         stage = getattr(self, "_stage", None)
-        if hasattr(stage, "close"):
+        if stage is not None:
             stage.close()
         self._stage = None
         if getattr(self, "_decoder", None) is not None:
@@ -522,7 +428,7 @@ def _make_decoder(decode: str, device: str) -> Any:
                              "(use decode='cpu', or a GPU backend)")
         return None
     try:
-        return NvjpegDecoder(_cuda_index(device))
+        return NvjpegDecoder(cuda_index(device))
     except MissingDependencyError:
         if decode == "auto":
             return None
@@ -531,17 +437,6 @@ def _make_decoder(decode: str, device: str) -> Any:
 
 def _is_cuda(x: Any) -> bool:
     return is_tensor(x) and x.is_cuda
-
-
-def _onnx_precision(path: Path) -> str:
-    onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    if "QuantizeLinear" in ops:
-        return "int8"
-    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
-        return "fp16"
-    return "fp32"
 
 
 def _as_items(batch: Any, keep_cuda: bool = False) -> tuple[list[Any], list[str | None]]:

@@ -1,9 +1,12 @@
 """Compute stages of the pipeline: network input -> logits for one slot's batch.
 
-A stage is called with a ``SlotView`` (slot index, batch size, the slot's stream handle and the
-addresses of its network input and logits buffers) after the pipeline has enqueued the upload
-and ``resize_normalize`` on that stream. It enqueues the network on the same stream, reading
-``view.input`` and writing ``view.logits`` in place, and returns without waiting.
+Every stage is a ``Stage``: it is bound once to what it runs inside (``bind``: the compiled
+``Pipeline``, or ``medtrt bench``'s engine-mode buffers; a ``StageHost``), then called with a
+``StageView`` (slot index, batch size, the slot's stream handle and the addresses of its network
+input and logits buffers) after the upload and ``resize_normalize`` are enqueued on that stream.
+It enqueues the network on the same stream, reading ``view.input`` and writing ``view.logits`` in
+place, and returns without waiting. ``close`` frees what it holds (after the host has drained).
+``medtrt.runtime.loader`` picks and builds the stage for a file.
 
 - ``OnnxRuntimeStage``: CPU; the slot buffers are host memory (NumPy views).
 - ``TorchStage``: the PyTorch model on the CPU (host views) or on a CUDA GPU, where it runs on
@@ -20,17 +23,64 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+from medtrt import _native
 from medtrt._lazy import require
 
-__all__ = ["OnnxRuntimeStage", "TorchStage", "TensorRTStage", "cuda_alias", "on_cuda_device"]
+__all__ = ["OnnxRuntimeStage", "Stage", "StageHost", "StageView", "TensorRTStage", "TorchStage",
+           "cuda_alias", "on_cuda_device"]
 
 _TYPESTR = {"float32": "<f4", "float16": "<f2"}
 _CAPTURE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
+class StageView(Protocol):
+    """One call's batch: ``medtrt._C.SlotView``, or the bench's view of its own buffers.
+    ``input``/``logits`` are addresses (device memory on a GPU, host memory on the CPU),
+    ``stream`` a CUDA stream handle (0 on the CPU)."""
+
+    @property
+    def slot(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def stream(self) -> int: ...
+    @property
+    def input(self) -> int: ...
+    @property
+    def logits(self) -> int: ...
+
+
+class StageHost(Protocol):
+    """What a stage is bound to: the model's input shape (C, H, W) and class count, and on the
+    CPU the NumPy arrays behind a view's buffers ([batch, C, H, W] input, [batch, classes]
+    logits, of the stage's dtypes)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+    @property
+    def classes(self) -> int: ...
+    def host_input(self, view: StageView) -> np.ndarray: ...
+    def host_logits(self, view: StageView) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A compute stage: ``name`` (the backend), ``device`` ("cpu" or "cuda:N"), the dtypes it
+    reads and writes ("float32" or "float16"), ``bind`` once, call per batch, ``close``."""
+
+    name: str
+    device: str
+    input_dtype: str
+    logits_dtype: str
+
+    def bind(self, pipeline: StageHost) -> None: ...
+    def __call__(self, view: StageView) -> None: ...
+    def close(self) -> None: ...
 
 
 @contextmanager
@@ -38,9 +88,7 @@ def on_cuda_device(index: int) -> Iterator[None]:
     """CUDA device ``index`` current for the calling thread inside the block, the previous one
     restored after (TensorRT deserializes and executes on the current device), unless the
     process has not used it (restoring would create a context there)."""
-    from medtrt._native import native
-
-    c = native()
+    c = _native.native()  # looked up per call (tests stand in for it)
     previous = c.cuda_current_device()
     if previous != index:
         c.cuda_set_device(index)
@@ -68,36 +116,44 @@ def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) ->
 
 class OnnxRuntimeStage:
     """ONNX Runtime on the CPU for an ONNX file (FP32, FP16 or Q/DQ INT8), or a serialized
-    graph (bytes)."""
+    graph (bytes). ``threads``: its intra-op threads (0: ONNX Runtime's default, one per
+    core)."""
 
     name = "onnxruntime"
     device = "cpu"
 
-    def __init__(self, onnx_path: str | Path | bytes) -> None:
+    def __init__(self, onnx_path: str | Path | bytes, *, threads: int = 0) -> None:
         ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
         model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
-        self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name = inp.name
         self.input_dtype = "float16" if inp.type == "tensor(float16)" else "float32"
         self.logits_dtype = "float16" if out.type == "tensor(float16)" else "float32"
-        self.pipeline: Any = None
+        self.pipeline: StageHost | None = None
 
-    def bind(self, pipeline: Any) -> None:
+    def bind(self, pipeline: StageHost) -> None:
         self.pipeline = pipeline
 
-    def __call__(self, view: Any) -> None:
+    def __call__(self, view: StageView) -> None:
         x = self.pipeline.host_input(view)
         self.pipeline.host_logits(view)[...] = self.session.run(None, {self.input_name: x})[0]
 
+    def close(self) -> None:
+        self.session = None
+
 
 class TorchStage:
-    """The PyTorch reference model as the compute stage (CPU, or CUDA on the slot's stream)."""
+    """The PyTorch reference model as the compute stage (CPU, or CUDA on the slot's stream).
+    ``compile``: run it through ``torch.compile`` (compiled at the first call of each shape)."""
 
     name = "torch"
 
     def __init__(self, model: Any, device: str, *, half: bool = False,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, compile: bool = False) -> None:
         self.torch = require("torch")
         self.device = device
         self.cuda = device.startswith("cuda")
@@ -115,21 +171,30 @@ class TorchStage:
             log.info("torch FP32 stage on %s: turning off cuDNN TF32 (torch.backends.cudnn."
                      "allow_tf32 = False) so FP32 convolutions run in FP32", device)
             self.torch.backends.cudnn.allow_tf32 = False
+        if compile:
+            self.model = self.torch.compile(self.model)
         self.input_dtype = self.logits_dtype = "float16" if half else "float32"
         self.cuda_graphs = cuda_graphs
-        self.pipeline: Any = None
+        self.pipeline: StageHost | None = None
         self.shape: tuple[int, int, int] = (1, 1, 1)
         self.classes = 0
         self._graphs: dict[tuple[int, int, int, int], tuple[Any, Any]] = {}
         self._pools: dict[int, Any] = {}
         self._lock = threading.Lock()  # CPU: one forward at a time (intra-op threads do the rest)
 
-    def bind(self, pipeline: Any) -> None:
+    def bind(self, pipeline: StageHost) -> None:
         self.pipeline = pipeline
         self.shape = tuple(pipeline.input_shape)
         self.classes = pipeline.classes
 
-    def __call__(self, view: Any) -> None:
+    def close(self) -> None:
+        """Drops the captured graphs, their memory pools and the model (after the host has
+        drained)."""
+        self._graphs.clear()
+        self._pools.clear()
+        self.model = None
+
+    def __call__(self, view: StageView) -> None:
         torch = self.torch
         if not self.cuda:
             x = torch.from_numpy(self.pipeline.host_input(view))
@@ -149,7 +214,7 @@ class TorchStage:
     def _alias(self, address: int, shape: tuple[int, ...], dtype: str) -> Any:
         return cuda_alias(address, shape, dtype, self.device)
 
-    def _replay(self, view: Any, x: Any, out: Any, stream: Any) -> None:
+    def _replay(self, view: StageView, x: Any, out: Any, stream: Any) -> None:
         torch = self.torch
         key = (view.slot, view.batch, view.input, view.logits)
         entry = self._graphs.get(key)
@@ -159,7 +224,7 @@ class TorchStage:
         with torch.cuda.stream(stream):
             entry[0].replay()
 
-    def _capture(self, key: tuple[int, int, int, int], view: Any, x: Any, out: Any,
+    def _capture(self, key: tuple[int, int, int, int], view: StageView, x: Any, out: Any,
                  stream: Any) -> tuple[Any, Any]:
         """Captures the model for one (slot, batch, buffers). Graphs of a slot share one memory
         pool (its replays are serialised on its stream); graphs for buffers the slot no longer
@@ -225,7 +290,7 @@ class TensorRTStage:
             raise RuntimeError("TensorRT could not create an execution context per slot "
                                "(out of GPU memory?); use fewer slots")
 
-    def bind(self, pipeline: Any) -> None:
+    def bind(self, pipeline: StageHost) -> None:
         """Checks once that the engine's tensors fit the pipeline: input [batch, C, H, W] of its
         input shape, output [batch, classes]; any batch, and -1 (dynamic) anywhere, fits."""
         self.shape = tuple(pipeline.input_shape)
@@ -253,11 +318,11 @@ class TensorRTStage:
             self.contexts = []
             self.engine = None
 
-    def __call__(self, view: Any) -> None:
+    def __call__(self, view: StageView) -> None:
         with on_cuda_device(self.index):  # Pipeline.submit has made it current already
             self._execute(view)
 
-    def _execute(self, view: Any) -> None:
+    def _execute(self, view: StageView) -> None:
         ctx = self.contexts[view.slot]
         if not ctx.set_input_shape(self.input_name, (view.batch, *self.shape)):
             raise RuntimeError(f"TensorRT refused input shape {(view.batch, *self.shape)} "

@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from medtrt.errors import MedtrtError, MissingDependencyError
+from medtrt._native import native
 
 __all__ = ["BuildError", "EngineBuild", "build_engine", "import_trt", "engine_header_version",
            "FLAVOURS"]
@@ -125,8 +126,6 @@ def _dtype_name(dt: Any) -> str:
 def _gpu_key() -> str:
     """Name of the build GPU for the timing-cache key ('nogpu' when none is visible)."""
     try:
-        from medtrt._native import native
-
         c = native()
         if c.cuda_device_count() == 0:
             return "nogpu"

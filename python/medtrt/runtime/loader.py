@@ -1,0 +1,210 @@
+"""From a file and a backend to a compute stage: the one place that decides what runs where.
+
+``load_stage(path, backend, device, ...)`` reads an engine bundle (``NAME.engine`` or
+``NAME.engine.json``), an ONNX file or a checkpoint and returns a ``Loaded``: the stage
+(``medtrt.runtime.stages``), the model's preset and precision, the bundle, the batch limits of
+the engine's profile, and the fallback taken, if any. One rule for every backend: where the
+stage does not run where it was asked to (a bundle TensorRT cannot run here, an ONNX file asked
+for on a GPU, a checkpoint asked for on a GPU torch cannot see), the reason is logged (INFO, this
+module's logger) and kept in ``Loaded.fallback``. ``medtrt.Engine`` and ``medtrt bench`` both
+load their stages here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medtrt._lazy import require
+from medtrt.artifacts import Bundle
+from medtrt.errors import BundleError
+from medtrt.foreign import read_onnx
+from medtrt.models import load
+from medtrt.models.presets import Preset
+from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TensorRTStage, TorchStage
+from medtrt.trt import import_trt
+
+__all__ = ["BACKENDS", "Loaded", "cuda_index", "load_stage"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A stage ready to bind, and what its caller needs to know about it.
+
+    ``bundle`` is None for an ONNX file or a checkpoint; ``min_batch``/``profile_max`` are the
+    engine profile's batch limits (1 and None without a bundle); ``fallback`` says why the stage
+    does not run where it was asked to (None: it does)."""
+
+    stage: Stage
+    preset: Preset
+    precision: str
+    bundle: Bundle | None = None
+    min_batch: int = 1
+    profile_max: int | None = None
+    fallback: str | None = None
+
+
+def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any = 0, *,
+               slots: int = 2, precision: str | None = None, cuda_graphs: bool = False,
+               threads: int = 0, compile: bool = False, preset: Any = None) -> Loaded:
+    """The stage for ``path``, chosen by its suffix.
+
+    Args:
+        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file (from
+            ``medtrt export``/``build``, or any with ``preset``), or a checkpoint (``.pt``).
+        backend: "auto", "tensorrt" (a bundle), "onnxruntime" (an ONNX file, or a bundle's
+            precision ONNX) or "torch" (a checkpoint).
+        device: GPU index, "cuda", "cuda:N" or a torch.device; "cpu" for the CPU.
+        slots: TensorRT execution contexts (one per pipeline slot), 1 to 16.
+        precision: torch only: "fp32" (default) or "fp16" (a GPU).
+        cuda_graphs: torch on a GPU: a CUDA graph per (slot, batch size).
+        threads: ONNX Runtime's intra-op threads (0: its default).
+        compile: torch only: run the model through ``torch.compile``.
+        preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
+            graph medtrt did not export, or one that replaces the graph's own; the graph is
+            checked against it and a final Softmax/Sigmoid is removed (``medtrt.foreign``).
+    """
+    path = Path(path)
+    _check_arguments(path, backend, slots, precision, cuda_graphs, threads, compile)
+    if preset is not None and path.suffix != ".onnx":
+        raise ValueError(f"preset= applies to an ONNX file; {path.name} carries its own preset "
+                         "(build the bundle with --preset, or import the checkpoint)")
+    if path.name.endswith((".engine", ".engine.json")):
+        loaded = _load_bundle(path, backend, device, slots, threads)
+    elif path.suffix == ".onnx":
+        loaded = _load_onnx(path, backend, device, threads, preset)
+    else:
+        loaded = _load_checkpoint(path, backend, device, precision, cuda_graphs, compile)
+    if loaded.fallback:
+        log.info("%s: %s", path, loaded.fallback)
+    return loaded
+
+
+def cuda_index(device: Any) -> int:
+    """GPU ordinal from 0, "cuda", "cuda:1" or a torch.device."""
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text.isdigit():
+        return int(text)
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise ValueError(f"device must be a GPU index, 'cuda', 'cuda:N' or 'cpu'; got {device!r}")
+
+
+def _check_arguments(path: Path, backend: str, slots: int, precision: str | None,
+                     cuda_graphs: bool, threads: int, compile: bool) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if not 1 <= slots <= 16:
+        raise ValueError(f"slots must be in [1, 16]; got {slots}")
+    listed = path.name.endswith(".engine") and Bundle.json_path(path).is_file()
+    if not path.exists() and not listed:  # a bundle's missing engine: Bundle.read says what to do
+        raise FileNotFoundError(f"{path} does not exist")
+    if precision is not None and precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16'; got {precision!r}")
+    checkpoint = path.suffix not in (".onnx", ".engine", ".json")
+    torch_only = backend in ("auto", "torch") and checkpoint
+    if (precision or cuda_graphs) and not torch_only:
+        raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
+                         "an ONNX file or bundle has its precision built in")
+    if compile and not torch_only:
+        raise ValueError("compile= applies to the torch backend (a checkpoint): torch.compile "
+                         "compiles a PyTorch model")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: ONNX Runtime's default); got {threads}")
+    if threads and checkpoint:
+        raise ValueError("threads= sets ONNX Runtime's intra-op threads (an ONNX file or a "
+                         "bundle); torch's are process-wide: torch.set_num_threads")
+
+
+def _load_bundle(path: Path, backend: str, device: Any, slots: int, threads: int) -> Loaded:
+    bundle = Bundle.read(path)
+    profile = bundle.input.profile
+    stage, fallback = _bundle_stage(bundle, backend, device, slots, threads)
+    return Loaded(stage, bundle.preset, bundle.precision, bundle, profile.min[0],
+                  profile.max[0], fallback)
+
+
+def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int,
+                  threads: int) -> tuple[Stage, str | None]:
+    """TensorRT where it can run the bundle here (decided now, ``Bundle.why_not_runnable``),
+    else the bundle's precision ONNX in ONNX Runtime: (stage, why it fell back, or None)."""
+    if backend not in ("auto", "tensorrt", "onnxruntime"):
+        raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
+    if backend == "tensorrt" and str(device) == "cpu":
+        raise ValueError("backend='tensorrt' runs on a GPU; with device='cpu' use "
+                         "backend='onnxruntime' (the bundle's precision ONNX)")
+    why = ("backend='onnxruntime' was asked for" if backend == "onnxruntime" else
+           "device='cpu' was asked for")
+    if backend != "onnxruntime" and str(device) != "cpu":
+        index = cuda_index(device)
+        reason = bundle.why_not_runnable(index)
+        if reason is None:
+            trt, _ = import_trt(bundle.tensorrt.flavour)
+            return TensorRTStage(trt, bundle.engine_path, slots, index), None
+        if backend == "tensorrt":
+            raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
+        stage = OnnxRuntimeStage(bundle.require_precision_onnx(reason), threads=threads)
+        return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running its "
+                       "precision ONNX in ONNX Runtime on the CPU")
+    return OnnxRuntimeStage(bundle.require_precision_onnx(why), threads=threads), None
+
+
+def _load_onnx(path: Path, backend: str, device: Any, threads: int, preset: Any) -> Loaded:
+    """The graph in ONNX Runtime, checked against its preset (the given one, else its own), a
+    final Softmax/Sigmoid removed; a fixed batch is the profile (chunks are padded to it)."""
+    if backend not in ("auto", "onnxruntime"):
+        raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
+    source = read_onnx(path, preset, weights=False)
+    fallback = None if str(device) == "cpu" else (
+        f"an ONNX file runs in ONNX Runtime on the CPU, not on {device!r}; build an engine "
+        "bundle (`medtrt build`) to run on a GPU")
+    batch = source.io.batch
+    return Loaded(OnnxRuntimeStage(source.runnable(), threads=threads), source.preset,
+                  _onnx_precision(path), min_batch=batch or 1, profile_max=batch,
+                  fallback=fallback)
+
+
+def _load_checkpoint(path: Path, backend: str, device: Any, precision: str | None,
+                     cuda_graphs: bool, compile: bool) -> Loaded:
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"a checkpoint runs with backend 'torch'; got {backend!r}")
+    model, preset = load(path)
+    precision = precision or "fp32"
+    torch_device, fallback = _torch_device(device)
+    stage = TorchStage(model, torch_device, half=precision == "fp16", cuda_graphs=cuda_graphs,
+                       compile=compile)
+    return Loaded(stage, preset, precision, fallback=fallback)
+
+
+def _torch_device(device: Any) -> tuple[str, str | None]:
+    """'cpu' or 'cuda:N' for the torch backend, and why it is the CPU when a GPU was asked for
+    but torch sees none (None otherwise)."""
+    if str(device) == "cpu":
+        return "cpu", None
+    index = cuda_index(device)
+    torch = require("torch")
+    if torch.cuda.is_available():
+        return f"cuda:{index}", None
+    return "cpu", f"torch sees no CUDA device for {device!r}; running the model on the CPU"
+
+
+def _onnx_precision(path: Path) -> str:
+    onnx = require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if "QuantizeLinear" in ops:
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "fp32"
