@@ -22,8 +22,9 @@ from medtrt.build import BuildOptions, build
 from medtrt.cli import main
 from medtrt.data import read_image
 from medtrt.foreign import read_onnx
-from medtrt.models import MEDNIST_LABELS, PRESETS, load, load_preset
+from medtrt.models import MEDNIST_LABELS, load, load_preset
 from medtrt.precision import CalibrationConfig
+from medtrt.runtime.loader import load_stage
 from medtrt.testing import PARITY, assert_agreement
 from medtrt.train import training_split
 
@@ -184,6 +185,9 @@ def _assert_decisions(probs, ref, precision, name):
 
 def test_demo_model_onnx_with_static_batch_runs_in_engine(demo_sigmoid, images):
     """Seven images through a graph fixed to batch 4: chunks of 4, the last one padded."""
+    loaded = load_stage(demo_sigmoid["onnx"], device="cpu", preset=demo_sigmoid["preset"])
+    assert (loaded.min_batch, loaded.profile_max, loaded.fallback) == (4, 4, None)
+    loaded.stage.close()
     ref = reference_probs(demo_sigmoid["model"], images[:7], demo_sigmoid["preset"])
     probs = _engine_probs(demo_sigmoid["onnx"], images[:7], preset=demo_sigmoid["preset"])
     _assert_decisions(probs, ref, "fp32", "densenet+sigmoid fp32 (ONNX Runtime)")
