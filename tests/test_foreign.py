@@ -21,7 +21,7 @@ from medtrt.artifacts import Bundle, OnnxMetadata, sha256_file
 from medtrt.build import BuildOptions, build
 from medtrt.cli import main
 from medtrt.data import read_image
-from medtrt.foreign import read_onnx
+from medtrt.foreign import graph_io, read_onnx
 from medtrt.models import MEDNIST_LABELS, load, load_preset
 from medtrt.precision import CalibrationConfig, QdqRecipe
 from medtrt.runtime.loader import load_stage
@@ -296,3 +296,14 @@ def test_a_graph_without_a_final_activation_keeps_its_output(small, tmp_path):
     assert source.removed is None and source.meta.foreign.removed_activation is None
     assert source.io.output == model.graph.output[0].name and source.io.classes == 6
     assert source.runnable() == str(tmp_path / "logits.onnx")  # the file itself runs
+
+
+def test_an_output_without_a_declared_shape_is_inferred():
+    model = graph({"x": ["N", 3, 32, 32]}, {}, [
+        onnx.helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        onnx.helper.make_node("Flatten", ["pooled"], ["scores"])])
+    model.graph.output.append(onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT,
+                                                                 None))
+    io = graph_io(model, "m.onnx")
+    assert (io.input_shape, io.output_shape, io.batch, io.classes) == (("N", 3, 32, 32),
+                                                                       ("N", 3), None, 3)

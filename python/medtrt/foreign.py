@@ -96,6 +96,8 @@ def graph_io(model: Any, path: Any = "ONNX file") -> GraphIO:
         raise ArtifactError(f"{path} has {len(graph.output)} outputs "
                             f"({', '.join(repr(o.name) for o in graph.output)}); {fix}")
     x, y = inputs[0], graph.output[0]
+    if y.type.HasField("tensor_type") and not y.type.tensor_type.HasField("shape"):
+        y = _inferred(model, y)  # some exporters leave the output's shape out
     for what, v, rank in (("input", x, 4), ("output", y, 2)):
         if not v.type.HasField("tensor_type"):
             raise ArtifactError(f"{path}: {what} {v.name!r} is not a tensor; {fix}")
@@ -109,10 +111,21 @@ def graph_io(model: Any, path: Any = "ONNX file") -> GraphIO:
             raise ArtifactError(f"{path}: {what} {v.name!r} is {len(dims)}-D ({shape}); {fix}")
     io = GraphIO(x.name, _dims(x), y.name, _dims(y))
     n_in, n_out = io.input_shape[0], io.output_shape[0]
-    if isinstance(n_in, int) != isinstance(n_out, int) or (isinstance(n_in, int) and n_in != n_out):
+    if isinstance(n_out, int) and n_out != n_in:  # a symbolic output batch may be anything
         raise ArtifactError(f"{path}: the input's batch dimension ({n_in}) and the output's "
                             f"({n_out}) differ; {fix}, the same N in both")
     return io
+
+
+def _inferred(model: Any, output: Any) -> Any:
+    """``output`` with the shape ONNX shape inference gives it (as it is when inference
+    cannot)."""
+    onnx = require("onnx")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.output
+    except Exception:  # noqa: BLE001 - inference is best effort; the caller reports the shape
+        return output
+    return next((o for o in inferred if o.name == output.name), output)
 
 
 def _check_fits(io: GraphIO, preset: Preset, path: Any, model: Any) -> GraphIO:
