@@ -156,12 +156,12 @@ def test_missing_precision_onnx_is_refused_where_it_is_needed(built, tmp_path):
 
 @pytest.mark.trt
 @pytest.mark.parametrize("change,message", [
-    (lambda d: d.update(schema_version=3),
-     r"written by a newer medtrt \(bundle schema 3; this medtrt reads 2\): upgrade medtrt, or "
+    (lambda d: d.update(schema_version=4),
+     r"written by a newer medtrt \(bundle schema 4; this medtrt reads 3\): upgrade medtrt, or "
      rf"{REBUILD_ANY}` with this one"),
     (lambda d: d.pop("schema_version"),
      r"written by an older medtrt \(format 'medtrt-engine-bundle', no schema version; this "
-     rf"medtrt reads schema 2\); {REBUILD_ANY}`"),
+     rf"medtrt reads schema 2 to 3\); {REBUILD_ANY}`"),
     (lambda d: d.update(format="something-else"),
      rf"is not a medtrt engine bundle .*; {GENERIC}"),
     (lambda d: d["input"]["profile"]["min"].__setitem__(0, "1"),
@@ -192,7 +192,7 @@ def test_a_bundle_from_the_previous_medtrt_is_refused(built, tmp_path):
         "executed": False}))
     with pytest.raises(BundleError, match=r"written by an older medtrt \(format "
                                           r"'medtrt-engine-bundle/1', no schema version; this "
-                                          r"medtrt reads schema 2\); rebuild it with `medtrt "
+                                          r"medtrt reads schema 2 to 3\); rebuild it with `medtrt "
                                           r"build model\.onnx --fp16`"):
         Engine(path, device="cpu")
 
@@ -248,9 +248,9 @@ def test_onnx_metadata_errors_name_the_file_and_the_fix(demo_model):
     cases = [
         (tiny_model(5, props), r"m\.onnx: its preset lists 6 labels but the graph outputs 5 "
                                r"classes; re-export it with `medtrt export"),
-        (tiny_model(6, {**props, "medtrt.format": "medtrt-onnx/2"}),
-         r"m\.onnx was exported by a newer medtrt \(medtrt-onnx/2; this medtrt reads "
-         r"medtrt-onnx/1\): upgrade medtrt, or re-export"),
+        (tiny_model(6, {**props, "medtrt.format": "medtrt-onnx/3"}),
+         r"m\.onnx was exported by a newer medtrt \(medtrt-onnx/3; this medtrt reads "
+         r"medtrt-onnx/2\): upgrade medtrt, or re-export"),
         (tiny_model(6, {**props, "medtrt.preset": "{"}),
          r"m\.onnx: metadata medtrt\.preset is not valid JSON .*; re-export it with "
          r"`medtrt export"),
@@ -258,8 +258,9 @@ def test_onnx_metadata_errors_name_the_file_and_the_fix(demo_model):
                                                               "torch": "2"})}),
          r"m\.onnx: metadata\.export\.opset must be an integer; got a string '18'; the medtrt "
          r"metadata was damaged or edited: re-export"),
-        (tiny_model(6, {}), r"m\.onnx was not exported by medtrt \(no medtrt\.preset metadata\); "
-                            r"export it with `medtrt export`"),
+        (tiny_model(6, {}), r"m\.onnx was not exported by medtrt \(no medtrt\.preset metadata\): "
+                            r"give its preset \(--preset FILE\|NAME, .*\), or export it with "
+                            r"`medtrt export`"),
     ]
     for model, message in cases:
         with pytest.raises(ArtifactError, match=message):

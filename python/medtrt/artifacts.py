@@ -13,6 +13,14 @@ says, at load time, why TensorRT cannot run the engine on this machine.
 
 Exported ONNX files carry ``OnnxMetadata`` in their ``metadata_props`` (``medtrt.format``,
 ``medtrt.preset``, ...); reading it also checks the preset's labels against the graph's output.
+A graph medtrt did not export gets the same metadata when it is built with a preset
+(``medtrt.foreign``), with a ``ForeignOnnx`` record of the file it came from, which the bundle
+keeps too (``SourceOnnx.foreign``).
+
+Schema versions: a record is written with the lowest schema that describes it, so files without
+a foreign source stay readable by the medtrt before foreign graphs (bundle schema 2, ONNX
+metadata schema 1); a foreign source needs bundle schema 3 / ONNX metadata schema 2, which
+an older medtrt refuses as written by a newer one.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from medtrt.trt import import_trt
 
 __all__ = [
     "AccuracyCheck", "ArtifactError", "Bundle", "BundleError", "BuildMachine", "Calibration",
-    "ExportCheck", "ExportInfo", "FileRecord", "InputSpec", "OnnxMetadata", "OutputSpec",
+    "ExportCheck", "ExportInfo", "FileRecord", "ForeignOnnx", "InputSpec", "OnnxMetadata",
+    "OutputSpec",
     "Profile", "Quantization", "SourceOnnx", "TensorRTInfo", "output_classes", "sha256_file",
 ]
 
@@ -267,9 +276,18 @@ class Quantization(_Record):
 
 @dataclass(frozen=True)
 class SourceOnnx(_Record):
+    """The FP32 ONNX the engine was built from: exported by medtrt (``export``), or adopted from
+    a foreign graph (``foreign``: the file as it was given, before medtrt's changes)."""
+
     name: str
     sha256: str
-    export: ExportInfo
+    export: ExportInfo | None
+    foreign: ForeignOnnx | None = None
+
+    def __post_init__(self) -> None:
+        if (self.export is None) == (self.foreign is None):
+            raise ValueError("source_onnx must record either how medtrt exported it (export) or "
+                             "the foreign graph it came from (foreign)")
 
 
 @dataclass(frozen=True)
@@ -318,7 +336,8 @@ class Bundle:
     """
 
     FORMAT: ClassVar[str] = "medtrt-engine-bundle"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3  # the newest this medtrt reads and writes
+    OLDEST_SCHEMA_VERSION: ClassVar[int] = 2  # the oldest it reads
 
     precision: str
     engine: FileRecord
@@ -374,10 +393,17 @@ class Bundle:
 
     # -- JSON ------------------------------------------------------------------------------------
 
+    @property
+    def schema_version(self) -> int:
+        """The lowest schema that describes this bundle: 3 for a foreign source, else 2."""
+        return 3 if self.source_onnx.foreign is not None else 2
+
     def to_dict(self) -> dict[str, Any]:
         d = _to_json(self)
         d["accuracy_check"] = self.accuracy_check.to_dict()
-        return {"format": self.FORMAT, "schema_version": self.SCHEMA_VERSION, **d}
+        if self.source_onnx.foreign is None:  # schema 2's layout
+            del d["source_onnx"]["foreign"]
+        return {"format": self.FORMAT, "schema_version": self.schema_version, **d}
 
     @classmethod
     def from_dict(cls, data: Any, path: str | os.PathLike[str] | None = None) -> Bundle:
@@ -497,7 +523,8 @@ def _check_bundle_version(data: Any, where: Any) -> None:
     version = data.get("schema_version")
     if version is None:
         raise BundleError(f"{where} was written by an older medtrt (format {fmt!r}, no schema "
-                          f"version; this medtrt reads schema {Bundle.SCHEMA_VERSION}); "
+                          f"version; this medtrt reads schema {Bundle.OLDEST_SCHEMA_VERSION} to "
+                          f"{Bundle.SCHEMA_VERSION}); "
                           f"{_rebuild_hint(data)}")
     if fmt != Bundle.FORMAT or not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{where}: format {fmt!r}, schema version {version!r} is not one "
@@ -506,9 +533,10 @@ def _check_bundle_version(data: Any, where: Any) -> None:
         raise BundleError(f"{where} was written by a newer medtrt (bundle schema {version}; this "
                           f"medtrt reads {Bundle.SCHEMA_VERSION}): upgrade medtrt, or "
                           f"{_rebuild_hint(data)} with this one")
-    if version < Bundle.SCHEMA_VERSION:
+    if version < Bundle.OLDEST_SCHEMA_VERSION:
         raise BundleError(f"{where} was written by an older medtrt (bundle schema {version}; this "
-                          f"medtrt reads {Bundle.SCHEMA_VERSION}); {_rebuild_hint(data)}")
+                          f"medtrt reads {Bundle.OLDEST_SCHEMA_VERSION} to "
+                          f"{Bundle.SCHEMA_VERSION}); {_rebuild_hint(data)}")
 
 
 def _rebuild_hint(data: Any) -> str:
@@ -542,6 +570,32 @@ class ExportCheck(_Record):
     max_abs_logit: float
 
 
+@dataclass(frozen=True)
+class ForeignOnnx(_Record):
+    """An ONNX graph medtrt did not export, as it was given (``medtrt build any.onnx --preset``):
+    its file name and sha256 (of the .onnx file; ``external_data`` names the files its weights
+    were read from), who made it, its input and output names, its batch ("dynamic" or the fixed
+    size the engine's profile is fixed to), and the final Softmax/Sigmoid node medtrt removed so
+    the activation is applied once, by medtrt (None when the graph output logits)."""
+
+    name: str
+    sha256: str
+    external_data: tuple[str, ...]
+    producer: str
+    opset: int
+    input: str
+    output: str
+    batch: int | str
+    removed_activation: str | None
+
+    def __post_init__(self) -> None:
+        if not _SHA256.match(self.sha256):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits; got {self.sha256!r}")
+        if self.removed_activation not in (None, "Softmax", "Sigmoid"):
+            raise ValueError(f"removed_activation must be Softmax, Sigmoid or null; got "
+                             f"{self.removed_activation!r}")
+
+
 def output_classes(model: Any) -> int | None:
     """The class dimension (last) of an ONNX model's only output, when the graph fixes it."""
     outputs = model.graph.output
@@ -559,26 +613,45 @@ class OnnxMetadata:
     JSON values), so later steps need no other input."""
 
     FORMAT: ClassVar[str] = "medtrt-onnx"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2  # the newest this medtrt reads and writes
 
     preset: Preset
-    source_checkpoint_sha256: str
-    export: ExportInfo
+    source_checkpoint_sha256: str | None = None  # exported by medtrt: the checkpoint's sha256
+    export: ExportInfo | None = None  # exported by medtrt: how
     export_check: tuple[ExportCheck, ...] | None = None  # absent when export skipped the check
+    foreign: ForeignOnnx | None = None  # adopted: the foreign graph it came from (schema 2)
+
+    def __post_init__(self) -> None:
+        if (self.export is None) == (self.foreign is None):
+            raise ValueError("the metadata must record either how medtrt exported the graph "
+                             "(medtrt.export) or the foreign graph it came from (medtrt.foreign)")
+        if self.export is not None and self.source_checkpoint_sha256 is None:
+            raise ValueError("metadata lacks field(s) ['source_checkpoint_sha256']")
+
+    @property
+    def schema_version(self) -> int:
+        """The lowest schema that describes this record: 2 with a foreign source, else 1."""
+        return 2 if self.foreign is not None else 1
 
     def to_props(self) -> dict[str, str]:
-        props = {"medtrt.format": f"{self.FORMAT}/{self.SCHEMA_VERSION}",
-                 "medtrt.preset": self.preset.to_json(),
-                 "medtrt.source_checkpoint_sha256": self.source_checkpoint_sha256,
-                 "medtrt.export": json.dumps(_to_json(self.export))}
-        if self.export_check is not None:
-            props["medtrt.export_check"] = json.dumps(_to_json(self.export_check))
+        props = {"medtrt.format": f"{self.FORMAT}/{self.schema_version}",
+                 "medtrt.preset": self.preset.to_json()}
+        if self.source_checkpoint_sha256 is not None:
+            props["medtrt.source_checkpoint_sha256"] = self.source_checkpoint_sha256
+        for key in ("export", "export_check", "foreign"):
+            value = getattr(self, key)
+            if value is not None:
+                props[f"medtrt.{key}"] = json.dumps(_to_json(value))
         return props
 
     def write(self, model: Any) -> None:
         """Sets the ``medtrt.*`` entries of an ``onnx.ModelProto``'s ``metadata_props``."""
+        props = self.to_props()
+        stale = [p for p in model.metadata_props if p.key.startswith("medtrt.") and p.key not in props]
+        for entry in stale:  # e.g. an adopted graph's medtrt.export: not carried over
+            model.metadata_props.remove(entry)
         entries = {p.key: p for p in model.metadata_props}
-        for key, value in self.to_props().items():
+        for key, value in props.items():
             if key in entries:
                 entries[key].value = value
             else:
@@ -634,8 +707,10 @@ def _check_onnx_version(props: dict[str, str], path: Any, fix: str) -> None:
     fmt = props.get("medtrt.format", "")
     name, _, version = fmt.partition("/")
     if name != OnnxMetadata.FORMAT or "medtrt.preset" not in props:
-        raise ArtifactError(f"{path} was not exported by medtrt (no medtrt.preset metadata); "
-                            "export it with `medtrt export`")
+        raise ArtifactError(f"{path} was not exported by medtrt (no medtrt.preset metadata): give "
+                            "its preset (--preset FILE|NAME, or --labels FILE --size N --channels "
+                            "C --activation A; Engine(path, preset=...)), or export it with "
+                            "`medtrt export`")
     if not version.isdigit():
         raise ArtifactError(f"{path}: metadata medtrt.format {fmt!r} has no schema version; "
                             f"{fix}")

@@ -5,6 +5,12 @@
     INT8:  calibration of the FP32 graph (entropy by default) or a calibration cache, then
            explicit Q/DQ (medtrt.precision.qdq).
 
+An ONNX that medtrt did not export is built with a preset (``BuildOptions.preset``, ``medtrt
+build any.onnx --preset FILE|NAME``): ``medtrt.foreign`` checks it, removes a final
+Softmax/Sigmoid, and writes ``STEM.medtrt.onnx`` (the graph with medtrt's metadata) into the
+output folder; the build then starts from that file, and the bundle records the original file
+and its sha256 (``source_onnx.foreign``). A graph with a fixed batch gets a profile fixed to it.
+
 The precision graph is checked on the CPU in ONNX Runtime against the FP32 graph (top-1
 agreement, max |dprob|) before the engine is built. The bundle is ``NAME.engine`` plus
 ``NAME.engine.json`` (what the engine expects and produces, how it was built and checked) and
@@ -25,16 +31,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medtrt._lazy import require
 from medtrt._native import native
-from medtrt.artifacts import (PRECISIONS, AccuracyCheck, ArtifactError, BuildMachine, Bundle,
-                              Calibration, FileRecord, InputSpec, OnnxMetadata, OutputSpec,
-                              Profile, Quantization, SourceOnnx, TensorRTInfo, output_classes,
-                              sha256_file)
+from medtrt.artifacts import (PRECISIONS, AccuracyCheck, BuildMachine, Bundle, Calibration,
+                              FileRecord, InputSpec, OnnxMetadata, OutputSpec, Profile,
+                              Quantization, SourceOnnx, TensorRTInfo, sha256_file)
 from medtrt.data import read_image
 from medtrt.errors import GateError
 from medtrt.export import verification_images
+from medtrt.foreign import read_onnx, write_adopted
 from medtrt.metrics import agreement, require_finite
+from medtrt.onnxio import save_onnx
 from medtrt.ops import resize_normalize
 from medtrt.precision import (CalibrationConfig, GateConfig, QdqRecipe, accuracy_gate, calibrate,
                               read_cache, to_fp16, write_trt_cache)
@@ -43,11 +49,12 @@ from medtrt.precision.gate import NON_FINITE_FIX, ort_logits
 from medtrt.reference import activate
 from medtrt.trt import EngineBuild, build_engine, import_trt
 
-__all__ = ["BuildOptions", "BuildResult", "build", "BUNDLE_FORMAT"]
+__all__ = ["BuildOptions", "BuildResult", "build", "BUNDLE_FORMAT", "DEFAULT_BATCH"]
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = Bundle.FORMAT
+DEFAULT_BATCH = (1, 32, 256)
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,9 @@ class BuildOptions:
     calib_cache: str | None = None  # JSON cache from an earlier calibration (INT8)
     calibration: Any = None  # medtrt.precision.CalibrationConfig; default: entropy, 512 images
     recipe: Any = None  # medtrt.precision.QdqRecipe; default: shared Concat scales, no FP16 layers
-    batch: tuple[int, int, int] = (1, 32, 256)
+    batch: tuple[int, int, int] | None = None  # profile min,opt,max; default DEFAULT_BATCH,
+    # or the graph's fixed batch
+    preset: Any = None  # a Preset, preset file or built-in name: for an ONNX medtrt did not export
     flavour: str = "auto"
     workspace_mib: int = 2048
     optimization_level: int = 3
@@ -127,13 +136,15 @@ def _accuracy_report(logits: np.ndarray, fp32_logits: np.ndarray, preset: Any, *
 def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
           options: BuildOptions | None = None, *,
           on_phase: Callable[[str], None] | None = None) -> BuildResult:
-    """Build an engine bundle from a medtrt-exported FP32 ONNX (see module docstring)."""
+    """Build an engine bundle from an FP32 ONNX: exported by medtrt, or any graph with
+    ``options.preset`` (see module docstring)."""
     opts = options or BuildOptions()
     phase = on_phase or (lambda _s: None)
-    src = _read_source(Path(onnx_path), opts)
-    out = Path(out_dir) if out_dir else src.path.parent
+    out = Path(out_dir) if out_dir else Path(onnx_path).parent
+    src = _read_source(Path(onnx_path), opts, out)
     out.mkdir(parents=True, exist_ok=True)
-    name = opts.name or f"{src.path.stem}.{opts.precision}"
+    stem = src.path.name.removesuffix(".onnx").removesuffix(".medtrt")
+    name = opts.name or f"{stem}.{opts.precision}"
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -144,7 +155,8 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
     images = _check_images(src, graph, opts)
     accuracy = _check_accuracy(src.path, graph.path, src.meta.preset, images,
                                precision=opts.precision)
-    built = build_engine(graph.path, out / f"{name}.engine", batch=opts.batch, flavour=opts.flavour,
+    built = build_engine(graph.path, out / f"{name}.engine", batch=src.batch, flavour=opts.flavour,
+                         input_shape=(src.meta.preset.in_channels, *src.meta.preset.image_size),
                          workspace_mib=opts.workspace_mib,
                          optimization_level=opts.optimization_level,
                          timing_cache_dir=_cache_dir() / "timing",
@@ -157,13 +169,15 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
 
 @dataclass(frozen=True)
 class _Source:
-    """The FP32 ONNX a build starts from."""
+    """The FP32 ONNX a build starts from (for a foreign graph: the adopted STEM.medtrt.onnx)."""
 
     path: Path
-    model: Any  # onnx.ModelProto
+    model: Any  # onnx.ModelProto, weights loaded
     meta: OnnxMetadata
     sha256: str
     classes: int  # the graph's output width
+    batch: tuple[int, int, int]  # the engine's profile
+    external: tuple[str, ...] = ()  # files its weights are stored in
 
 
 @dataclass(frozen=True)
@@ -176,22 +190,37 @@ class _Graph:
     gate: dict[str, Any] | None = None
 
 
-def _read_source(onnx_path: Path, opts: BuildOptions) -> _Source:
+def _read_source(onnx_path: Path, opts: BuildOptions, out: Path) -> _Source:
+    """The graph a build starts from: ``onnx_path`` checked against its preset, or, when the
+    graph or its preset change (a foreign graph), adopted into ``out`` first."""
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} does not exist")
     import_trt(opts.flavour)  # fail before any work when no TensorRT flavour is installed
-    onnx = require("onnx")
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as exc:
-        raise ValueError(f"{onnx_path} is not an ONNX file: {exc}") from exc
-    meta = OnnxMetadata.from_model(model, onnx_path)  # labels checked against the output
-    classes = output_classes(model)
-    if classes is None:
-        raise ArtifactError(f"{onnx_path}: the graph's output has no fixed class dimension, so "
-                            "the engine's labels cannot be checked; export it with `medtrt "
-                            "export` (one output [batch, classes])")
-    return _Source(onnx_path, model, meta, sha256_file(onnx_path), classes)
+    source = read_onnx(onnx_path, opts.preset)  # one line for whatever does not fit
+    batch = _profile_batch(source.io.batch, opts.batch, onnx_path)
+    if source.changed:
+        out.mkdir(parents=True, exist_ok=True)
+        source = write_adopted(source, out)
+        log.info("%s: building from %s (%s)", onnx_path, source.path, "final "
+                 f"{source.meta.foreign.removed_activation} removed" if source.meta.foreign and
+                 source.meta.foreign.removed_activation else "medtrt metadata added")
+    assert source.io.classes is not None  # read_onnx checked it against the labels
+    return _Source(source.path, source.model, source.meta, sha256_file(source.path),
+                   source.io.classes, batch, source.external)
+
+
+def _profile_batch(fixed: int | None, asked: tuple[int, int, int] | None,
+                   path: Path) -> tuple[int, int, int]:
+    """The profile's min,opt,max batch: what was asked (default DEFAULT_BATCH), or the graph's
+    fixed batch, which another --batch cannot change."""
+    if fixed is None:
+        return asked or DEFAULT_BATCH
+    if asked is not None and asked != (fixed,) * 3:
+        raise ValueError(f"{path} has a fixed batch of {fixed}, so the engine's profile is "
+                         f"{fixed},{fixed},{fixed}: drop --batch (or pass --batch "
+                         f"{fixed},{fixed},{fixed}), or export the model with a dynamic batch "
+                         "axis for other batch sizes")
+    return (fixed,) * 3
 
 
 def _cache_dir() -> Path:
@@ -202,7 +231,9 @@ def _precision_graph(src: _Source, out: Path, name: str, opts: BuildOptions,
                      phase: Callable[[str], None], timings: dict[str, float]) -> _Graph:
     path = out / f"{name}.onnx"
     if opts.precision == "fp32":
-        if path.resolve() != src.path.resolve():
+        if src.external:  # the copy holds the weights (one file unless they are too big)
+            save_onnx(src.model, path)
+        elif path.resolve() != src.path.resolve():
             shutil.copyfile(src.path, path)
         return _Graph(path)
     if opts.precision == "fp16":
@@ -235,7 +266,7 @@ def _int8_graph(src: _Source, path: Path, opts: BuildOptions, phase: Callable[[s
         gate_info, fp16_layers = gate.to_json(), gate.fp16_layers
         if fp16_layers:  # the plan the gated graph was made with, for the bundle's counts
             final_plan = recipe.plan(src.model, fp16_layers)
-    require("onnx").save(qdq_model, str(path))
+    save_onnx(qdq_model, path)
     calibration = Calibration.from_dict({
         "method": cal.config.method, "images": cal.images, "bins": cal.config.bins,
         "start_bin": cal.config.start_bin, "quantized_bins": cal.config.quantized_bins,
@@ -308,7 +339,8 @@ def _bundle(src: _Source, graph: _Graph, built: EngineBuild, opts: BuildOptions,
                         profile=Profile.from_dict(built.profile)),
         output=OutputSpec(name=built.output_name, dtype=built.output_dtype, classes=src.classes),
         preset=src.meta.preset,
-        source_onnx=SourceOnnx(name=src.path.name, sha256=src.sha256, export=src.meta.export),
+        source_onnx=SourceOnnx(name=src.path.name, sha256=src.sha256, export=src.meta.export,
+                               foreign=src.meta.foreign),
         tensorrt=TensorRTInfo(flavour=built.flavour, version=built.version,
                               targets=tuple(built.targets),
                               optimization_level=built.optimization_level,

@@ -65,17 +65,18 @@ def evaluate(model: str | os.PathLike[str], data: str | os.PathLike[str], *,
              labels: str | os.PathLike[str] | None = None,
              reference: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] = "eval",
              backend: str = "auto", device: Any = 0, batch_size: int = 64,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             progress: Callable[[int, int], None] | None = None,
+             preset: Any = None) -> EvalResult:
     """Evaluate ``model`` on ``data``; see the module docstring.
 
     ``labels``: the CSV label table of a multi-label model (default ``data/labels.csv``; image
     paths in it are relative to ``data``). ``reference``: a checkpoint whose PyTorch FP32
-    outputs the model is compared with on the same images. Unreadable or missing images are
-    listed, not fatal.
+    outputs the model is compared with on the same images. ``preset``: for an ONNX file medtrt
+    did not export (see ``medtrt.Engine``). Unreadable or missing images are listed, not fatal.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with Engine(model, backend=backend, device=device) as engine:
+    with Engine(model, backend=backend, device=device, preset=preset) as engine:
         preset = engine.preset
         ds = _dataset(data, labels, preset)
         ref_model = _reference_model(reference, preset) if reference is not None else None

@@ -16,7 +16,7 @@ def run(*args, timeout=600):
 
 
 @pytest.mark.parametrize("command", [[], ["info"], ["data"], ["data", "synth"], ["train"],
-                                     ["export"]])
+                                     ["export"], ["preset", "show"]])
 def test_help_for_every_command(command):
     proc = run(*command, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -28,6 +28,9 @@ def test_help_for_every_command(command):
     (["data", "synth"], "the following arguments are required: --out"),
     (["export", "m.pt"], "the following arguments are required: -o/--output"),
     (["bogus"], "invalid choice: 'bogus'"),
+    (["preset"], "the following arguments are required: ACTION"),
+    (["preset", "show", "m.onnx", "--size", "224x0"], "expected N or HxW (e.g. 224 or 224x256)"),
+    (["build", "m.onnx", "--activation", "none"], "invalid choice: 'none'"),
     (["data", "synth", "--out", "x", "--per-class", "many"], "invalid int value: 'many'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message):

@@ -1,4 +1,5 @@
-"""`medtrt build`: build a TensorRT engine bundle (FP32, FP16 or INT8) from an exported ONNX."""
+"""`medtrt build`: build a TensorRT engine bundle (FP32, FP16 or INT8) from an exported ONNX, or
+from any ONNX classifier with a preset (--preset FILE|NAME or the preset flags)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from medtrt.artifacts import Quantization
 from medtrt.build import BuildOptions, BuildResult, build
-from medtrt.cli._common import positive_int
+from medtrt.cli._common import add_preset_arguments, positive_int, preset_for
 from medtrt.precision import CalibrationConfig, GateConfig, QdqRecipe
 
 __all__ = ["add_parser", "run"]
@@ -19,7 +20,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser("build", help="build a TensorRT engine bundle (FP32, FP16 or INT8) "
                                             "from an exported ONNX")
-    b.add_argument("onnx", type=Path, help="FP32 ONNX from `medtrt export`")
+    b.add_argument("onnx", type=Path, help="FP32 ONNX from `medtrt export`, or any ONNX "
+                                            "classifier with --preset")
     prec = b.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="FP16 graph (FP32 I/O and reductions)")
     prec.add_argument("--int8", action="store_true",
@@ -44,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="accuracy gate: most sensitive layers that may be kept in FP16 (8)")
     b.add_argument("--val-images", type=int, default=256,
                    help="accuracy gate: validation images used (256)")
-    b.add_argument("--batch", default="1,32,256", help="optimization profile min,opt,max")
+    b.add_argument("--batch", help="optimization profile min,opt,max (default 1,32,256; a graph "
+                                   "with a fixed batch N: N,N,N)")
     b.add_argument("--out", type=Path, help="output folder (default: next to the ONNX)")
     b.add_argument("--trt", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto",
                    help="TensorRT flavour (auto: tensorrt, else tensorrt_rtx)")
@@ -52,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--workspace-mib", type=int, default=2048)
     b.add_argument("--target", action="append", help="TensorRT-RTX compute capability target "
                                                      "(e.g. SM86); repeatable")
+    add_preset_arguments(b)
     b.set_defaults(func=run)
 
 
@@ -72,13 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace, precision: str) -> BuildOptions:
     """The BuildOptions the flags ask for; ValueError for a malformed --batch."""
-    batch = tuple(positive_int(b, "--batch") for b in args.batch.split(","))
-    if len(batch) != 3:
-        raise ValueError(f"--batch must be min,opt,max (e.g. 1,32,256); got {args.batch!r}")
+    batch = None
+    if args.batch is not None:
+        batch = tuple(positive_int(b, "--batch") for b in args.batch.split(","))
+        if len(batch) != 3:
+            raise ValueError(f"--batch must be min,opt,max (e.g. 1,32,256); got {args.batch!r}")
     return BuildOptions(precision=precision, calib=args.calib, calib_cache=args.calib_cache,
                         calibration=CalibrationConfig(method=args.calib_method,
                                                       num_images=args.calib_images),
                         batch=batch, flavour=args.trt,  # type: ignore[arg-type]
+                        preset=preset_for(args.onnx, args),
                         recipe=_recipe(args),
                         optimization_level=args.opt_level, workspace_mib=args.workspace_mib,
                         compute_capabilities=tuple(args.target or ()),

@@ -17,7 +17,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from medtrt.export import read_metadata, sha256_file
 from medtrt.ops import resize_normalize_mixed
 
 __all__ = ["CalibrationConfig", "Calibration", "calibrate", "collect_histograms",
-           "compute_amax", "load_images", "read_cache", "write_trt_cache",
-           "CACHE_FORMAT"]
+           "compute_amax", "fixed_batch", "load_images", "read_cache", "run_batches",
+           "write_trt_cache", "CACHE_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,30 @@ def _augmented_session(onnx_path: Path, tensors: Sequence[str]) -> Any:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def fixed_batch(session: Any) -> int | None:
+    """The batch size an ONNX Runtime session's graph is fixed to, or None (dynamic)."""
+    n = session.get_inputs()[0].shape[0]
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def run_batches(session: Any, x: np.ndarray, batch_size: int,
+                names: Sequence[str] | None = None) -> Iterator[list[np.ndarray]]:
+    """The outputs ``names`` (default all) of ``session`` on ``x``, one list per batch of at most
+    ``batch_size`` rows. A graph with a fixed batch runs in batches of exactly that size: the last
+    one is padded with copies of its last row, and outputs whose first dimension is that batch
+    are cut back to the real rows."""
+    name = session.get_inputs()[0].name
+    fixed = fixed_batch(session)
+    step = fixed or batch_size
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        outs = session.run(None if names is None else list(names), {name: chunk})
+        yield [o[:n] if fixed and o.ndim and o.shape[0] == fixed else o for o in outs]
+
+
 def collect_histograms(onnx_path: str | os.PathLike[str], tensors: Sequence[str],
                        inputs: Callable[[], Any], *, bins: int = 2048,
                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -176,12 +200,11 @@ def collect_histograms(onnx_path: str | os.PathLike[str], tensors: Sequence[str]
     accumulate an |x| histogram per tensor."""
     c = native()
     session = _augmented_session(Path(onnx_path), tensors)
-    input_name = session.get_inputs()[0].name
     hists = {t: c.AbsHistogram(bins) for t in tensors}
     for batch in inputs():
-        outputs = session.run(list(tensors), {input_name: batch})
-        c.histogram_add_many([(hists[t], np.ascontiguousarray(o, dtype=np.float32))
-                              for t, o in zip(tensors, outputs)])
+        for outputs in run_batches(session, batch, len(batch), tensors):
+            c.histogram_add_many([(hists[t], np.ascontiguousarray(o, dtype=np.float32))
+                                  for t, o in zip(tensors, outputs)])
         if progress:
             progress(len(batch))
     return hists

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 from medtrt._lazy import require
 from medtrt.errors import MissingDependencyError
+from medtrt.onnxio import save_onnx
 
 __all__ = ["to_fp16", "FP32_OPS"]
 
@@ -52,6 +52,5 @@ def to_fp16(model: Any, out: str | os.PathLike[str] | None = None, *, keep_io_ty
         log.info("fp16: %d weights below the FP16 range were clamped to +-1e-7", clamped)
     onnx.checker.check_model(converted)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(converted, str(out))
+        save_onnx(converted, out)
     return converted

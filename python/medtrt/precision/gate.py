@@ -37,7 +37,7 @@ from medtrt.data import IMAGE_SUFFIXES, iter_images, list_images
 from medtrt.export import read_metadata
 from medtrt.metrics import AgreementReport, agreement, require_finite
 from medtrt.ops import resize_normalize_mixed
-from medtrt.precision.calibrate import _augmented_session
+from medtrt.precision.calibrate import _augmented_session, run_batches
 from medtrt.precision.qdq import FP16_OPS, QdqRecipe
 from medtrt.reference import activate
 
@@ -140,9 +140,7 @@ def ort_logits(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     ort = require("onnxruntime")
     data = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    out = [session.run(None, {name: x[s:s + batch_size]})[0] for s in range(0, len(x), batch_size)]
-    return np.concatenate(out)
+    return np.concatenate([outs[0] for outs in run_batches(session, x, batch_size)])
 
 
 def ort_probs(model: Any, x: np.ndarray, activation: str, batch_size: int = 32) -> np.ndarray:
@@ -156,11 +154,9 @@ def _sqnr(fp32_path: Path, plan: Any, amax: dict[str, float], x: np.ndarray,
     scale = plan.scales(amax)
     tensors = [t for t in plan.tensors if scale[t] > 0]
     session = _augmented_session(fp32_path, tensors)
-    name = session.get_inputs()[0].name
     signal = dict.fromkeys(tensors, 0.0)
     noise = dict.fromkeys(tensors, 0.0)
-    for s in range(0, len(x), batch_size):
-        outs = session.run(tensors, {name: x[s:s + batch_size]})
+    for outs in run_batches(session, x, batch_size, tensors):
         for t, a in zip(tensors, outs):
             a = a.astype(np.float32, copy=False)
             q = np.clip(np.rint(a / scale[t]), -128, 127) * scale[t]

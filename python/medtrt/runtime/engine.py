@@ -107,8 +107,9 @@ class Engine:
     uploads while another computes; on the CPU the same code runs the CPU twins.
 
     Args:
-        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file from
-            ``medtrt export``/``build``, or a checkpoint (``.pt``, torch backend).
+        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file (from
+            ``medtrt export``/``build``, or any with ``preset=``), or a checkpoint (``.pt``,
+            torch backend).
         device: GPU index (or "cuda:N") for GPU backends; "cpu" runs the torch backend on the CPU.
         slots: pipeline slots, i.e. batches in flight at once (default 2: double buffering).
         backend: "auto" (TensorRT for a bundle on a GPU that can run it, else ONNX Runtime;
@@ -121,6 +122,8 @@ class Engine:
             the calling thread), "nvjpeg" (batched nvJPEG decode on the GPU through torchvision;
             PNG/DICOM and JPEGs nvJPEG refuses go through the CPU readers), or "auto" (nvJPEG
             where it works). nvJPEG pixels differ from libjpeg's by about one grey level.
+        preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
+            graph medtrt did not export (see ``medtrt.runtime.loader.load_stage``).
 
     CUDA tensors given to ``infer`` on a GPU backend are read where they are (no host copy),
     after the caller's current stream has reached the ``infer`` call.
@@ -129,12 +132,12 @@ class Engine:
     def __init__(self, path: str | os.PathLike[str], *, device: Any = 0, slots: int = 2,
                  backend: str = "auto", max_batch: int | None = None,
                  precision: str | None = None, cuda_graphs: bool = False,
-                 decode: str = "cpu") -> None:
+                 decode: str = "cpu", preset: Any = None) -> None:
         if decode not in DECODERS:
             raise ValueError(f"decode must be one of {DECODERS}; got {decode!r}")
         path = Path(path)
         loaded = load_stage(path, backend, device, slots=slots, precision=precision,
-                            cuda_graphs=cuda_graphs)
+                            cuda_graphs=cuda_graphs, preset=preset)
         self.path, self.slots = path, slots
         self.bundle: Bundle | None = loaded.bundle
         self.preset, self.precision = loaded.preset, loaded.precision

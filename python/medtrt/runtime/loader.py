@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from medtrt._lazy import require
-from medtrt.artifacts import Bundle, OnnxMetadata
+from medtrt.artifacts import Bundle
 from medtrt.errors import BundleError
+from medtrt.foreign import read_onnx
 from medtrt.models import load
 from medtrt.models.presets import Preset
 from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TensorRTStage, TorchStage
@@ -52,12 +53,12 @@ class Loaded:
 
 def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any = 0, *,
                slots: int = 2, precision: str | None = None, cuda_graphs: bool = False,
-               threads: int = 0, compile: bool = False) -> Loaded:
+               threads: int = 0, compile: bool = False, preset: Any = None) -> Loaded:
     """The stage for ``path``, chosen by its suffix.
 
     Args:
-        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file, or a
-            checkpoint (``.pt``).
+        path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file (from
+            ``medtrt export``/``build``, or any with ``preset``), or a checkpoint (``.pt``).
         backend: "auto", "tensorrt" (a bundle), "onnxruntime" (an ONNX file, or a bundle's
             precision ONNX) or "torch" (a checkpoint).
         device: GPU index, "cuda", "cuda:N" or a torch.device; "cpu" for the CPU.
@@ -66,13 +67,19 @@ def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any 
         cuda_graphs: torch on a GPU: a CUDA graph per (slot, batch size).
         threads: ONNX Runtime's intra-op threads (0: its default).
         compile: torch only: run the model through ``torch.compile``.
+        preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
+            graph medtrt did not export, or one that replaces the graph's own; the graph is
+            checked against it and a final Softmax/Sigmoid is removed (``medtrt.foreign``).
     """
     path = Path(path)
     _check_arguments(path, backend, slots, precision, cuda_graphs, threads, compile)
+    if preset is not None and path.suffix != ".onnx":
+        raise ValueError(f"preset= applies to an ONNX file; {path.name} carries its own preset "
+                         "(build the bundle with --preset, or import the checkpoint)")
     if path.name.endswith((".engine", ".engine.json")):
         loaded = _load_bundle(path, backend, device, slots, threads)
     elif path.suffix == ".onnx":
-        loaded = _load_onnx(path, backend, device, threads)
+        loaded = _load_onnx(path, backend, device, threads, preset)
     else:
         loaded = _load_checkpoint(path, backend, device, precision, cuda_graphs, compile)
     if loaded.fallback:
@@ -153,14 +160,18 @@ def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int,
     return OnnxRuntimeStage(bundle.require_precision_onnx(why), threads=threads), None
 
 
-def _load_onnx(path: Path, backend: str, device: Any, threads: int) -> Loaded:
+def _load_onnx(path: Path, backend: str, device: Any, threads: int, preset: Any) -> Loaded:
+    """The graph in ONNX Runtime, checked against its preset (the given one, else its own), a
+    final Softmax/Sigmoid removed; a fixed batch is the profile (chunks are padded to it)."""
     if backend not in ("auto", "onnxruntime"):
         raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
-    preset = OnnxMetadata.read(path).preset
+    source = read_onnx(path, preset, weights=False)
     fallback = None if str(device) == "cpu" else (
         f"an ONNX file runs in ONNX Runtime on the CPU, not on {device!r}; build an engine "
         "bundle (`medtrt build`) to run on a GPU")
-    return Loaded(OnnxRuntimeStage(path, threads=threads), preset, _onnx_precision(path),
+    batch = source.io.batch
+    return Loaded(OnnxRuntimeStage(source.runnable(), threads=threads), source.preset,
+                  _onnx_precision(path), min_batch=batch or 1, profile_max=batch,
                   fallback=fallback)
 
 

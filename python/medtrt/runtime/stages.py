@@ -115,19 +115,20 @@ def cuda_alias(address: int, shape: tuple[int, ...], dtype: str, device: str) ->
 
 
 class OnnxRuntimeStage:
-    """ONNX Runtime on the CPU for an ONNX file (FP32, FP16 or Q/DQ INT8). ``threads``: its
-    intra-op threads (0: ONNX Runtime's default, one per core)."""
+    """ONNX Runtime on the CPU for an ONNX file (FP32, FP16 or Q/DQ INT8), or a serialized
+    graph (bytes). ``threads``: its intra-op threads (0: ONNX Runtime's default, one per
+    core)."""
 
     name = "onnxruntime"
     device = "cpu"
 
-    def __init__(self, onnx_path: str | Path, *, threads: int = 0) -> None:
+    def __init__(self, onnx_path: str | Path | bytes, *, threads: int = 0) -> None:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options,
-                                            providers=["CPUExecutionProvider"])
+        model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name = inp.name
         self.input_dtype = "float16" if inp.type == "tensor(float16)" else "float32"

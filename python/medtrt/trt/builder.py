@@ -144,8 +144,12 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
                  workspace_mib: int = 2048, optimization_level: int = 3,
                  timing_cache_dir: str | os.PathLike[str] | None = None,
                  compute_capabilities: list[str] | None = None, verbose: bool = False,
+                 input_shape: tuple[int, int, int] | None = None,
                  on_phase: Callable[[str], None] | None = None) -> EngineBuild:
-    """Parse ``onnx_path`` into a strongly typed network and write a serialized engine."""
+    """Parse ``onnx_path`` into a strongly typed network and write a serialized engine.
+
+    ``input_shape``: the input's (C, H, W) for the profile, where the graph leaves them
+    symbolic (default: the graph's own, which must then be static)."""
     trt, name = import_trt(flavour)
     lo, opt, hi = batch
     if not 1 <= lo <= opt <= hi:
@@ -171,7 +175,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     config.builder_optimization_level = optimization_level
     profile = builder.create_optimization_profile()
-    rest = dims[1:]
+    rest = _profile_dims(dims[1:], input_shape, onnx_path)
     profile.set_shape(inp.name, (lo, *rest), (opt, *rest), (hi, *rest))
     config.add_optimization_profile(profile)
     targets = _set_targets(trt, name, config, compute_capabilities)
@@ -202,6 +206,21 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         targets=targets, optimization_level=optimization_level, workspace_bytes=workspace_mib << 20,
         layers=network.num_layers, warnings=[l for l in logs.lines if l.startswith("[W]")],
     )
+
+
+def _profile_dims(dims: tuple[int, ...], want: tuple[int, int, int] | None,
+                  onnx_path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The profile's (C, H, W): ``want`` where the graph's dims are -1 (symbolic); a static dim
+    that contradicts ``want`` is an error."""
+    if want is None:
+        if -1 in dims:
+            raise ValueError(f"{onnx_path}: the input's C, H, W are {list(dims)} (-1: symbolic); "
+                             "give input_shape=(C, H, W) for the profile")
+        return dims
+    if len(dims) != len(want) or any(d not in (-1, w) for d, w in zip(dims, want)):
+        raise ValueError(f"{onnx_path}: the input's C, H, W are {list(dims)} but the preset "
+                         f"needs {list(want)}")
+    return tuple(want)
 
 
 def _parse(trt: Any, name: str, version: str, builder: Any, logs: "_Log",
