@@ -242,7 +242,7 @@ def _progress(enabled: bool, total: int) -> Callable[[str | None], None]:
 # ---- reproducible training ----------------------------------------------------------------------
 
 # What decides the bits of a CPU training run is which kernels run and how their sums are split.
-# Pinned here: ATen's vectorized kernels at AVX2 (else AVX-512 where the CPU has it), MKL's
+# Pinned here: ATen's vectorized kernels at AVX2 (by default AVX-512 where the CPU has it), MKL's
 # conditional-numerical-reproducibility branch COMPATIBLE in strict mode (the only fixed branch
 # MKL offers on non-Intel CPUs too), NumPy's dispatch without AVX-512, and two threads (reduction
 # splits depend on the thread count). oneDNN and NNPACK are switched off in the child: their
