@@ -14,8 +14,10 @@ SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
-test: $(VENV)/.installed
-	$(PY) -m pytest
+# The tests compare imported checkpoints with torchvision's and timm's own models, which run in
+# their own environment (below); naming it makes its absence a failure, not a skip.
+test: $(VENV)/.installed $(TV_VENV)/.installed
+	MEDTRT_TORCHVISION_PYTHON=$(TV_VENV)/bin/python $(PY) -m pytest
 
 # The compiled core built with AddressSanitizer + UndefinedBehaviorSanitizer (CPU only) into
 # build/sanitize/site, and the tests that drive it directly run against it (tools/sanitize.sh).
@@ -29,16 +31,22 @@ test-fast: $(VENV)/.installed
 model: $(VENV)/.installed
 	$(PY) -c "from medtrt.demo import cached_demo_model as c; d = c('.cache/medtrt'); print(d.checkpoint); print(d.onnx)"
 
-# The checkpoint importer against torchvision's own densenet121: torchvision does not install
-# beside medtrt's torch, so it lives in .venv-torchvision (torch 2.14.1 + torchvision 0.29.1, a
-# 5.5 GB CUDA build; ~80 s to install from local wheels) and tools/byo_reference.py runs there.
-# Not part of `make test` (where it is absent, the tests say how to make it and skip).
+# The source libraries of `medtrt import` (torchvision, timm) for the tests' reference models
+# (tools/byo_reference.py). They do not install beside medtrt's torch (2.13 CPU): their wheels
+# here pair with torch 2.14.1, a CUDA build (5.5 GB; ~80 s to install from local wheels), so
+# they get an environment of their own. medtrt is not installed there.
 TV_VENV := .venv-torchvision
-test-import-torchvision: $(VENV)/.installed
+TV_PINS := torch==2.14.1 torchvision==0.29.1 timm==1.0.29 huggingface_hub==2.4.0 \
+	safetensors==0.8.0 PyYAML==6.0.4 numpy==2.4.6
+$(TV_VENV)/.installed: Makefile
 	test -x $(TV_VENV)/bin/python || $(PYTHON) -m venv $(TV_VENV)
-	$(TV_VENV)/bin/python -m pip install --disable-pip-version-check -q torch==2.14.1 \
-		torchvision==0.29.1
-	MEDTRT_TORCHVISION_PYTHON=$(TV_VENV)/bin/python $(PY) -m pytest tests/models/test_importers.py
+	$(TV_VENV)/bin/python -m pip install --disable-pip-version-check -q $(TV_PINS)
+	touch $@
+
+# Only the importer tests (a subset of `make test`).
+test-import-torchvision: $(VENV)/.installed $(TV_VENV)/.installed
+	MEDTRT_TORCHVISION_PYTHON=$(TV_VENV)/bin/python $(PY) -m pytest \
+		tests/models/test_importers.py tests/test_byo.py
 
 bench-ops: $(VENV)/.installed
 	$(PY) tools/bench_ops.py
@@ -74,4 +82,4 @@ $(VENV)/.installed: $(VENV)/.tools $(SOURCES) constraints.txt
 	touch $@
 
 clean:
-	rm -rf build dist $(VENV) $(GPU_VENV) gpu_check_dry
+	rm -rf build dist $(VENV) $(GPU_VENV) $(TV_VENV) gpu_check_dry

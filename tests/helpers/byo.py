@@ -1,6 +1,7 @@
-"""Reference checkpoints from torchvision's own densenet121 (tools/byo_reference.py), made by an
-interpreter that has torchvision: medtrt's own environment does not (its torch build does not
-pair with a torchvision wheel), so the reference runs in a separate venv.
+"""Reference checkpoints from torchvision's and timm's own models (tools/byo_reference.py), made
+by an interpreter that has them: medtrt's own environment does not (its torch build does not
+pair with a torchvision wheel), so the reference runs in a separate venv, which `make test`
+creates and names (a missing one then fails instead of skipping).
 
 The interpreter is $MEDTRT_TORCHVISION_PYTHON, else REPO/.venv-torchvision/bin/python.
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "byo_reference.py"
 DEFAULT_PYTHON = REPO / ".venv-torchvision" / "bin" / "python"
-MAKE_VENV = ("`make test-import-torchvision`, or python3.11 -m venv .venv-torchvision && "
-             ".venv-torchvision/bin/pip install torch==2.14.1 torchvision==0.29.1 (or set "
-             "MEDTRT_TORCHVISION_PYTHON)")
+MAKE_VENV = ("`make .venv-torchvision/.installed` (what `make test` does), or python3.11 -m "
+             "venv .venv-torchvision && .venv-torchvision/bin/pip install torch==2.14.1 "
+             "torchvision==0.29.1 timm==1.0.29 (or set MEDTRT_TORCHVISION_PYTHON)")
 
 
 def torchvision_python() -> tuple[Path | None, str]:
@@ -31,10 +32,13 @@ def torchvision_python() -> tuple[Path | None, str]:
                   + MAKE_VENV)
 
 
-def make_reference(python: Path, out: Path, seed: int = 0) -> dict:
-    """Run the reference tool into ``out``; its manifest (variants, versions)."""
-    proc = subprocess.run([str(python), str(TOOL), str(out), "--seed", str(seed)],
-                          capture_output=True, text=True, timeout=600)
+def make_reference(python: Path, out: Path, seed: int = 0, *, fit: Path | None = None,
+                   backbone: Path | None = None) -> dict:
+    """Run the reference tool into ``out`` (with ``fit`` and ``backbone``: the variants built on
+    that trained MONAI state dict, from that DATA.npz); its manifest (variants, versions)."""
+    argv = [str(python), str(TOOL), str(out), "--seed", str(seed)]
+    argv += ["--fit", str(fit), "--backbone", str(backbone)] if fit else []
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{TOOL.name} failed under {python}:\n{proc.stderr[-3000:]}")
     return json.loads((out / "manifest.json").read_text())

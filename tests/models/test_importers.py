@@ -1,10 +1,10 @@
 """Importing DenseNet-121 checkpoints of other libraries (medtrt.models.importers, `medtrt import`).
 
 Expected outputs never come from medtrt's key mapping: the MONAI layout is compared with MONAI's
-own model, the torchvision layouts with torchvision's own densenet121 (run in a separate venv by
-tools/byo_reference.py; skipped where that venv does not exist). timm and TorchXRayVision are not
-installed: their layouts are built here from their documented key names and only the plumbing
-(prefixes, buffers, refusals) is tested, not a comparison with those libraries' models.
+own model, the torchvision layouts with torchvision's own densenet121 (run in .venv-torchvision by
+tools/byo_reference.py; `make test` creates it). timm's own model is compared through the whole
+path in tests/test_byo.py; here its key names and TorchXRayVision's are built from a MONAI model's
+weights to test the plumbing (prefixes, buffers, refusals).
 """
 
 from __future__ import annotations
