@@ -10,20 +10,20 @@ import json
 import shutil
 from dataclasses import replace
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
-from helpers.foreign import fit, graph, plain_export, reference_probs, small_classifier
+from helpers.foreign import (build_bundle, calibration_folder, engine_probs, fit, graph,
+                             held_out_images, plain_export, reference_probs, small_classifier,
+                             spread)
 from medtrt import Engine
 from medtrt.artifacts import Bundle, OnnxMetadata, sha256_file
 from medtrt.build import BuildOptions, build
 from medtrt.cli import main
-from medtrt.data import read_image
 from medtrt.foreign import graph_io, read_onnx
 from medtrt.models import MEDNIST_LABELS, load, load_preset
-from medtrt.precision import CalibrationConfig, QdqRecipe
+from medtrt.precision import QdqRecipe
 from medtrt.runtime.loader import load_stage
 from medtrt.testing import PARITY, assert_agreement
 from medtrt.train import training_split
@@ -36,30 +36,15 @@ def split(demo_model):
     return training_split(demo_model.metrics)
 
 
-def spread(items, n):
-    """``n`` items evenly spread over ``items`` (the splits are ordered by class)."""
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).astype(int)]
-
-
 @pytest.fixture(scope="module")
 def images(split):
     """48 held-out images (stored pixels, every class) every comparison uses."""
-    return [read_image(p) for p in spread(split.test.paths, 48)]
+    return held_out_images(split)
 
 
 @pytest.fixture(scope="module")
 def calib_dir(split, tmp_path_factory):
-    root = tmp_path_factory.mktemp("calib")
-    for i, p in enumerate(spread(split.train.paths, 64)):
-        (root / f"{i:03d}{p.suffix}").symlink_to(p)
-    return root
-
-
-def _build(onnx_path, out, precision, preset, calib_dir, **kwargs):
-    return build(onnx_path, out, BuildOptions(
-        precision=precision, preset=preset, flavour="tensorrt_rtx", check_images=16,
-        calib=str(calib_dir) if precision == "int8" else None,
-        calibration=CalibrationConfig(num_images=64), **kwargs))
+    return calibration_folder(split, tmp_path_factory.mktemp("calib"))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +70,7 @@ def small(split, calib_dir, tmp_path_factory):
     kept = root / "kept"
     shutil.copytree(src, kept)
     out = root / "out"
-    built = {p: _build(src / "small.onnx", out, p, root / "small.json", calib_dir,
+    built = {p: build_bundle(src / "small.onnx", out, p, root / "small.json", calib_dir,
                        batch=(1, 8, 16)) for p in ("fp16", "int8")}
     shutil.rmtree(src)
     return {"model": model, "preset": preset, "onnx": kept / "small.onnx", "root": root,
@@ -105,23 +90,16 @@ def demo_sigmoid(demo_model, calib_dir, tmp_path_factory):
     model = torch.nn.Sequential(densenet, torch.nn.Sigmoid()).eval()
     path = plain_export(model, torch.zeros(4, 1, 64, 64), root / "densenet.onnx")
     preset = replace(mednist, name="mednist-sigmoid", activation="sigmoid")
-    built = {"fp16": _build(path, root / "out", "fp16", preset, calib_dir),
-             "int8": _build(path, root / "out", "int8", preset, calib_dir,
+    built = {"fp16": build_bundle(path, root / "out", "fp16", preset, calib_dir),
+             "int8": build_bundle(path, root / "out", "int8", preset, calib_dir,
                             recipe=QdqRecipe(concat="float", keep_fp16=("stem", "head")))}
     return {"model": model, "preset": preset, "onnx": path, "out": root / "out", "built": built}
-
-
-def _engine_probs(path, images, **kwargs):
-    with Engine(path, device="cpu", **kwargs) as engine:
-        r = engine.infer(images, return_probs=True)
-    assert not r.errors
-    return r.probs
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_small_classifier_scores_equal_the_source_model(small, images, precision):
     ref = reference_probs(small["model"], images, small["preset"])  # its own Softmax included
-    probs = _engine_probs(small["built"][precision].engine, images)
+    probs = engine_probs(small["built"][precision].engine, images)
     bound = PARITY[precision]
     assert_agreement(probs, ref, min_top1=bound["min_top1"], max_prob_diff=bound["max_prob_diff"],
                      name=f"small {precision}")
@@ -132,7 +110,7 @@ def test_small_classifier_scores_equal_the_source_model(small, images, precision
 
 def test_small_classifier_onnx_runs_in_engine_with_a_preset(small, images):
     ref = reference_probs(small["model"], images, small["preset"])
-    probs = _engine_probs(small["onnx"], images, preset=small["root"] / "small.json")
+    probs = engine_probs(small["onnx"], images, preset=small["root"] / "small.json")
     bound = PARITY["fp32"]
     assert_agreement(probs, ref, min_top1=bound["min_top1"], max_prob_diff=bound["max_prob_diff"],
                      name="small fp32 (ONNX Runtime)")
@@ -176,7 +154,7 @@ def test_demo_model_with_sigmoid_and_static_batch_equals_the_source(demo_sigmoid
     if precision == "int8":  # the head is the graph's last Gemm, now that the Sigmoid is gone
         assert b.quantization.keep_fp16_layers[-1].startswith("node_linear")
     ref = reference_probs(demo_sigmoid["model"], images, demo_sigmoid["preset"])
-    probs = _engine_probs(demo_sigmoid["built"][precision].engine, images)  # 48 = 12 x 4
+    probs = engine_probs(demo_sigmoid["built"][precision].engine, images)  # 48 = 12 x 4
     _assert_decisions(probs, ref, precision, f"densenet+sigmoid {precision}")
 
 
@@ -197,7 +175,7 @@ def test_demo_model_onnx_with_static_batch_runs_in_engine(demo_sigmoid, images):
     assert (loaded.min_batch, loaded.profile_max, loaded.fallback) == (4, 4, None)
     loaded.stage.close()
     ref = reference_probs(demo_sigmoid["model"], images[:7], demo_sigmoid["preset"])
-    probs = _engine_probs(demo_sigmoid["onnx"], images[:7], preset=demo_sigmoid["preset"])
+    probs = engine_probs(demo_sigmoid["onnx"], images[:7], preset=demo_sigmoid["preset"])
     _assert_decisions(probs, ref, "fp32", "densenet+sigmoid fp32 (ONNX Runtime)")
 
 

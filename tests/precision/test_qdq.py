@@ -142,3 +142,108 @@ def test_recipe_float_concat_and_fp16_stem_and_head(int8):
     assert quantized == set(plan.tensors)
     assert recipe.to_json(fp32) == {"concat": "float", "keep_fp16": ["stem", "head"],
                                     "keep_fp16_layers": [convs[0].name, *gemm]}
+
+
+def residual_graph(seed=0):
+    """A small residual network written node by node: a stem convolution, an identity block
+    (its Add reads the shortcut first), a block with a projection shortcut (1x1 Conv + BN, read
+    first too), a block whose two branches are both a single convolution on the same tensor, an
+    Add with an initializer, an Add with a Constant node, an Add of two tensors with no
+    convolution behind them, then pooling and a classifier."""
+    rng = np.random.default_rng(seed)
+    h = onnx.helper
+    inits = []
+
+    def weight(name, *shape):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name))
+        return name
+
+    def conv(x, out, cin, cout, k=3):
+        return h.make_node("Conv", [x, weight(f"{out}_w", cout, cin, k, k),
+                                    weight(f"{out}_b", cout)], [out], name=out,
+                           pads=[k // 2] * 4)
+
+    def bn(x, out, c):
+        names = [weight(f"{out}_{p}", c) for p in ("scale", "bias", "mean")]
+        inits.append(numpy_helper.from_array(rng.uniform(0.5, 2, c).astype(np.float32),
+                                             f"{out}_var"))
+        return h.make_node("BatchNormalization", [x, *names, f"{out}_var"], [out], name=out)
+
+    def op(kind, inputs, out):
+        return h.make_node(kind, inputs, [out], name=out)
+
+    inits.append(numpy_helper.from_array(rng.normal(0, 1, (1, 8, 1, 1)).astype(np.float32),
+                                         "offset"))
+    nodes = [
+        conv("x", "stem", 3, 8), op("Relu", ["stem"], "r0"),
+        # identity block: Add(shortcut r0, main branch Conv-BN)
+        conv("r0", "c1", 8, 8), bn("c1", "b1", 8), op("Relu", ["b1"], "r1"),
+        conv("r1", "c2", 8, 8), bn("c2", "b2", 8), op("Add", ["r0", "b2"], "add_identity"),
+        op("Relu", ["add_identity"], "y1"),
+        # projection shortcut: Add(shortcut Conv-BN on y1, main branch Conv)
+        conv("y1", "c3", 8, 8), op("Relu", ["c3"], "r3"), conv("r3", "c4", 8, 8),
+        conv("y1", "proj", 8, 8, k=1), bn("proj", "proj_bn", 8),
+        op("Add", ["proj_bn", "c4"], "add_projection"), op("Relu", ["add_projection"], "y2"),
+        # two single convolutions on the same tensor: neither is the other's shortcut
+        conv("y2", "left", 8, 8), conv("y2", "right", 8, 8, k=1),
+        op("Add", ["left", "right"], "add_tie"),
+        # constants and convolution-free Adds stay float
+        op("Add", ["add_tie", "offset"], "add_initializer"),
+        h.make_node("Constant", [], ["half"], name="half",
+                    value=numpy_helper.from_array(np.full((1, 8, 1, 1), 0.5, np.float32))),
+        op("Add", ["half", "add_initializer"], "add_constant"),
+        op("Relu", ["add_constant"], "r5"), op("Add", ["r5", "add_constant"], "add_plain"),
+        op("GlobalAveragePool", ["add_plain"], "pooled"), op("Flatten", ["pooled"], "flat"),
+        h.make_node("Gemm", ["flat", weight("fc_w", 6, 8), weight("fc_b", 6)], ["logits"],
+                    name="fc", transB=1),
+    ]
+    info = h.make_tensor_value_info
+    g = h.make_graph(nodes, "residual", [info("x", onnx.TensorProto.FLOAT, ["N", 3, 16, 16])],
+                     [info("logits", onnx.TensorProto.FLOAT, ["N", 6])], inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_residual_add_quantizes_the_shortcut_only():
+    """TensorRT fuses a residual Add into the convolution feeding it when only the other input
+    (the shortcut) carries Q/DQ: the identity shortcut, the projection shortcut (whichever
+    input it is), input 1 when neither branch is the other's shortcut; never a constant, never
+    an Add with no convolution behind it."""
+    model = residual_graph()
+    plan = plan_qdq(model)
+    adds = {n.name for n in model.graph.node if n.op_type == "Add"}
+    at_adds = {t: [c for c in cs if c in adds] for t, cs in plan.consumers.items()}
+    assert {t: cs for t, cs in at_adds.items() if cs} == {
+        "r0": ["add_identity"], "proj_bn": ["add_projection"], "right": ["add_tie"]}
+    assert plan.consumers["r0"] == ("c1", "add_identity")  # one tensor, one Q/DQ pair
+    assert all(len(g) == 1 for g in plan.groups)
+    # Without the rule the plan is the rest of the same plan, in the same order.
+    without = plan_qdq(model, quantize_residual_add=False)
+    assert without.tensors == tuple(t for t in plan.tensors if t not in ("proj_bn", "right"))
+    assert without.consumers == {t: tuple(c for c in cs if c not in adds)
+                                 for t, cs in plan.consumers.items() if t not in ("proj_bn",
+                                                                                  "right")}
+    # The Q/DQ graph: each residual Add reads its shortcut dequantized, its convolution's output
+    # as it is; the constant and convolution-free Adds read no DequantizeLinear.
+    amax = dict.fromkeys(plan.tensors, 4.0)
+    qdq, _ = insert_qdq(model, amax, plan=plan)
+    producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    reads = {n.name: [producers.get(t, "initializer") for t in n.input]
+             for n in qdq.graph.node if n.op_type == "Add"}
+    assert reads == {"add_identity": ["DequantizeLinear", "BatchNormalization"],
+                     "add_projection": ["DequantizeLinear", "Conv"],
+                     "add_tie": ["Conv", "DequantizeLinear"],
+                     "add_initializer": ["Add", "initializer"],
+                     "add_constant": ["Constant", "Add"],
+                     "add_plain": ["Relu", "Add"]}
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) == len(plan.tensors)
+
+
+def test_graphs_without_residual_adds_keep_their_plan(demo_model):
+    """DenseNet-121 has no Add: the residual rule changes nothing in its plan."""
+    fp32 = onnx.load(str(demo_model.onnx))
+    assert not any(n.op_type == "Add" for n in fp32.graph.node)
+    assert plan_qdq(fp32) == plan_qdq(fp32, quantize_residual_add=False)
+    plan = plan_qdq(fp32)
+    assert (len(plan.tensors), len(plan.groups)) == (241, 183)

@@ -5,17 +5,23 @@ ONNX Runtime (CPU) on the validation images, both pre-processed as at inference,
 top-1 agreement for single-label (softmax) models, per-label threshold-decision agreement for
 multi-label (sigmoid) ones. If the graph misses the gate:
 
-1. every quantized layer (a node reading Q/DQ inputs) is ranked by the signal-to-quantization-
-   noise ratio of its inputs on the FP32 activations (cheap: one FP32 pass);
+1. every quantized layer (a node reading Q/DQ inputs) that can leave INT8 on its own is ranked
+   by the signal-to-quantization-noise ratio of its inputs on the FP32 activations (cheap: one
+   FP32 pass): weighted layers and pools (kept in FP16) and residual Adds (their shortcut read
+   in floating point: the Add itself is exact in any float precision). Concat inputs are not
+   candidates (``--concat float`` takes them out of INT8 all together);
 2. for the ``candidates`` layers with the lowest SQNR, the sensitivity is measured: the graph is
-   rebuilt with that one layer's Q/DQ removed and the layer in FP16, and run on ``probe_images``
-   images (mean |dprob| against FP32, then agreement);
+   rebuilt with that one layer's Q/DQ removed (a weighted layer or pool also in FP16), and run
+   on ``probe_images`` images (mean |dprob| against FP32, then agreement);
 3. the layers whose removal helps most (and helps at all, against the all-INT8 graph on the same
    probe images) are kept in FP16 one at a time, re-checking the full validation set after each,
    until the gate holds or ``max_fp16_layers`` is reached.
 
-Measuring every layer one at a time would cost one ONNX Runtime session and validation pass per
-layer (121 convolutions in DenseNet-121); the SQNR ranking keeps it to ``candidates`` passes.
+A tensor read by several quantized layers (a ResNet block's input: its first convolution and
+its identity shortcut) has one Q/DQ pair; taking one reader out of INT8 makes that reader alone
+read the float tensor. Measuring every layer one at a time would cost one ONNX Runtime session
+and validation pass per layer (121 convolutions in DenseNet-121); the SQNR ranking keeps it to
+``candidates`` passes.
 The outcome (passed or not, agreement before/after, the FP16 layers, every measurement) is
 returned for the bundle JSON and the build summary.
 """
@@ -45,6 +51,10 @@ __all__ = ["GateConfig", "GateResult", "NON_FINITE_FIX", "accuracy_gate", "load_
            "ort_logits", "ort_probs"]
 
 log = logging.getLogger(__name__)
+
+# Quantized layers the gate may take out of INT8 one at a time: weighted layers and pools run in
+# FP16 (keep_in_fp16); an Add's only Q/DQ input is a residual shortcut (plan_qdq), left float.
+CANDIDATE_OPS = (*FP16_OPS, "Add")
 
 # What to try when a precision graph gives NaN or infinity where the FP32 graph does not
 # ({fp32}: the FP32 ONNX, {graph}: the precision ONNX).
@@ -216,7 +226,7 @@ def _sensitivity(v: _Validation, phase: Callable[[str], None]) -> list[dict[str,
     layer_sqnr: dict[str, float] = {}
     for t, nodes in plan.consumers.items():
         for node in nodes:
-            if op_of.get(node) in FP16_OPS and t in sqnr:
+            if op_of.get(node) in CANDIDATE_OPS and t in sqnr:
                 layer_sqnr[node] = min(layer_sqnr.get(node, np.inf), sqnr[t])
     ranked = sorted(layer_sqnr, key=layer_sqnr.get)[:v.cfg.candidates]
     out = []

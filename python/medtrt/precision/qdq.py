@@ -10,8 +10,26 @@ Placement follows TensorRT's Q/DQ guidance:
 - Concat (DenseNet's feature reuse): every input is quantized, and by default the inputs of one
   Concat share one scale (the largest amax among them), so TensorRT can concatenate in INT8
   without requantizing. ``share_concat_scales=False`` gives each input its own scale;
-  ``quantize_concat=False`` leaves concatenation in floating point.
-Each quantized tensor gets one Q/DQ pair, whatever number of consumers read it through it.
+  ``quantize_concat=False`` leaves concatenation in floating point;
+- residual Add (ResNet's shortcuts): TensorRT fuses an element-wise Add into the convolution
+  that produces one of its inputs (one kernel: the Add is done in the convolution's epilogue),
+  and NVIDIA's Q/DQ placement recommendation for residual networks is Q/DQ on the other input
+  of that Add, the residual (shortcut), and none between the convolution and the Add; Q/DQ on
+  both inputs does not give that fusion (TensorRT Developer Guide, Q/DQ layer-placement
+  recommendations; NVIDIA's TensorFlow Quantization Toolkit does this for ResNet in
+  ``ResNetV1QDQCase``, docs.nvidia.com/deeplearning/tensorrt/tensorflow-quantization-toolkit,
+  "Add Custom QDQ Insertion Case"). So an ``Add`` of two computed tensors (neither an
+  initializer nor a Constant's output), one of them the output of a Conv (directly or through
+  BatchNormalization), gets Q/DQ on its other input. When both come from convolutions (a
+  projection shortcut: 1x1 Conv + BN on the block's input), the shortcut is the input whose
+  convolution reads a tensor the other input is computed from (the block's input, where the
+  main branch starts); when that does not single one out, input 1 (``out + shortcut``, as
+  PyTorch code writes it). An Add with a constant, or with no convolution behind either input,
+  stays in floating point. ``quantize_residual_add=False`` turns the rule off; a graph without
+  such Adds (DenseNet) gets the same plan either way.
+Each quantized tensor gets one Q/DQ pair, whatever number of consumers read it through it (an
+identity shortcut is usually also the input of the block's first convolution: one pair serves
+both).
 
 A ``QdqRecipe`` bundles these choices with layers kept in FP16 from the start (``stem``: the
 weighted layers that read the network input through no other weighted layer; ``head``: those
@@ -76,8 +94,46 @@ def name_nodes(model: Any) -> None:
         seen.add(node.name)
 
 
+def _conv_behind(tensor: str, producer: dict[str, Any]) -> Any | None:
+    """The Conv whose output ``tensor`` is, directly or through a BatchNormalization, else None."""
+    node = producer.get(tensor)
+    if node is not None and node.op_type == "BatchNormalization":
+        node = producer.get(node.input[0])
+    return node if node is not None and node.op_type == "Conv" else None
+
+
+def _computed_from(tensor: str, source: str, producer: dict[str, Any]) -> bool:
+    """Whether ``source`` is ``tensor`` or one of the tensors it is computed from."""
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if t == source:
+            return True
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        todo.extend(i for i in producer[t].input if i)
+    return False
+
+
+def _residual_input(node: Any, producer: dict[str, Any], constants: set[str]) -> str | None:
+    """The input of a residual ``Add`` to quantize (see the module docstring), or None when the
+    node is not one: another op, an input that is a constant, or no Conv behind either input."""
+    if node.op_type != "Add" or len(node.input) != 2 or any(
+            not t or t in constants for t in node.input):
+        return None
+    convs = [_conv_behind(t, producer) for t in node.input]
+    if convs[0] is None and convs[1] is None:
+        return None
+    if convs[0] is None or convs[1] is None:
+        return node.input[0] if convs[0] is None else node.input[1]
+    # A projection shortcut: its convolution reads what the main branch starts from.
+    shortcut = [i for i in (0, 1) if _computed_from(node.input[1 - i], convs[i].input[0], producer)]
+    return node.input[shortcut[0] if len(shortcut) == 1 else 1]
+
+
 def plan_qdq(model: Any, *, quantize_concat: bool = True,
-             share_concat_scales: bool = True,
+             share_concat_scales: bool = True, quantize_residual_add: bool = True,
              exclude_nodes: Iterable[str] = ()) -> QdqPlan:
     """Decide Q/DQ placement for a float ONNX graph (see the module docstring).
 
@@ -87,6 +143,8 @@ def plan_qdq(model: Any, *, quantize_concat: bool = True,
     name_nodes(model)
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
+    producer = {t: n for n in graph.node for t in n.output}
+    constants = initializers | {t for n in graph.node if n.op_type == "Constant" for t in n.output}
     excluded = set(exclude_nodes)
     consumers: dict[str, list[str]] = {}
     order: list[str] = []
@@ -119,6 +177,10 @@ def plan_qdq(model: Any, *, quantize_concat: bool = True,
             if share_concat_scales:
                 for t in inputs[1:]:
                     parent[find(t)] = find(inputs[0])
+        elif quantize_residual_add:
+            residual = _residual_input(node, producer, constants)
+            if residual is not None:
+                want(residual, node)
     groups: dict[str, list[str]] = {}
     for t in order:
         groups.setdefault(find(t), []).append(t)
