@@ -13,12 +13,11 @@ import onnx
 import pytest
 import torch
 
-from helpers.foreign import (build_bundle, calibration_folder, engine_probs, fit,
+from helpers.foreign import (assert_parity, build_bundle, calibration_folder, engine_probs, fit,
                              held_out_images, plain_export, reference_probs, resnet_classifier,
                              spread)
 from medtrt.models import load_preset
 from medtrt.precision import GateConfig, QdqRecipe, accuracy_gate, read_cache
-from medtrt.testing import PARITY, assert_agreement
 from medtrt.train import training_split
 
 pytestmark = pytest.mark.trt
@@ -72,9 +71,7 @@ def resnet(split, calib_dir, val_dir, tmp_path_factory):
 def test_resnet_scores_equal_the_source_model(resnet, images, precision):
     ref = reference_probs(resnet["model"], images, resnet["preset"])  # its own Softmax included
     probs = engine_probs(resnet["built"][precision].engine, images)
-    bound = PARITY[precision]
-    assert_agreement(probs, ref, min_top1=bound["min_top1"], max_prob_diff=bound["max_prob_diff"],
-                     name=f"resnet {precision}")
+    assert_parity(probs, ref, precision, f"resnet {precision}")
     b = resnet["built"][precision].bundle
     assert b.source_onnx.foreign.removed_activation == "Softmax"
     assert b.preset == resnet["preset"] and b.output.classes == 6

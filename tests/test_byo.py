@@ -26,18 +26,17 @@ import numpy as np
 import pytest
 import torch
 from helpers.byo import make_reference, torchvision_python
+from helpers.foreign import (assert_parity, build_bundle, calibration_folder, engine_probs,
+                             held_out_images, spread)
 from monai.networks.nets import DenseNet121
 
-from medtrt import Engine
-from medtrt.build import BuildOptions, build
 from medtrt.cli import main
 from medtrt.data import read_image
 from medtrt.export import export_onnx
 from medtrt.models import MEDNIST_LABELS, PRESETS, load
 from medtrt.models.importers import XRV_LABELS, import_checkpoint
 from medtrt.ops import resize_normalize
-from medtrt.precision import CalibrationConfig
-from medtrt.testing import PARITY, assert_agreement, assert_close
+from medtrt.testing import assert_close
 from medtrt.train import training_split
 
 pytestmark = pytest.mark.trt
@@ -58,11 +57,6 @@ ARCH = {"monai": "auto", "chexnet_fit": "torchvision-densenet121",
         "timm_fit": "timm-densenet121", "xrv_fit": "auto"}
 
 
-def spread(items, n):
-    """``n`` items evenly spread over ``items`` (the splits are ordered by class)."""
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).astype(int)]
-
-
 def pre(images, preset):
     return resize_normalize(images, **preset.preprocess_kwargs())
 
@@ -74,15 +68,14 @@ def probs_of(scores, preset):
 
 @pytest.fixture(scope="module")
 def data(demo_model, tmp_path_factory):
-    """Training images (with labels) for fitting and calibration, and 48 held-out images."""
+    """192 training images (with labels) for fitting, 64 of them for calibration, and 48
+    held-out images."""
     split = training_split(demo_model.metrics)
     train = spread(list(zip(split.train.paths, split.train.labels)), 192)
-    calib = tmp_path_factory.mktemp("calib")
-    for i, (p, _) in enumerate(spread(train, 64)):
-        (calib / f"{i:03d}{p.suffix}").symlink_to(p)
     return {"train": [read_image(p) for p, _ in train],
             "labels": np.array([y for _, y in train], dtype=np.int64),
-            "eval": [read_image(p) for p in spread(split.test.paths, 48)], "calib": calib}
+            "eval": held_out_images(split),
+            "calib": calibration_folder(split, tmp_path_factory.mktemp("calib"))}
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +133,8 @@ def pipeline(request, data, tmp_path_factory):
     extra = {"source_activation": "sigmoid"} if name == "chexnet_fit" else {}
     report = import_checkpoint(source, ARCH[name], preset, root / "model.pt", **extra)
     export_onnx(root / "model.pt", root / "model.onnx")
-    built = {p: build(root / "model.onnx", root / "out", BuildOptions(
-        precision=p, flavour="tensorrt_rtx", check_images=16,
-        calib=str(data["calib"]) if p == "int8" else None,
-        calibration=CalibrationConfig(num_images=64))) for p in ("fp16", "int8")}
+    built = {p: build_bundle(root / "model.onnx", root / "out", p, None, data["calib"])
+             for p in ("fp16", "int8")}
     return {"name": name, "preset": preset, "report": report, "reference": reference,
             "built": built, "root": root, "meta": meta}
 
@@ -159,20 +150,9 @@ def test_each_source_format_builds_and_matches_its_library(pipeline, data, preci
     else:
         model = pipeline["built"][precision].engine
         assert pipeline["built"][precision].bundle.preset == preset
-    with Engine(model, device="cpu") as engine:
-        result = engine.infer(data["eval"], return_probs=True)
-    assert not result.errors
-    bound = PARITY[precision]
-    label = f"{name} {precision} vs {pipeline['meta']['library']}"
-    if preset.activation == "softmax":
-        assert_agreement(result.probs, pipeline["reference"], min_top1=bound["min_top1"],
-                         max_prob_diff=bound["max_prob_diff"], name=label)
-        return
-    rep = assert_agreement(result.probs, pipeline["reference"], min_top1=0.0,
-                           max_prob_diff=bound["max_prob_diff"], activation="sigmoid", name=label)
-    assert rep.decision_agreement >= bound["min_decisions"], (
-        f"{label}: decision agreement {rep.decision_agreement:.4f}; worst sample "
-        f"{rep.worst_index}: {rep.worst_candidate} vs {rep.worst_reference}")
+    assert_parity(engine_probs(model, data["eval"]), pipeline["reference"], precision,
+                  f"{name} {precision} vs {pipeline['meta']['library']}",
+                  activation=preset.activation)
 
 
 @pytest.mark.parametrize("pipeline", ["monai", "timm_fit"], indirect=True)

@@ -14,9 +14,9 @@ import onnx
 import pytest
 import torch
 
-from helpers.foreign import (build_bundle, calibration_folder, engine_probs, fit, graph,
-                             held_out_images, plain_export, reference_probs, small_classifier,
-                             spread)
+from helpers.foreign import (assert_parity, build_bundle, calibration_folder, engine_probs, fit,
+                             graph, held_out_images, plain_export, reference_probs,
+                             small_classifier, spread)
 from medtrt import Engine
 from medtrt.artifacts import Bundle, OnnxMetadata, sha256_file
 from medtrt.build import BuildOptions, build
@@ -25,7 +25,6 @@ from medtrt.foreign import graph_io, read_onnx
 from medtrt.models import MEDNIST_LABELS, load, load_preset
 from medtrt.precision import QdqRecipe
 from medtrt.runtime.loader import load_stage
-from medtrt.testing import PARITY, assert_agreement
 from medtrt.train import training_split
 
 pytestmark = pytest.mark.trt
@@ -100,9 +99,7 @@ def demo_sigmoid(demo_model, calib_dir, tmp_path_factory):
 def test_small_classifier_scores_equal_the_source_model(small, images, precision):
     ref = reference_probs(small["model"], images, small["preset"])  # its own Softmax included
     probs = engine_probs(small["built"][precision].engine, images)
-    bound = PARITY[precision]
-    assert_agreement(probs, ref, min_top1=bound["min_top1"], max_prob_diff=bound["max_prob_diff"],
-                     name=f"small {precision}")
+    assert_parity(probs, ref, precision, f"small {precision}")
     b = small["built"][precision].bundle
     assert b.input.name == "input" and b.output.name == "linear"  # the exporter's names
     assert b.input.profile.min[0] == 1 and b.input.profile.max[0] == 16
@@ -111,9 +108,7 @@ def test_small_classifier_scores_equal_the_source_model(small, images, precision
 def test_small_classifier_onnx_runs_in_engine_with_a_preset(small, images):
     ref = reference_probs(small["model"], images, small["preset"])
     probs = engine_probs(small["onnx"], images, preset=small["root"] / "small.json")
-    bound = PARITY["fp32"]
-    assert_agreement(probs, ref, min_top1=bound["min_top1"], max_prob_diff=bound["max_prob_diff"],
-                     name="small fp32 (ONNX Runtime)")
+    assert_parity(probs, ref, "fp32", "small fp32 (ONNX Runtime)")
 
 
 def test_the_bundle_records_the_foreign_source(small):
@@ -155,18 +150,7 @@ def test_demo_model_with_sigmoid_and_static_batch_equals_the_source(demo_sigmoid
         assert b.quantization.keep_fp16_layers[-1].startswith("node_linear")
     ref = reference_probs(demo_sigmoid["model"], images, demo_sigmoid["preset"])
     probs = engine_probs(demo_sigmoid["built"][precision].engine, images)  # 48 = 12 x 4
-    _assert_decisions(probs, ref, precision, f"densenet+sigmoid {precision}")
-
-
-def _assert_decisions(probs, ref, precision, name):
-    """Multi-label parity (medtrt.testing.PARITY): per-label threshold-decision agreement and
-    max |dprob|."""
-    bound = PARITY[precision]
-    rep = assert_agreement(probs, ref, min_top1=0.0, max_prob_diff=bound["max_prob_diff"],
-                           activation="sigmoid", name=name)
-    assert rep.decision_agreement >= bound["min_decisions"], (
-        f"{name}: decision agreement {rep.decision_agreement:.4f}; worst sample "
-        f"{rep.worst_index}: {rep.worst_candidate} vs {rep.worst_reference}")
+    assert_parity(probs, ref, precision, f"densenet+sigmoid {precision}", activation="sigmoid")
 
 
 def test_demo_model_onnx_with_static_batch_runs_in_engine(demo_sigmoid, images):
@@ -176,7 +160,8 @@ def test_demo_model_onnx_with_static_batch_runs_in_engine(demo_sigmoid, images):
     loaded.stage.close()
     ref = reference_probs(demo_sigmoid["model"], images[:7], demo_sigmoid["preset"])
     probs = engine_probs(demo_sigmoid["onnx"], images[:7], preset=demo_sigmoid["preset"])
-    _assert_decisions(probs, ref, "fp32", "densenet+sigmoid fp32 (ONNX Runtime)")
+    assert_parity(probs, ref, "fp32", "densenet+sigmoid fp32 (ONNX Runtime)",
+                  activation="sigmoid")
 
 
 def test_what_does_not_fit_is_one_line(small, demo_sigmoid, tmp_path, capsys):

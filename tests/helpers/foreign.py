@@ -21,6 +21,7 @@ from medtrt.build import BuildOptions, BuildResult, build
 from medtrt.data import read_image
 from medtrt.ops import resize_normalize
 from medtrt.precision import CalibrationConfig
+from medtrt.testing import PARITY, assert_agreement
 
 
 def plain_export(model: torch.nn.Module, example: torch.Tensor, path: Path, **kwargs) -> Path:
@@ -143,3 +144,19 @@ def engine_probs(path: Path, images: list[np.ndarray], **kwargs) -> np.ndarray:
         r = engine.infer(images, return_probs=True)
     assert not r.errors
     return r.probs
+
+
+def assert_parity(probs: np.ndarray, reference: np.ndarray, precision: str, name: str, *,
+                  activation: str = "softmax") -> None:
+    """``medtrt.testing.PARITY[precision]``: top-1 agreement (softmax) or per-label
+    threshold-decision agreement (sigmoid), and max |dprob|."""
+    bound = PARITY[precision]
+    if activation == "softmax":
+        assert_agreement(probs, reference, min_top1=bound["min_top1"],
+                         max_prob_diff=bound["max_prob_diff"], name=name)
+        return
+    rep = assert_agreement(probs, reference, min_top1=0.0, max_prob_diff=bound["max_prob_diff"],
+                           activation="sigmoid", name=name)
+    assert rep.decision_agreement >= bound["min_decisions"], (
+        f"{name}: decision agreement {rep.decision_agreement:.4f}; worst sample "
+        f"{rep.worst_index}: {rep.worst_candidate} vs {rep.worst_reference}")
