@@ -95,3 +95,31 @@ def demo_model():
 
     return cached_demo_model(os.environ.get("MEDTRT_CACHE") or REPO / ".cache" / "medtrt",
                              progress=False)
+
+
+# The demo model's split, and what the tests that build from foreign graphs and imported
+# checkpoints share (tests/test_foreign.py, test_architectures.py, test_byo.py): once a session.
+
+
+@pytest.fixture(scope="session")
+def split(demo_model):
+    """The demo model's training split (train / val / test paths and labels)."""
+    from medtrt.train import training_split
+
+    return training_split(demo_model.metrics)
+
+
+@pytest.fixture(scope="session")
+def images(split):
+    """48 held-out images (stored pixels, every class) the comparisons use."""
+    from helpers.foreign import held_out_images
+
+    return held_out_images(split)
+
+
+@pytest.fixture(scope="session")
+def calib_dir(split, tmp_path_factory):
+    """A folder of links to 64 training images (every class), for --calib."""
+    from helpers.foreign import calibration_folder
+
+    return calibration_folder(split, tmp_path_factory.mktemp("calib"))

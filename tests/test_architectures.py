@@ -13,29 +13,12 @@ import onnx
 import pytest
 import torch
 
-from helpers.foreign import (assert_parity, build_bundle, calibration_folder, engine_probs, fit,
-                             held_out_images, plain_export, reference_probs, resnet_classifier,
-                             spread)
+from helpers.foreign import (assert_parity, build_bundle, engine_probs, fit, plain_export,
+                             reference_probs, resnet_classifier, spread)
 from medtrt.models import load_preset
 from medtrt.precision import GateConfig, QdqRecipe, accuracy_gate, read_cache
-from medtrt.train import training_split
 
 pytestmark = pytest.mark.trt
-
-
-@pytest.fixture(scope="module")
-def split(demo_model):
-    return training_split(demo_model.metrics)
-
-
-@pytest.fixture(scope="module")
-def images(split):
-    return held_out_images(split)
-
-
-@pytest.fixture(scope="module")
-def calib_dir(split, tmp_path_factory):
-    return calibration_folder(split, tmp_path_factory.mktemp("calib"))
 
 
 @pytest.fixture(scope="module")

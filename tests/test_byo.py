@@ -26,8 +26,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.byo import make_reference, torchvision_python
-from helpers.foreign import (assert_parity, build_bundle, calibration_folder, engine_probs,
-                             held_out_images, spread)
+from helpers.foreign import assert_parity, build_bundle, engine_probs, spread
 from monai.networks.nets import DenseNet121
 
 from medtrt.cli import main
@@ -37,7 +36,6 @@ from medtrt.models import MEDNIST_LABELS, PRESETS, load
 from medtrt.models.importers import XRV_LABELS, import_checkpoint
 from medtrt.ops import resize_normalize
 from medtrt.testing import assert_close
-from medtrt.train import training_split
 
 pytestmark = pytest.mark.trt
 
@@ -67,15 +65,13 @@ def probs_of(scores, preset):
 
 
 @pytest.fixture(scope="module")
-def data(demo_model, tmp_path_factory):
-    """192 training images (with labels) for fitting, 64 of them for calibration, and 48
+def data(split, images, calib_dir):
+    """192 training images (with labels) for fitting, the calibration folder and the 48
     held-out images."""
-    split = training_split(demo_model.metrics)
     train = spread(list(zip(split.train.paths, split.train.labels)), 192)
     return {"train": [read_image(p) for p, _ in train],
-            "labels": np.array([y for _, y in train], dtype=np.int64),
-            "eval": held_out_images(split),
-            "calib": calibration_folder(split, tmp_path_factory.mktemp("calib"))}
+            "labels": np.array([y for _, y in train], dtype=np.int64), "eval": images,
+            "calib": calib_dir}
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +152,9 @@ def test_each_source_format_builds_and_matches_its_library(pipeline, data, preci
 
 
 @pytest.mark.parametrize("pipeline", ["monai", "timm_fit"], indirect=True)
-def test_an_imported_checkpoint_evaluates(pipeline, demo_model, tmp_path):
+def test_an_imported_checkpoint_evaluates(pipeline, split, tmp_path):
     """`medtrt eval` on an imported checkpoint (the PyTorch reference path) over a folder
     labelled by class (the single-label sources)."""
-    split = training_split(demo_model.metrics)
     root = tmp_path / "data"
     for p, y in spread(list(zip(split.test.paths, split.test.labels)), 24):
         (root / MEDNIST_LABELS[y]).mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,8 @@ import onnx
 import pytest
 import torch
 
-from helpers.foreign import (assert_parity, build_bundle, calibration_folder, engine_probs, fit,
-                             graph, held_out_images, plain_export, reference_probs,
-                             small_classifier, spread)
+from helpers.foreign import (assert_parity, build_bundle, engine_probs, fit, graph, plain_export,
+                             reference_probs, small_classifier, spread)
 from medtrt import Engine
 from medtrt.artifacts import Bundle, OnnxMetadata, sha256_file
 from medtrt.build import BuildOptions, build
@@ -25,25 +24,8 @@ from medtrt.foreign import graph_io, read_onnx
 from medtrt.models import MEDNIST_LABELS, load, load_preset
 from medtrt.precision import QdqRecipe
 from medtrt.runtime.loader import load_stage
-from medtrt.train import training_split
 
 pytestmark = pytest.mark.trt
-
-
-@pytest.fixture(scope="module")
-def split(demo_model):
-    return training_split(demo_model.metrics)
-
-
-@pytest.fixture(scope="module")
-def images(split):
-    """48 held-out images (stored pixels, every class) every comparison uses."""
-    return held_out_images(split)
-
-
-@pytest.fixture(scope="module")
-def calib_dir(split, tmp_path_factory):
-    return calibration_folder(split, tmp_path_factory.mktemp("calib"))
 
 
 @pytest.fixture(scope="module")
