@@ -113,10 +113,15 @@ def _progress(quiet: bool) -> Iterator[Callable[[PredictProgress], None]]:
 def _final_line(s: PredictSummary) -> str:
     extra = []
     if s.skipped_existing:
-        extra.append(f"{s.skipped_existing} inputs already there skipped")
+        extra.append(f"{_n(s.skipped_existing, 'input')} already there skipped")
     if s.skipped_not_images:
-        extra.append(f"{s.skipped_not_images} files that are not images skipped")
-    return (f"wrote {s.rows_written} rows to {s.out} ({s.rows} in all): "
+        extra.append(f"{_n(s.skipped_not_images, 'file')} that {'is' if s.skipped_not_images == 1 else 'are'} "
+                     "not an image skipped")
+    return (f"wrote {_n(s.rows_written, 'row')} to {s.out} ({s.rows} in all): "
             f"{s.rows_written - s.failed} predicted, {s.failed} failed"
             + (f"; {'; '.join(extra)}" if extra else "")
             + f"; {s.images_per_s:.1f} images/s, {s.backend} {s.precision} on {s.device}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -176,7 +176,12 @@ class DecodePool:
 
     def _submit(self, chunk: list[InputItem]) -> Future[list[Decoded]]:
         assert self._executor is not None, "DecodePool is closed"
-        return self._executor.submit(self.function, chunk, self.settings)
+        try:
+            return self._executor.submit(self.function, chunk, self.settings)
+        except BrokenProcessPool as exc:  # broke since the last collection: fail at collection
+            future: Future[list[Decoded]] = Future()
+            future.set_exception(exc)
+            return future
 
     def map(self, items: Iterable[InputItem]) -> Iterator[tuple[InputItem, Decoded]]:
         """(item, outcome) for every item, in input order."""

@@ -273,9 +273,13 @@ def _check_compatible(record: PredictRecord, out: Path, fmt: str, schema: RowSch
                       engine: Engine, session: Session) -> None:
     fix = "resume with the same model and options, or use --overwrite or another --out"
     if record.output_format != fmt or record.columns != schema.columns(fmt):
-        raise ValueError(f"{out} has columns {list(record.columns)}; this run writes "
-                         f"{list(schema.columns(fmt))} (--k, --probs, --dicom-tags or the "
-                         f"model's labels differ); {fix}")
+        was = RowSchema(record.labels, record.k, record.probs, record.multilabel,
+                        record.dicom_tags, record.threshold)
+        diff = [f"{name} {a!r} (this run: {b!r})" for name, a, b in (
+            ("labels", list(was.labels), list(schema.labels)), ("--k", was.k, schema.k),
+            ("--probs", was.probs, schema.probs),
+            ("DICOM tags", list(was.dicom_tags), list(schema.dicom_tags))) if a != b]
+        raise ValueError(f"{out} was written with {', '.join(diff) or 'other columns'}; {fix}")
     sha = sha256_file(engine.path)
     if sha != record.model_sha256:
         raise ValueError(f"{out} was written by {record.model} (sha256 "
