@@ -21,6 +21,7 @@ _EXTRAS = {
     "polygraphy": ("debug", "layer-by-layer comparison (medtrt debug-layers)"),
     "pyarrow": ("parquet", "Parquet output and manifests (medtrt predict)"),
     "pyarrow.parquet": ("parquet", "Parquet output and manifests (medtrt predict)"),
+    "pyarrow.compute": ("parquet", "Parquet output and manifests (medtrt predict)"),
 }
 
 

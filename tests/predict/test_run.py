@@ -118,7 +118,7 @@ def test_resume_appends_only_the_new_inputs(engine, rng, tmp_path, caplog):
     assert [x.rows_before for x in s.record.sessions] == [0, 6]
     # inputs reordered since: resumed by path, nothing twice, with a warning
     later.write_text("".join(f"in/{p.name}\n" for p in reversed(files)))
-    with caplog.at_level(logging.WARNING, logger="medtrt.predict.run"):
+    with caplog.at_level(logging.WARNING, logger="medtrt.predict.resume"):
         s = predict(engine, [later], out, {"resume": True})
     assert s.rows_written == 0 and s.skipped_existing == 9
     assert "resuming by path" in caplog.text

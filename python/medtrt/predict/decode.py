@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -141,6 +143,17 @@ def _dicom_tags(path: str, keywords: tuple[str, ...]) -> tuple[str | None, ...]:
     return tuple(out)
 
 
+def _watch_parent(parent: int) -> None:
+    """A worker's initializer: exit when the process that started it is gone (killed with
+    SIGKILL, it cannot stop its workers; they would wait for tasks forever)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="medtrt-parent-watch", daemon=True).start()
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -172,7 +185,8 @@ class DecodePool:
         if self.workers == 0:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtrt-decode")
         return ProcessPoolExecutor(max_workers=self.workers,
-                                   mp_context=multiprocessing.get_context("spawn"))
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_watch_parent, initargs=(os.getpid(),))
 
     def _submit(self, chunk: list[InputItem]) -> Future[list[Decoded]]:
         assert self._executor is not None, "DecodePool is closed"

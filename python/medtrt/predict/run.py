@@ -1,7 +1,7 @@
 """The run loop of `medtrt predict`: inputs -> decode pool -> ``Engine.infer_many`` -> rows.
 
 Items stream from ``medtrt.predict.inputs``; with ``resume`` those already in the output are
-skipped (``_SkipDone``); the rest are decoded in ``DecodePool`` (worker processes, or a thread
+skipped (``SkipDone``); the rest are decoded in ``DecodePool`` (worker processes, or a thread
 with ``workers=0``), grouped into batches of ``batch_size`` decoded images and run by
 ``Engine.infer_many`` (which reads batch i+1 while batch i computes). A ledger in input order
 holds each item until its row is known: error rows right away, predictions when their batch
@@ -17,8 +17,8 @@ import logging
 import math
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,13 +28,14 @@ import numpy as np
 import medtrt
 from medtrt.artifacts import sha256_file
 from medtrt.predict.decode import (DEFAULT_DICOM_TAGS, ERROR, PATH, SKIP, DecodePool,
-                                   DecodeSettings, is_skipped)
+                                   DecodeSettings)
 from medtrt.predict.inputs import InputItem, InputSource, iter_items, plan_inputs
 from medtrt.predict.record import PredictRecord, Session, now, record_path
+from medtrt.predict.resume import SkipDone, check_compatible
 from medtrt.predict.rows import RowBuffer, RowSchema
 from medtrt.predict.writers import (Output, metadata_json, open_output, output_exists,
                                     output_format)
-from medtrt.runtime import Engine, Results
+from medtrt.runtime import Engine
 
 __all__ = ["PredictOptions", "PredictProgress", "PredictSummary", "default_workers", "predict"]
 
@@ -227,8 +228,8 @@ def _predict(engine: Engine, sources: list[InputSource], items: Iterator[InputIt
                       precision=engine.precision, decode=engine.decode, workers=workers,
                       batch_size=opts.batch_size, fallback=engine.fallback)
     record = _open(output, out, fmt, schema, engine, session, opts)
-    done = output.iter_paths() if record.rows else iter(())
-    skip = _SkipDone(done)
+    done = output.iter_paths()
+    skip = SkipDone(done)
     run = _Run(engine, schema, output, record, opts, progress)
     settings = DecodeSettings(schema.dicom_tags, jpeg_paths=engine.decode == "nvjpeg")
     per_task = max(1, min(16, math.ceil(opts.batch_size / max(1, workers))))
@@ -252,8 +253,11 @@ def _open(output: Output, out: Path, fmt: str, schema: RowSchema, engine: Engine
     model_path = engine.path
     if output.exists():  # resume
         record = PredictRecord.read(rec_path)
-        _check_compatible(record, out, fmt, schema, engine, session)
+        check_compatible(record, out, fmt, schema, engine.path, engine.precision, session)
         output.recover(record.committed_bytes)
+        counts = output.count()  # Parquet: the parts are the truth (a kill may fall between
+        if counts is not None:   # a part's rename and the record's update)
+            record = record.replace(rows=counts[0], failed=counts[1])
         session = replace(session, rows_before=record.rows)
         return record.replace(sessions=(*record.sessions, session), complete=False)
     record = PredictRecord(
@@ -267,70 +271,6 @@ def _open(output: Output, out: Path, fmt: str, schema: RowSchema, engine: Engine
     record = record.replace(committed_bytes=output.committed_bytes)
     record.write(rec_path)
     return record
-
-
-def _check_compatible(record: PredictRecord, out: Path, fmt: str, schema: RowSchema,
-                      engine: Engine, session: Session) -> None:
-    fix = "resume with the same model and options, or use --overwrite or another --out"
-    if record.output_format != fmt or record.columns != schema.columns(fmt):
-        was = RowSchema(record.labels, record.k, record.probs, record.multilabel,
-                        record.dicom_tags, record.threshold)
-        diff = [f"{name} {a!r} (this run: {b!r})" for name, a, b in (
-            ("labels", list(was.labels), list(schema.labels)), ("--k", was.k, schema.k),
-            ("--probs", was.probs, schema.probs),
-            ("DICOM tags", list(was.dicom_tags), list(schema.dicom_tags))) if a != b]
-        raise ValueError(f"{out} was written with {', '.join(diff) or 'other columns'}; {fix}")
-    sha = sha256_file(engine.path)
-    if sha != record.model_sha256:
-        raise ValueError(f"{out} was written by {record.model} (sha256 "
-                         f"{record.model_sha256[:12]}); {engine.path} is another model (sha256 "
-                         f"{sha[:12]}); {fix}")
-    if record.precision != engine.precision:
-        raise ValueError(f"{out} was written at {record.precision}; this run is "
-                         f"{engine.precision}; {fix}")
-    last = record.sessions[-1] if record.sessions else None
-    relative = [a for a in session.inputs if a != "-" and not os.path.isabs(a)]
-    if last is not None and relative and last.cwd != session.cwd:
-        raise ValueError(f"{out} was started in {last.cwd} and its relative INPUTs "
-                         f"({relative[0]}, ...) name files from there; run --resume from "
-                         f"{last.cwd}, or pass absolute paths")
-
-
-class _SkipDone:
-    """Drops the inputs already in the output (``resume``), in O(1) memory while the inputs
-    follow the output's rows; after the first difference (inputs added, removed or reordered
-    since) it holds the output's remaining paths in a multiset and skips what is in it."""
-
-    def __init__(self, done: Iterator[str]) -> None:
-        self.done = done
-        self.skipped = 0
-        self.not_images = 0  # walked non-images met while matching (no row either way)
-        self._rest: Counter[str] | None = None
-
-    def __call__(self, items: Iterable[InputItem]) -> Iterator[InputItem]:
-        nxt = next(self.done, None)
-        for item in items:
-            if nxt is None and self._rest is None:
-                yield item
-                continue
-            if self._rest is None:
-                if item.path == nxt:
-                    self.skipped += 1
-                    nxt = next(self.done, None)
-                    continue
-                if is_skipped(item):  # a walked non-image: never had a row
-                    self.not_images += 1
-                    continue
-                self._rest = Counter([nxt, *self.done])
-                log.warning("the inputs differ from the output's rows from %s on; resuming by "
-                            "path (the output's remaining %d paths held in memory), new rows "
-                            "are appended after the existing ones", item.path,
-                            sum(self._rest.values()))
-            if self._rest[item.path] > 0:
-                self._rest[item.path] -= 1
-                self.skipped += 1
-            else:
-                yield item
 
 
 class _Entry:
@@ -361,12 +301,12 @@ class _Run:
         self.ledger: deque[_Entry] = deque()
         self.batches: deque[list[_Entry]] = deque()
         self.rows = self.failed = self.not_images = self.buffer_failed = 0
-        self.skip: _SkipDone | None = None
+        self.skip: SkipDone | None = None
         self.start = time.perf_counter()
         self.first_row: float | None = None
         self.last_flush = self.last_progress = self.start
 
-    def run(self, decoded: Iterator[tuple[InputItem, Any]], skip: _SkipDone) -> None:
+    def run(self, decoded: Iterator[tuple[InputItem, Any]], skip: SkipDone) -> None:
         self.skip = skip
         k = self.schema.k
         for results in self.engine.infer_many(self._batches(decoded), k=k, return_probs=True):

@@ -120,6 +120,11 @@ class Output:
     def iter_paths(self) -> Iterator[str]:
         raise NotImplementedError
 
+    def count(self) -> tuple[int, int] | None:
+        """(rows, failed rows) read from the files, where the record may lag them (Parquet);
+        None where the record is exact (CSV, JSONL: its committed length)."""
+        return None
+
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
 
@@ -309,6 +314,15 @@ class ParquetOutput(Output):
                 for batch in f.iter_batches(batch_size=8192, columns=["path"]):
                     yield from batch.column(0).to_pylist()
 
+    def count(self) -> tuple[int, int]:
+        pq = require("pyarrow.parquet")
+        rows = failed = 0
+        for file in self._files():
+            ok = pq.read_table(file, columns=["ok"]).column(0)
+            rows += len(ok)
+            failed += len(ok) - int(_true_count(ok))
+        return rows, failed
+
     def iter_rows(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
         pq = require("pyarrow.parquet")
         for file in self._files():
@@ -353,6 +367,11 @@ class ParquetOutput(Output):
         _fsync_dir(self.path.parent)
         if self.done.exists():
             shutil.rmtree(self.done)
+
+
+def _true_count(column: Any) -> int:
+    """True values of a boolean column."""
+    return int(require("pyarrow.compute").sum(column).as_py() or 0)
 
 
 def _part_name(i: int) -> str:
