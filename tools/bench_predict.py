@@ -5,7 +5,8 @@ Throughput: the same open Engine (same backend, device, batch) runs, interleaved
 (a) ``Engine.infer`` on the images already decoded (NumPy arrays, batches of --batch): the
 compute-only figure, and (b) ``medtrt.predict.predict`` over a list file of the same images as
 JPEG files, writing Parquet, once per --workers setting. Reported: medians of images/s, and
-predict / compute-only (goal >= 0.9). predict is timed two ways: wall (the whole call: decode
+predict / compute-only (goal >= 0.9), taken in each repeat against the compute-only run beside
+it, median over repeats (a shared machine's load moves both alike). predict is timed two ways: wall (the whole call: decode
 pool start, every file read and decoded, rows written and compacted) and steady (rows per
 second from the first 10 % of rows to the last, from the progress callback).
 
@@ -126,12 +127,20 @@ def throughput(engine: Engine, paths: list[Path], args: argparse.Namespace,
     for key, xs in runs.items():
         wall = statistics.median(x["wall"] for x in xs)
         steady = statistics.median(x["steady"] for x in xs)
+        # Each repeat's predict over the compute-only run next to it: a machine whose load
+        # changes between repeats (a shared one) moves both alike.
+        paired = [x["wall"] / cx for x, cx in zip(xs, compute)]
         rows.append({"workers_option": "default" if key == "None" else int(key),
                      "workers": xs[0]["workers"], "predict_images_per_s_wall": round(wall, 2),
                      "predict_images_per_s_steady": round(steady, 2),
-                     "ratio_wall": round(wall / c, 4), "ratio_steady": round(steady / c, 4),
-                     "ratio_wall_to_infer_many": round(wall / m, 4),
-                     "samples_wall": [round(x["wall"], 2) for x in xs]})
+                     "ratio_wall": round(statistics.median(paired), 4),
+                     "ratio_wall_of_medians": round(wall / c, 4),
+                     "ratio_steady_of_medians": round(steady / c, 4),
+                     "ratio_wall_to_infer_many": round(statistics.median(
+                         x["wall"] / sx for x, sx in zip(xs, stream)), 4),
+                     "ratio_wall_per_repeat": [round(r, 4) for r in paired],
+                     "samples_wall": [round(x["wall"], 2) for x in xs],
+                     "samples_steady": [round(x["steady"], 2) for x in xs]})
     return {"images": len(paths), "compute_only_images_per_s": round(c, 2),
             "compute_only_samples": [round(x, 2) for x in compute],
             "infer_many_arrays_images_per_s": round(m, 2),
@@ -231,10 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     with Engine(model, device=args.device, backend=args.backend, max_batch=args.batch) as engine, \
             tempfile.TemporaryDirectory() as tmp:
         report: dict[str, Any] = {
-            "tool": "tools/bench_predict.py", "machine": {**machine(), "cpu_isa": cpu_isa()},
+            "tool": "tools/bench_predict.py",
             "model": Path(model).name, "backend": engine.backend, "precision": engine.precision,
             "device": engine.device, "fallback": engine.fallback, "batch": args.batch,
-            "torch_loaded": "torch" in sys.modules,  # counts in the RSS when it is
             "default_workers": default_workers(engine), "repeats": args.repeats,
             "input": "JPEG files, 64x64 gray (the synthetic MedNIST set), read from the page "
                      "cache (the set is read once before timing)",
@@ -242,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         report["throughput"] = throughput(engine, paths[: args.images], args, Path(tmp))
         if args.rss_inputs:
             report["memory"] = memory(engine, paths, args, Path(tmp))
+        report["torch_loaded_during_runs"] = "torch" in sys.modules  # in the RSS if so
     report["tool_seconds"] = round(time.perf_counter() - t_start, 1)
+    # After the runs: machine() imports torch for its version, which the RSS would count.
+    report["machine"] = {**machine(), "cpu_isa": cpu_isa()}
     kind = "gpu" if str(report["device"]).startswith("cuda") else "cpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"bench_predict_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
           f"Engine.infer_many on arrays: {t['infer_many_arrays_images_per_s']:.1f}")
     for r in t["predict"]:
         print(f"predict --workers {r['workers_option']} ({r['workers']}): "
-              f"{r['predict_images_per_s_wall']:.1f} images/s wall (ratio {r['ratio_wall']:.3f}), "
-              f"{r['predict_images_per_s_steady']:.1f} steady (ratio {r['ratio_steady']:.3f})")
+              f"{r['predict_images_per_s_wall']:.1f} images/s wall, "
+              f"{r['predict_images_per_s_steady']:.1f} steady; ratio to compute-only "
+              f"{r['ratio_wall']:.3f} (median of repeats {r['ratio_wall_per_repeat']}), "
+              f"to infer_many {r['ratio_wall_to_infer_many']:.3f}")
     if "memory" in report:
         m = report["memory"]
         print(f"RSS over {m['inputs']} inputs: {m['rss_mib_after_warmup']} MiB after "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -143,9 +144,13 @@ def _dicom_tags(path: str, keywords: tuple[str, ...]) -> tuple[str | None, ...]:
     return tuple(out)
 
 
-def _watch_parent(parent: int) -> None:
-    """A worker's initializer: exit when the process that started it is gone (killed with
-    SIGKILL, it cannot stop its workers; they would wait for tasks forever)."""
+def _worker_init(parent: int) -> None:
+    """A worker's initializer. Ctrl-C is the parent's to handle (it stops the pool; a worker
+    killed by the same SIGINT would turn the files in flight into error rows). And the worker
+    exits when the process that started it is gone (killed with SIGKILL, that process cannot
+    stop its workers, which would wait for tasks forever)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
@@ -186,7 +191,7 @@ class DecodePool:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtrt-decode")
         return ProcessPoolExecutor(max_workers=self.workers,
                                    mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_watch_parent, initargs=(os.getpid(),))
+                                   initializer=_worker_init, initargs=(os.getpid(),))
 
     def _submit(self, chunk: list[InputItem]) -> Future[list[Decoded]]:
         assert self._executor is not None, "DecodePool is closed"

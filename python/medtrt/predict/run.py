@@ -184,12 +184,12 @@ def predict(model: str | os.PathLike[str] | Engine, inputs: Sequence[str | os.Pa
         raise ValueError(f"model {model} does not exist; pass an engine bundle (.engine), an "
                          "ONNX file or a checkpoint (.pt)")
     sources = plan_inputs(inputs, path_column=opts.path_column)
+    _check_output_state(out, opts)
     items = iter_items(sources, stdin=stdin)
     first = next(items, None)
     if first is None:
         raise ValueError(f"no inputs: {', '.join(s.arg for s in sources)} name no files")
     items = _chain(first, items)
-    _check_output_state(out, opts)
     own = not isinstance(model, Engine)
     engine = Engine(model, device=opts.device, backend=opts.backend, decode=opts.decode,
                     preset=opts.preset) if own else model
