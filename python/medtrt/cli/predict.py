@@ -97,7 +97,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[PredictProgress], None]]:
     disable = quiet or not console.is_terminal
     columns = (SpinnerColumn(), TextColumn("predicting"), TextColumn("{task.completed} images"),
                TextColumn("{task.fields[rate]:.1f} images/s"),
-               TextColumn("{task.fields[errors]} errors"),
+               TextColumn("{task.fields[errors]} failed"),
                TextColumn("{task.fields[skipped]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=disable) as bar:
         task = bar.add_task("predict", total=None, rate=0.0, errors=0, skipped="")

@@ -166,7 +166,8 @@ def predict(model: str | os.PathLike[str] | Engine, inputs: Sequence[str | os.Pa
 
     Args:
         model: an engine bundle, ONNX file or checkpoint (anything ``medtrt.Engine`` opens), or
-            an open ``Engine`` (left open).
+            an open ``Engine`` (left open; the options ``device``, ``backend``, ``decode`` and
+            ``preset`` are then the engine's own).
         inputs: image files, folders, lists of paths, CSV/Parquet manifests, "-" for a list on
             ``stdin`` (``medtrt.predict.inputs``).
         out: ``.parquet``, ``.csv`` or ``.jsonl``; ``OUT.meta.json`` is written beside it.
