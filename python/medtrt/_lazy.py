@@ -19,6 +19,9 @@ _EXTRAS = {
     "onnxscript": ("onnx", "ONNX export with torch's dynamo exporter"),
     "matplotlib": ("report", "plots (medtrt eval)"),
     "polygraphy": ("debug", "layer-by-layer comparison (medtrt debug-layers)"),
+    "pyarrow": ("parquet", "Parquet output and manifests (medtrt predict)"),
+    "pyarrow.parquet": ("parquet", "Parquet output and manifests (medtrt predict)"),
+    "pyarrow.compute": ("parquet", "Parquet output and manifests (medtrt predict)"),
 }
 
 

@@ -11,7 +11,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2",
                 bits_stored: int | None = None, rescale: tuple[float, float] | None = None,
-                window: tuple[float, float] | None = None, pixel_data: bool = True) -> Path:
+                window: tuple[float, float] | None = None, pixel_data: bool = True,
+                tags: dict[str, str] | None = None) -> Path:
+    """A CT image storage file of ``pixels``; ``tags``: more elements by keyword
+    (e.g. {"PatientID": "P1", "StudyInstanceUID": "1.2.3"})."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -29,5 +32,7 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
         ds.RescaleSlope, ds.RescaleIntercept = rescale
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
     return path
