@@ -19,8 +19,6 @@ from medtrt.predict import PredictRecord, iter_rows, record_path
 
 from helpers.predict import mixed_folder, write_jpeg
 
-PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
-
 
 def test_rows_written_with_bad_files_exit_zero_and_say_how_many_failed(demo_model, rng,
                                                                        tmp_path, capsys):
@@ -103,12 +101,10 @@ def test_sigkill_leaves_readable_rows_and_resume_gives_each_input_once_in_order(
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(order) + "\n")
     out = tmp_path / f"preds.{fmt}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "medtrt", "predict", str(demo_model.onnx), "-", "-o", str(out),
          "--device", "cpu", "--batch-size", "8", "--chunk-rows", "8", "--workers", "1", "-q"],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         proc.stdin.write(("\n".join(order[:64]) + "\n").encode())
         proc.stdin.flush()
