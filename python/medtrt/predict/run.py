@@ -28,8 +28,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 import medtrt
 from medtrt.artifacts import sha256_file
 from medtrt.predict.decode import (DEFAULT_DICOM_TAGS, ERROR, PATH, SKIP, DecodePool,
@@ -48,6 +46,7 @@ __all__ = ["PredictOptions", "PredictProgress", "PredictSummary", "RowWriter", "
 log = logging.getLogger(__name__)
 
 DECODES = ("cpu", "nvjpeg", "auto")
+DEFAULT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,12 @@ class PredictOptions:
     """Settings of one `predict` run (see ``predict`` and docs/predict.md).
 
     k: top-k length (default 3, or the number of labels if fewer). probs: one ``prob_<label>``
-    column per label. batch_size: decoded images per ``infer_many`` batch. workers: decode worker
-    processes (None: the cores left over, ``default_workers``; 0: a thread of this process).
-    resume: continue an output, skipping inputs already in it. overwrite: replace an output.
-    device, backend, preset: as ``medtrt.Engine``. decode: "cpu" (the workers decode), or
+    column per label. batch_size: decoded images per ``infer_many`` batch (None: 64; on Ray the
+    bundle profile's opt batch, else 64). workers: decode worker processes (None: the cores left
+    over, ``default_workers``; 0: a thread of this process). resume: continue an output,
+    skipping inputs already in it. overwrite: replace an output. device: as ``medtrt.Engine``
+    (None: GPU 0, falling back as Engine does; on Ray, GPUs where the cluster has them).
+    backend, preset: as ``medtrt.Engine``. decode: "cpu" (the workers decode), or
     "nvjpeg"/"auto" (JPEGs decoded on the GPU by the engine). dicom_tags: True for
     DEFAULT_DICOM_TAGS, or the DICOM keywords to write. path_column: manifests' path column.
     chunk_rows / chunk_seconds: a chunk is written when it holds that many rows, or that long
@@ -67,11 +68,11 @@ class PredictOptions:
 
     k: int | None = None
     probs: bool = False
-    batch_size: int = 64
+    batch_size: int | None = None
     workers: int | None = None
     resume: bool = False
     overwrite: bool = False
-    device: Any = 0
+    device: Any = None
     backend: str = "auto"
     decode: str = "cpu"
     dicom_tags: bool | tuple[str, ...] = False
@@ -83,7 +84,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 1:
             raise ValueError(f"--k must be >= 1; got {self.k}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1; got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be >= 0 (0 decodes in this process); got "
@@ -111,6 +112,11 @@ class PredictOptions:
             return cls(**value)
         raise TypeError(f"options must be PredictOptions, a dict or None; got "
                         f"{type(value).__name__}")
+
+    @property
+    def batch(self) -> int:
+        """The local command's batch size."""
+        return DEFAULT_BATCH if self.batch_size is None else self.batch_size
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -186,7 +192,8 @@ def predict(model: str | os.PathLike[str] | Engine, inputs: Sequence[str | os.Pa
     opts = PredictOptions.of(options)
     plan = plan_run(model, inputs, out, opts, stdin=stdin)
     own = not isinstance(model, Engine)
-    engine = Engine(model, device=opts.device, backend=opts.backend, decode=opts.decode,
+    device = 0 if opts.device is None else opts.device
+    engine = Engine(model, device=device, backend=opts.backend, decode=opts.decode,
                     preset=opts.preset) if own else model
     try:
         return _predict(engine, plan, opts, progress)
@@ -253,7 +260,7 @@ def _predict(engine: Engine, plan: RunPlan, opts: PredictOptions,
     session = Session(started=now(), inputs=tuple(s.arg for s in plan.sources), cwd=os.getcwd(),
                       backend=engine.backend, device=str(engine.device),
                       precision=engine.precision, decode=engine.decode, workers=workers,
-                      batch_size=opts.batch_size, fallback=engine.fallback)
+                      batch_size=opts.batch, fallback=engine.fallback)
     record = open_record(output, plan.fmt, schema, engine.path, engine.preset.name,
                          engine.precision, session, opts)
     done = output.iter_paths()
@@ -261,8 +268,8 @@ def _predict(engine: Engine, plan: RunPlan, opts: PredictOptions,
     items = plan.items
     run = _Run(engine, schema, output, record, opts, progress)
     settings = DecodeSettings(schema.dicom_tags, jpeg_paths=engine.decode == "nvjpeg")
-    per_task = max(1, min(16, math.ceil(opts.batch_size / max(1, workers))))
-    in_flight = math.ceil(2 * opts.batch_size / per_task) + max(1, workers)
+    per_task = max(1, min(16, math.ceil(opts.batch / max(1, workers))))
+    in_flight = math.ceil(2 * opts.batch / per_task) + max(1, workers)
     try:
         with DecodePool(workers, settings, chunk=per_task, in_flight=in_flight) as pool:
             run.run(pool.map(skip(items)), skip)
@@ -467,7 +474,7 @@ class _Run(RowWriter):
                 continue
             images.append(item.path if d.kind == PATH else d.image)
             entries.append(entry)
-            if len(images) == self.opts.batch_size:
+            if len(images) == self.opts.batch:
                 self.batches.append(entries)
                 yield images
                 images, entries = [], []
