@@ -106,15 +106,15 @@ def test_cli_info_json():
         assert info["cuda_device_status"], "a missing device must come with a reason"
 
 
-def test_ray_is_imported_by_medtrt_ray_alone_and_its_absence_names_the_extra():
+def test_ray_is_imported_only_when_used_and_its_absence_names_the_extra():
     proc = run_python(
         "import sys\n"
-        "import medtrt, medtrt.predict, medtrt.cli, medtrt.runtime\n"
-        "assert 'ray' not in sys.modules, 'import medtrt imported ray'\n"
+        "import medtrt, medtrt.predict, medtrt.cli, medtrt.ray\n"
+        "assert 'ray' not in sys.modules, 'importing medtrt imported ray'\n"
         "sys.modules['ray'] = None\n"
         "from medtrt.errors import MissingDependencyError\n"
         "try:\n"
-        "    import medtrt.ray\n"
+        "    medtrt.ray.predict(None, 'model.onnx')\n"
         "except MissingDependencyError as e:\n"
         "    print(e)\n"
     )

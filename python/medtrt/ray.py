@@ -31,8 +31,8 @@ again on the restarted actor, each input once in the output. A job that asks for
 has would wait forever in Ray, so it is refused before anything runs, as is an actor pool the
 cluster cannot hold.
 
-Needs the ``ray`` extra (``pip install 'medtrt[ray]'``); ``import medtrt`` does not import this
-module.
+Needs the ``ray`` extra (``pip install 'medtrt[ray]'``), imported when first used: importing this
+module (the CLI does) imports neither Ray nor pyarrow, and ``import medtrt`` does not import it.
 """
 
 from __future__ import annotations
@@ -58,11 +58,9 @@ from medtrt.predict.rows import RowBuffer, RowSchema, from_arrow, to_arrow
 from medtrt.predict.run import (PredictOptions, PredictProgress, PredictSummary, RowWriter,
                                 make_schema, open_record, plan_run)
 from medtrt.predict.writers import open_output
+from medtrt.runtime import Engine
 from medtrt.runtime.loader import Described, describe
 
-ray = require("ray")  # the top-level package (this module is medtrt.ray; imports are absolute)
-require("ray.data")
-pa = require("pyarrow")
 
 __all__ = ["METADATA_COLUMNS", "Resources", "connect", "plan_resources", "predict",
            "predict_files"]
@@ -86,6 +84,18 @@ _INTERNAL = (_KIND, _ERROR, _PIXELS, _SHAPE, _DTYPE, _TAGS)
 _INDEX, _WALKED, _FILE = "medtrt_index", "medtrt_walked", "medtrt_file"
 _GPU_DEVICES = ("cuda", "gpu", "0", "cuda:0")
 _LOCAL = "local"
+
+
+def _ray() -> Any:
+    """The ``ray`` package (the top-level one: this module is medtrt.ray, and imports are
+    absolute), with Ray Data; MissingDependencyError naming the extra when absent."""
+    ray = require("ray")
+    require("ray.data")
+    return ray
+
+
+def _pa() -> Any:
+    return require("pyarrow")
 
 
 # ----------------------------------------------------------------------------------- resources
@@ -120,6 +130,7 @@ def plan_resources(*, device: Any = None, actors: int | None = None,
     ValueError, naming the fix, for what Ray would wait on forever: a GPU when no node has one,
     more GPUs or CPUs than the cluster has.
     """
+    ray = _ray()
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialized: call ray.init(...) first (or let "
                            "medtrt.ray.predict / predict_files connect)")
@@ -222,6 +233,7 @@ def predict(dataset: Any, model: str | os.PathLike[str], *, k: int | None = None
     when its DataContext has ``execution_options.preserve_order`` set (Ray's switch), else as
     blocks finish. Connects to Ray (``ray.init()``) if this process has not.
     """
+    ray = _ray()
     if not ray.is_initialized():
         ray.init()
     opts = PredictOptions(k=k, probs=probs, dicom_tags=dicom_tags, backend=backend,
@@ -248,6 +260,7 @@ def _pipeline(dataset: Any, described: Described, schema: RowSchema, res: Resour
               batch: int, backend: str, preset: Any, path_column: str, bytes_column: str,
               keep: tuple[str, ...], walked: bool | str | None,
               file_column: str | None) -> Any:
+    ray = _ray()
     reserved = {*schema.columns("parquet"), *METADATA_COLUMNS, *_INTERNAL}
     clash = sorted(set(keep) & reserved)
     if clash:
@@ -290,6 +303,7 @@ def _decode_batch(table: Any, *, path_column: str, bytes_column: str, file_colum
     """Stage 1 (a Ray task): each row's file decoded and checked (``decode_item``). Rows of
     files that are skipped (not images, found by walking) are dropped. ``file_column``: where
     to read each file, when not at its ``path_column`` value (the row keeps that)."""
+    pa = _pa()
     if path_column not in table.column_names:
         raise ValueError(f"the dataset has no {path_column!r} column (its columns: "
                          f"{table.column_names}); pass path_column=")
@@ -341,8 +355,6 @@ class _Predictor:
 
     def __init__(self, *, model: str, device: Any, backend: str, preset: Any,
                  schema: RowSchema, keep: tuple[str, ...]) -> None:
-        from medtrt.runtime import Engine
-
         self.engine = Engine(model, device=device, backend=backend, preset=preset)
         self.schema, self.keep = schema, keep
         e = self.engine
@@ -353,6 +365,7 @@ class _Predictor:
             log.warning("medtrt.ray actor on %s: %s", self.meta["medtrt_node"], e.fallback)
 
     def __call__(self, table: Any) -> Any:
+        pa = _pa()
         n = table.num_rows
         kinds = table.column(_KIND).to_pylist()
         errors = table.column(_ERROR).to_pylist()
@@ -389,6 +402,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> Iterator[str]:
     machine's cores and no dashboard (``address`` None or "local"), or the cluster at
     ``address`` ("auto", "HOST:PORT", "ray://HOST:PORT"). What this opens, it closes (a local
     cluster stops with it). Yields the address as recorded."""
+    ray = _ray()
     if ray.is_initialized():
         yield address or "connected"
         return
@@ -424,6 +438,7 @@ def predict_files(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
     it). ``address``: see ``connect``. The record's session says it ran on Ray: address, actors,
     and what each node's engines reported.
     """
+    ray = _ray()
     opts = PredictOptions.of(options)
     if opts.workers is not None:
         raise ValueError("--workers sets this machine's decode processes; with --ray the "
@@ -478,6 +493,7 @@ class _Todo:
 
     @classmethod
     def of(cls, items: Iterator[InputItem], batch: int) -> _Todo:
+        pa = _pa()
         paths: list[str] = []
         walked: list[bool] = []
         for item in items:
@@ -514,6 +530,7 @@ class _RayWriter(RowWriter):
         self.duplicates = 0
 
     def consume(self, tables: Iterator[Any], todo: _Todo) -> None:
+        pa = _pa()
         expected = 0
         for table in tables:
             index = table.column(_INDEX).to_pylist()

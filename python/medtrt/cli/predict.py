@@ -14,6 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from medtrt.cli._common import add_preset_arguments, preset_for
 from medtrt.predict import PredictOptions, PredictProgress, PredictSummary, predict
+from medtrt.ray import predict_files  # Ray itself is imported when --ray is used
 
 __all__ = ["add_parser", "run"]
 
@@ -104,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
             if args.ray is None:
                 summary = predict(args.model, args.inputs, args.out, opts, progress=update)
             else:
-                from medtrt.ray import predict_files  # needs the ray extra
-
                 _quiet_ray_data()
                 summary = predict_files(args.model, args.inputs, args.out, opts,
                                         address=args.ray, actors=args.actors,
