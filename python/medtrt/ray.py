@@ -283,7 +283,8 @@ def _pipeline(dataset: Any, described: Described, schema: RowSchema, res: Resour
     return decoded.map_batches(
         _Predictor, batch_format="pyarrow", batch_size=batch,
         compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus_per_actor,
-        fn_constructor_kwargs={"model": str(described.path), "device": res.engine_device,
+        fn_constructor_kwargs={"model": os.path.abspath(described.path),  # workers' cwd differs
+                               "device": res.engine_device,
                                "backend": backend, "preset": preset, "schema": schema,
                                "keep": keep},
         **remote)
