@@ -26,8 +26,9 @@ The pipeline, two ``map_batches`` stages:
    row runs on (an engine that cannot run on its node falls back as ``Engine`` does, and its
    rows say why).
 
-Ray retries an actor that dies (``max_restarts=-1``, ``max_task_retries=-1``): its batches run
-again on the restarted actor, each input once in the output. A job that asks for a GPU no node
+Ray restarts an actor that dies (``max_restarts=-1``) and runs its batches again on it
+(``max_task_retries``): each input once in the output. A decode task or a batch whose process
+dies ``TASK_RETRIES`` + 1 times fails the run (Ray Data's default would retry it forever). A job that asks for a GPU no node
 has would wait forever in Ray, so it is refused before anything runs, as is an actor pool the
 cluster cannot hold.
 
@@ -71,6 +72,10 @@ log = logging.getLogger(__name__)
 METADATA_COLUMNS = ("medtrt_backend", "medtrt_device", "medtrt_precision", "medtrt_fallback",
                     "medtrt_node")
 DEFAULT_BATCH = 64  # as the local command's, where the model has no profile
+# Retries of one decode task or one engine batch whose process died (Ray Data's default is
+# unbounded: a file that crashes its decoder, or a batch that crashes the engine, would then
+# loop forever; bounded, the run fails and --resume goes on). Actors restart without bound.
+TASK_RETRIES = 3
 
 # Columns between the two stages (dropped from the output).
 _KIND, _ERROR, _PIXELS, _SHAPE, _DTYPE, _TAGS = (
@@ -274,10 +279,11 @@ def _pipeline(dataset: Any, described: Described, schema: RowSchema, res: Resour
                              "keep=)")
     decoded = dataset.map_batches(
         _decode_batch, batch_format="pyarrow", num_cpus=res.decode_cpus,
+        max_retries=TASK_RETRIES,
         fn_kwargs={"path_column": path_column, "bytes_column": bytes_column,
                    "file_column": file_column, "walked": walked, "tags": schema.dicom_tags,
                    "keep": keep})
-    remote: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1}
+    remote: dict[str, Any] = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
     if res.gpus_per_actor > 0:
         remote["num_gpus"] = res.gpus_per_actor
     return decoded.map_batches(
