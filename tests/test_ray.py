@@ -270,3 +270,18 @@ def test_driver_killed_mid_run_then_resume_gives_each_input_once_in_order(
     assert [s.finished is not None for s in record.sessions] == [False, True]
     assert [s.ray.address for s in record.sessions] == ["local", cluster]
     assert record.sessions[1].skipped_existing == len(killed)
+
+
+def test_the_inputs_go_in_few_blocks_and_each_is_found_by_its_position(monkeypatch):
+    """The driver's Dataset: one block per batch, neighbours merged past the block limit."""
+    from medtrt.predict.inputs import InputItem
+
+    monkeypatch.setattr(mray, "_MAX_BLOCKS", 4)
+    items = [InputItem(f"d/{i}.jpeg", walked=i % 3 == 0) for i in range(45)]
+    todo = mray._Todo.of(iter(items), 5)
+    assert (todo.count, todo.rows) == (45, 20)  # 4 blocks of 5 -> 2 of 10 -> 4 -> 2 of 20
+    assert [b.num_rows for b in todo.blocks] == [20, 20, 5]
+    assert [todo.item(i) for i in range(45)] == items
+    positions = [i for b in todo.blocks for i in b.column("medtrt_index").to_pylist()]
+    assert positions == list(range(45))
+    assert todo.blocks[0].column("medtrt_file")[1].as_py() == os.path.abspath("d/1.jpeg")

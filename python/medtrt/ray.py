@@ -88,6 +88,7 @@ _INTERNAL = (_KIND, _ERROR, _PIXELS, _SHAPE, _DTYPE, _TAGS)
 # worker's).
 _INDEX, _WALKED, _FILE = "medtrt_index", "medtrt_walked", "medtrt_file"
 _GPU_DEVICES = ("cuda", "gpu", "0", "cuda:0")
+_MAX_BLOCKS = 4096
 _LOCAL = "local"
 
 
@@ -465,7 +466,7 @@ def predict_files(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
                           cpus_per_actor=res.cpus_per_actor, nodes=res.nodes,
                           cluster_cpus=res.cluster_cpus, cluster_gpus=res.cluster_gpus)
         session = Session(started=now(), inputs=tuple(s.arg for s in plan.sources),
-                          cwd=os.getcwd(), backend="pending", device="pending",
+                          cwd=os.getcwd(), backend="none", device="none",
                           precision=described.precision, decode="cpu", workers=0,
                           batch_size=batch, ray=run_info)
         record = open_record(output, plan.fmt, schema, described.path, described.preset.name,
@@ -500,24 +501,33 @@ class _Todo:
 
     @classmethod
     def of(cls, items: Iterator[InputItem], batch: int) -> _Todo:
+        """One block per engine batch (a decode task each) while there are at most
+        ``MAX_BLOCKS``; past that, neighbouring blocks are merged, so the blocks stay few and
+        the inputs are never held but as Arrow columns."""
         pa = _pa()
+        rows, blocks, n = batch, [], 0
         paths: list[str] = []
         walked: list[bool] = []
+
+        def block() -> Any:
+            start = n - len(paths)
+            return pa.table({_INDEX: pa.array(range(start, n), pa.int64()),
+                             "path": pa.array(paths, pa.string()),
+                             _WALKED: pa.array(walked, pa.bool_()),
+                             _FILE: pa.array([os.path.abspath(p) for p in paths], pa.string())})
+
         for item in items:
             paths.append(item.path)
             walked.append(item.walked)
-        n = len(paths)
-        # One block per engine batch (a decode task each), at most 4096 blocks.
-        rows = max(batch, math.ceil(n / 4096))
-        blocks = []
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            part = paths[start:stop]
-            blocks.append(pa.table({_INDEX: pa.array(range(start, stop), pa.int64()),
-                                    "path": pa.array(part, pa.string()),
-                                    _WALKED: pa.array(walked[start:stop], pa.bool_()),
-                                    _FILE: pa.array([os.path.abspath(p) for p in part],
-                                                    pa.string())}))
+            n += 1
+            if len(paths) == rows:
+                blocks.append(block())
+                paths, walked = [], []
+                if len(blocks) == _MAX_BLOCKS:
+                    blocks = [pa.concat_tables(blocks[k:k + 2]) for k in range(0, len(blocks), 2)]
+                    rows *= 2
+        if paths:
+            blocks.append(block())
         return cls(blocks, n, rows)
 
     def item(self, index: int) -> InputItem:

@@ -69,7 +69,7 @@ class Session(_Record):
     started: str
     inputs: tuple[str, ...]  # the INPUT arguments, as given
     cwd: str  # where relative INPUTs were taken from
-    backend: str  # Ray: the actors' backends, joined by "+" ("pending" before their first rows)
+    backend: str  # Ray: the actors' backends, joined by "+" ("none" before their first rows)
     device: str  # Ray: likewise
     precision: str
     decode: str
