@@ -27,7 +27,7 @@ from helpers.bundles import unrunnable_bundle  # noqa: E402
 from helpers.predict import mixed_folder, write_ct, write_jpeg  # noqa: E402
 from helpers.ray_cluster import in_session, predictor_pids, session_id, wait_until  # noqa: E402
 
-pytestmark = [pytest.mark.ray,
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
               # Ray Data copying its own DataContext reads its deprecated fields
               pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
 
