@@ -104,3 +104,19 @@ def test_cli_info_json():
     assert {"cuda_compiled", "cuda_device_count", "cuda_device_status", "openmp"} <= info.keys()
     if info["cuda_device_count"] == 0:
         assert info["cuda_device_status"], "a missing device must come with a reason"
+
+
+def test_ray_is_imported_only_when_used_and_its_absence_names_the_extra():
+    proc = run_python(
+        "import sys\n"
+        "import medtrt, medtrt.predict, medtrt.cli, medtrt.ray\n"
+        "assert 'ray' not in sys.modules, 'importing medtrt imported ray'\n"
+        "sys.modules['ray'] = None\n"
+        "from medtrt.errors import MissingDependencyError\n"
+        "try:\n"
+        "    medtrt.ray.predict(None, 'model.onnx')\n"
+        "except MissingDependencyError as e:\n"
+        "    print(e)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'medtrt[ray]'" in proc.stdout, proc.stdout

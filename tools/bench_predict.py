@@ -16,11 +16,17 @@ samples the RSS of this process plus its decode workers once a second with the r
 reported: RSS after warm-up (--warmup rows), at the end, the peak, and the slope of a line
 fitted through the samples after warm-up (MiB per 100 000 rows; flat is ~0).
 
+Ray (--ray 1,2): the same list through ``medtrt predict --ray`` (``medtrt.ray.predict_files``)
+on a local Ray cluster of this machine's cores, once per actor count, in each repeat after the
+local runs. Reported like predict: wall (the whole call, with the actors' start and their engines
+loading) and steady (from 10 % of the rows on), and each over the local predict with the
+default workers in the same repeat.
+
 Not a test: nothing here asserts a speed.
 
     python tools/bench_predict.py [--model PATH] [--device cpu] [--backend auto] [--batch 64]
-        [--images 1024] [--repeats 3] [--workers default,0,1] [--rss-inputs 100000]
-        [--warmup 5000] [--out FILE]
+        [--images 1024] [--repeats 3] [--workers default,0,1] [--ray 1,2]
+        [--rss-inputs 100000] [--warmup 5000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,7 @@ from bench_ops import ROOT, machine  # tools/ is this script's directory
 from medtrt import Engine
 from medtrt.data import list_images, read_image
 from medtrt.predict import PredictProgress, default_workers, predict
+from medtrt.ray import predict_files
 
 
 def cpu_isa() -> list[str]:
@@ -85,6 +94,15 @@ def compute_stream(engine: Engine, arrays: list[np.ndarray], batch: int) -> floa
     return len(arrays) / (time.perf_counter() - t0)
 
 
+def steady_rate(samples: list[tuple[float, int]], rows: int) -> float:
+    """Rows per second between two progress samples inside the run, from 10 % of the rows on
+    (rows reach the callback one batch behind the engine, so a window that starts inside the
+    run must also end inside it)."""
+    inside = [(t, n) for t, n in samples if 0.1 * rows <= n < rows]
+    return ((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+            if len(inside) > 1 and inside[-1][0] > inside[0][0] else float("nan"))
+
+
 def run_predict(engine: Engine, listing: Path, out: Path, batch: int,
                 workers: int | None) -> dict[str, float]:
     """images/s of predict over the list: wall, and steady (from 10 % of the rows on)."""
@@ -94,12 +112,21 @@ def run_predict(engine: Engine, listing: Path, out: Path, batch: int,
                                          "overwrite": True},
                 progress=lambda p: samples.append((time.perf_counter(), p.rows)))
     wall = time.perf_counter() - t0
-    # Between two progress samples inside the run (rows reach the callback one batch behind
-    # the engine, so a window that starts inside the run must also end inside it).
-    inside = [(t, n) for t, n in samples if 0.1 * s.rows_written <= n < s.rows_written]
-    steady = ((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
-              if len(inside) > 1 and inside[-1][0] > inside[0][0] else float("nan"))
-    return {"wall": s.rows_written / wall, "steady": steady, "workers": s.workers}
+    return {"wall": s.rows_written / wall, "steady": steady_rate(samples, s.rows_written),
+            "workers": s.workers}
+
+
+def run_ray(model: Path, listing: Path, out: Path, batch: int, actors: int,
+            device: str) -> dict[str, float]:
+    """images/s of `medtrt predict --ray` over the list on the connected cluster."""
+    samples: list[tuple[float, int]] = []
+    t0 = time.perf_counter()
+    s = predict_files(model, [listing], out, {"batch_size": batch, "overwrite": True,
+                                              "device": device},
+                      actors=actors,
+                      progress=lambda p: samples.append((time.perf_counter(), p.rows)))
+    wall = time.perf_counter() - t0
+    return {"wall": s.rows_written / wall, "steady": steady_rate(samples, s.rows_written)}
 
 
 def throughput(engine: Engine, paths: list[Path], args: argparse.Namespace,
@@ -108,19 +135,30 @@ def throughput(engine: Engine, paths: list[Path], args: argparse.Namespace,
     listing = tmp / "images.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
     settings = [None if w == "default" else int(w) for w in args.workers.split(",")]
+    actor_counts = [int(a) for a in args.ray.split(",")] if args.ray else []
     compute_only(engine, arrays[: 2 * args.batch], args.batch)  # warm-up
     run_predict(engine, listing, tmp / "warm.parquet", args.batch, 0)
     compute: list[float] = []
     stream: list[float] = []
     runs: dict[str, list[dict[str, float]]] = {str(w): [] for w in settings}
+    ray_runs: dict[int, list[dict[str, float]]] = {a: [] for a in actor_counts}
+    local_default: list[dict[str, float]] = []  # the local run each Ray run is compared with
     for r in range(args.repeats):  # interleaved, so drift (a shared machine) hits both alike
         compute.append(compute_only(engine, arrays, args.batch))
         stream.append(compute_stream(engine, arrays, args.batch))
         for w in settings:
             runs[str(w)].append(run_predict(engine, listing, tmp / "p.parquet", args.batch, w))
+        if actor_counts:
+            local_default.append(runs["None"][-1] if "None" in runs else run_predict(
+                engine, listing, tmp / "p.parquet", args.batch, None))
+        for a in actor_counts:
+            ray_runs[a].append(run_ray(engine.path, listing, tmp / "r.parquet", args.batch, a,
+                                       args.device))
         print(f"repeat {r + 1}/{args.repeats}: compute-only {compute[-1]:.1f} images/s, "
               f"infer_many {stream[-1]:.1f}; predict "
-              + ", ".join(f"workers={x[-1]['workers']} {x[-1]['wall']:.1f}" for x in runs.values()),
+              + ", ".join(f"workers={x[-1]['workers']} {x[-1]['wall']:.1f}" for x in runs.values())
+              + "".join(f"; --ray with {a} actor(s) {x[-1]['wall']:.1f} (steady "
+                        f"{x[-1]['steady']:.1f})" for a, x in ray_runs.items()),
               flush=True)
     c, m = statistics.median(compute), statistics.median(stream)
     rows = []
@@ -141,10 +179,38 @@ def throughput(engine: Engine, paths: list[Path], args: argparse.Namespace,
                      "ratio_wall_per_repeat": [round(r, 4) for r in paired],
                      "samples_wall": [round(x["wall"], 2) for x in xs],
                      "samples_steady": [round(x["steady"], 2) for x in xs]})
+    ray_rows = [{"actors": a,
+                 "images_per_s_wall": round(statistics.median(x["wall"] for x in xs), 2),
+                 "images_per_s_steady": round(statistics.median(x["steady"] for x in xs), 2),
+                 "ratio_wall_to_local_predict": round(statistics.median(
+                     x["wall"] / lx["wall"] for x, lx in zip(xs, local_default)), 4),
+                 "ratio_steady_to_local_predict": round(statistics.median(
+                     x["steady"] / lx["steady"] for x, lx in zip(xs, local_default)), 4),
+                 "samples_wall": [round(x["wall"], 2) for x in xs],
+                 "samples_steady": [round(x["steady"], 2) for x in xs]}
+                for a, xs in ray_runs.items()]
     return {"images": len(paths), "compute_only_images_per_s": round(c, 2),
+            "ray": ray_rows,
             "compute_only_samples": [round(x, 2) for x in compute],
             "infer_many_arrays_images_per_s": round(m, 2),
             "infer_many_samples": [round(x, 2) for x in stream], "predict": rows}
+
+
+@contextmanager
+def ray_cluster(wanted: bool) -> Iterator[dict[str, Any] | None]:
+    """A local Ray cluster of this machine's cores, for the --ray runs."""
+    if not wanted:
+        yield None
+        return
+    import ray
+
+    cores = len(os.sched_getaffinity(0))
+    ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield {"nodes": 1, "cpus": cores, "gpus": ray.cluster_resources().get("GPU", 0),
+               "ray": ray.__version__}
+    finally:
+        ray.shutdown()
 
 
 class RssSampler:
@@ -228,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", default="default,0,1",
                         help="predict --workers settings to time (default = the cores left over)")
+    parser.add_argument("--ray", default="",
+                        help="actor counts to time `predict --ray` with on a local Ray cluster "
+                             "of this machine's cores (e.g. 1,2; default: none)")
     parser.add_argument("--rss-inputs", type=int, default=100_000, help="0 skips the RSS run")
     parser.add_argument("--warmup", type=int, default=5000, help="rows before RSS counts as warm")
     parser.add_argument("--out", type=Path)
@@ -247,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
             "input": "JPEG files, 64x64 gray (the synthetic MedNIST set), read from the page "
                      "cache (the set is read once before timing)",
         }
-        report["throughput"] = throughput(engine, paths[: args.images], args, Path(tmp))
+        with ray_cluster(bool(args.ray)) as cluster:
+            report["ray_cluster"] = cluster
+            report["throughput"] = throughput(engine, paths[: args.images], args, Path(tmp))
         if args.rss_inputs:
             report["memory"] = memory(engine, paths, args, Path(tmp))
         report["torch_loaded_during_runs"] = "torch" in sys.modules  # in the RSS if so
@@ -261,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     t = report["throughput"]
     print(f"compute-only (Engine.infer on arrays): {t['compute_only_images_per_s']:.1f} images/s; "
           f"Engine.infer_many on arrays: {t['infer_many_arrays_images_per_s']:.1f}")
+    for r in t["ray"]:
+        print(f"predict --ray, {r['actors']} actor(s): {r['images_per_s_wall']:.1f} images/s "
+              f"wall, {r['images_per_s_steady']:.1f} steady; over local predict (default "
+              f"workers) {r['ratio_wall_to_local_predict']:.3f} wall, "
+              f"{r['ratio_steady_to_local_predict']:.3f} steady")
     for r in t["predict"]:
         print(f"predict --workers {r['workers_option']} ({r['workers']}): "
               f"{r['predict_images_per_s_wall']:.1f} images/s wall, "

@@ -22,6 +22,8 @@ _EXTRAS = {
     "pyarrow": ("parquet", "Parquet output and manifests (medtrt predict)"),
     "pyarrow.parquet": ("parquet", "Parquet output and manifests (medtrt predict)"),
     "pyarrow.compute": ("parquet", "Parquet output and manifests (medtrt predict)"),
+    "ray": ("ray", "scale-out on Ray (medtrt predict --ray, medtrt.ray)"),
+    "ray.data": ("ray", "scale-out on Ray (medtrt predict --ray, medtrt.ray)"),
 }
 
 

@@ -136,6 +136,21 @@ def test_unreadable_files_raise_image_read_error_naming_file_and_reason(rng, tmp
     with pytest.raises(ImageReadError, match=rf"cannot read image .*{path.name}: {reason}") as err:
         read_image(path)
     assert err.value.path == str(path)
+    if kind != "missing":  # the same bytes, already read (a Ray Dataset's): the same error
+        with pytest.raises(ImageReadError) as from_bytes:
+            read_image(path, data=path.read_bytes())
+        assert str(from_bytes.value) == str(err.value)
+
+
+def test_bytes_already_read_decode_as_the_file(rng, tmp_path):
+    Image.fromarray(gray(rng, dtype=np.uint16)).save(tmp_path / "a.png")
+    Image.fromarray(np.stack([gray(rng)] * 3, -1)).save(tmp_path / "b.jpeg", quality=90)
+    write_dicom(tmp_path / "c.dcm", gray(rng, dtype=np.uint16), rescale=(2.0, -1024.0))
+    for name in ("a.png", "b.jpeg", "c.dcm"):
+        path = tmp_path / name
+        want = read_image(path)
+        got = read_image(tmp_path / "elsewhere" / name, data=memoryview(path.read_bytes()))
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
 
 
 def test_directory_reader_reports_bad_files_and_goes_on(rng, tmp_path, caplog):

@@ -35,6 +35,23 @@ def test_outcomes_by_content_not_suffix(rng, tmp_path):
     assert decode_item(InputItem(str(jpeg)), DecodeSettings(jpeg_paths=True)).kind == PATH
 
 
+def test_bytes_already_read_give_the_outcome_of_the_file(rng, tmp_path):
+    files = [write_jpeg(tmp_path / "x.dat", rng), write_ct(tmp_path / "ct.dcm", rng)]
+    (tmp_path / "t.jpg").write_text("text\n")
+    (tmp_path / "notes.txt").write_text("text\n")
+    cut = write_jpeg(tmp_path / "cut.jpeg", rng)
+    cut.write_bytes(cut.read_bytes()[:300])
+    files += [tmp_path / "t.jpg", tmp_path / "notes.txt", cut]
+    for path in files:
+        item = InputItem(str(path), walked=True)
+        want, got = decode_item(item, TAGGED), decode_item(item, TAGGED, path.read_bytes())
+        assert (got.kind, got.error, got.tags) == (want.kind, want.error, want.tags), path
+        assert (got.image is None and want.image is None) or np.array_equal(got.image,
+                                                                            want.image)
+    assert [decode_item(InputItem(str(p), walked=True), TAGGED).kind for p in files] == [
+        IMAGE, IMAGE, ERROR, SKIP, ERROR]
+
+
 def test_dicom_tags_come_with_pixels_and_with_errors(rng, tmp_path):
     ct = decode_item(InputItem(str(write_ct(tmp_path / "ct.dcm", rng))), TAGGED)
     assert ct.kind == IMAGE and ct.tags == tuple(TAGS[t] for t in DEFAULT_DICOM_TAGS)

@@ -11,9 +11,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from medtrt.errors import ArtifactError
+from medtrt.errors import ArtifactError, ImageReadError
 from medtrt.predict import PredictRecord, RowSchema, Session, iter_rows, record_path
-from medtrt.predict.rows import RowBuffer
+from medtrt.predict.rows import (NAN_ERROR, RowBuffer, from_arrow, to_arrow, to_csv,
+                                 to_jsonl)
 from medtrt.predict.writers import ParquetOutput, metadata_json, open_output
 
 LABELS = ("Atelectasis", "Effusion", "Mass", "Nodule")
@@ -116,6 +117,45 @@ def test_each_format_reads_back_the_rows_written(rng, tmp_path, fmt):
             assert (r["top_label_2"] == "") == (not e["ok"])
     if fmt == "parquet":
         assert not output.parts.exists() and out.is_file()
+
+
+@pytest.mark.parametrize("schema", [SCHEMA, RowSchema(LABELS[:3], 1)])
+def test_rows_back_from_arrow_encode_as_the_rows_they_came_from(rng, schema):
+    """What the Ray path does: rows built on an actor, sent as Arrow, written here."""
+    pytest.importorskip("pyarrow")
+    buf = RowBuffer(schema)
+    for i in range(9):
+        tags = (f"P{i}",) if schema.dicom_tags and i % 2 else None
+        if i % 4 == 1:
+            buf.add_error(f"{i}.png", f"corrupt PNG {i}", tags)
+            continue
+        probs = rng.random(len(schema.labels)).astype(np.float32)
+        order = np.argsort(-probs)[:schema.k]
+        positives = tuple(schema.labels[j] for j in np.flatnonzero(probs > 0.5))
+        buf.add_ok(f"{i}.png", [schema.labels[j] for j in order], probs[order], probs,
+                   positives, tags)
+    rows = buf.take()
+    back = from_arrow(schema, to_arrow(schema, rows))
+    for encode in (to_jsonl, to_csv, lambda s, r: to_arrow(s, r).to_pylist()):
+        assert encode(schema, back) == encode(schema, rows)
+
+
+def test_a_result_becomes_its_row_or_an_error_row():
+    """RowBuffer.add: the one place that turns a decode error or an Engine result into a row
+    (the local command and the Ray actors both use it)."""
+    class R:  # the fields of an Engine Result that a row reads
+        def __init__(self, probs, error=None):
+            self.ok, self.error, self.probs = error is None, error, np.float32(probs)
+            self.labels, self.scores, self.positives = ("Mass",), self.probs[:1], ("Mass",)
+
+    buf = RowBuffer(SCHEMA)
+    assert buf.add("a", result=R([0.9, 0.1, 0.2, 0.3])) is False
+    assert buf.add("b", result=R([0.9, np.nan, 0.2, 0.3])) is True
+    assert buf.add("c", error="corrupt JPEG: truncated") is True
+    assert buf.add("d", result=R([0.0] * 4, ImageReadError("d", "corrupt\n  PNG"))) is True
+    rows = buf.take()
+    assert rows["ok"] == [True, False, False, False]
+    assert rows["error"] == [None, NAN_ERROR, "corrupt JPEG: truncated", "corrupt PNG"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])

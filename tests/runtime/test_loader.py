@@ -9,7 +9,7 @@ import pytest
 
 from helpers.bundles import NOT_HERE, unrunnable_bundle
 from medtrt.errors import BundleError
-from medtrt.runtime.loader import cuda_index, load_stage
+from medtrt.runtime.loader import cuda_index, describe, load_stage
 from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TorchStage
 
 LOGGER = "medtrt.runtime.loader"
@@ -110,3 +110,21 @@ def test_cuda_index(device, index):
 def test_cuda_index_refuses_what_is_not_a_gpu(device):
     with pytest.raises(ValueError, match=rf"device must be a GPU index, .*got '{device}'"):
         cuda_index(device)
+
+
+def test_describe_reads_what_load_stage_would_load_without_loading_it(demo_model, bundle):
+    """What a planning process (a Ray driver) learns of a model: the preset and precision its
+    Engine would report and its batch limits, with no stage made."""
+    for path, batches in ((bundle.engine_path, (2, 4, 8)), (demo_model.onnx, (1, None, None)),
+                          (demo_model.checkpoint, (1, None, None))):
+        d = describe(path)
+        loaded = load_stage(path, "auto", "cpu")
+        try:
+            assert (d.preset, d.precision) == (loaded.preset, loaded.precision), path
+            assert (d.min_batch, d.opt_batch, d.max_batch) == batches, path
+        finally:
+            loaded.stage.close()
+    with pytest.raises(ValueError, match=r"preset= applies to an ONNX file"):
+        describe(bundle.engine_path, preset="mednist")
+    with pytest.raises(FileNotFoundError):
+        describe(demo_model.onnx.with_name("gone.onnx"))

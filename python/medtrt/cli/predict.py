@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from medtrt.cli._common import add_preset_arguments, preset_for
 from medtrt.predict import PredictOptions, PredictProgress, PredictSummary, predict
+from medtrt.ray import predict_files  # Ray itself is imported when --ray is used
 
 __all__ = ["add_parser", "run"]
 
@@ -25,8 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "order: path, ok, error, top-k labels and scores (and with the options: "
                     "probabilities, DICOM tags). A file that cannot be read is a row with its "
                     "error; the run goes on. Rows are written in chunks as they come; a killed "
-                    "run leaves the finished rows readable, and --resume continues it. See "
-                    "docs/predict.md.")
+                    "run leaves the finished rows readable, and --resume continues it. With "
+                    "--ray the rows are computed on a Ray cluster (one engine per actor) and "
+                    "written here as locally. See docs/predict.md.")
     p.add_argument("model", type=Path, help="engine bundle, ONNX file (any ONNX classifier with "
                                             "--preset) or checkpoint")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -47,15 +50,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="a DICOM keyword to write as a column, instead of the --dicom-tags set "
                         "(repeat for several; e.g. --dicom-tag SOPInstanceUID --dicom-tag "
                         "AccessionNumber)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per model call (64; with --ray the bundle profile's opt batch, "
+                        "else 64)")
     p.add_argument("--workers", type=int, default=None,
                    help="decode worker processes (default: the cores left over: all but one on "
                         "a GPU backend, none on the CPU; 0 decodes in a thread of this process)")
     p.add_argument("--resume", action="store_true",
                    help="continue OUT: skip the inputs already in it, append the rest")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--device", default="0", help="GPU index, or cpu (default 0; a model that "
-                                                 "cannot run there falls back, as recorded)")
+    p.add_argument("--device", default=None,
+                   help="GPU index, or cpu (default 0; a model that cannot run there falls back, "
+                        "as recorded). With --ray: cpu, or 0/cuda to require a GPU per actor "
+                        "(default: GPUs where the cluster has them)")
     p.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"),
                    default="auto")
     p.add_argument("--decode", choices=("cpu", "nvjpeg", "auto"), default="cpu",
@@ -65,6 +72,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                          "(path)")
     p.add_argument("--chunk-rows", type=int, default=2048,
                    help="rows per written chunk (a chunk is also written every 10 s)")
+    ray = p.add_argument_group("scale-out on Ray (pip install 'medtrt[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="compute the rows on a Ray cluster: one engine per actor, decoding in "
+                          "Ray tasks; the rows, OUT and --resume are as without it. ADDRESS: "
+                          "auto, HOST:6379 or ray://HOST:10001 (a running cluster); without "
+                          "one, a local cluster with this machine's cores")
+    ray.add_argument("--actors", type=int, default=None,
+                     help="engine actors (default: one per GPU of the cluster, or one per node "
+                          "without GPUs)")
+    ray.add_argument("--gpus-per-actor", type=float, default=None,
+                     help="GPUs per actor (default 1 where the cluster has GPUs, else 0; 0.5 "
+                          "puts two actors on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_preset_arguments(p)
     p.set_defaults(func=run)
@@ -72,21 +91,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tags: bool | tuple[str, ...] = tuple(args.dicom_tag) if args.dicom_tag else args.dicom_tags
+    if args.ray is None and (args.actors is not None or args.gpus_per_actor is not None):
+        raise ValueError("--actors and --gpus-per-actor apply to a run on Ray: add --ray "
+                         "[ADDRESS]")
     opts = PredictOptions(k=args.k, probs=args.probs, batch_size=args.batch_size,
                           workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-                          device="cpu" if args.device == "cpu" else args.device,
-                          backend=args.backend, decode=args.decode, dicom_tags=tags,
-                          path_column=args.path_column, chunk_rows=args.chunk_rows,
+                          device=args.device, backend=args.backend, decode=args.decode,
+                          dicom_tags=tags, path_column=args.path_column,
+                          chunk_rows=args.chunk_rows,
                           preset=preset_for(args.model, args) if args.model.exists() else None)
     try:
         with _progress(args.quiet) as update:
-            summary = predict(args.model, args.inputs, args.out, opts, progress=update)
+            if args.ray is None:
+                summary = predict(args.model, args.inputs, args.out, opts, progress=update)
+            else:
+                _quiet_ray_data()
+                summary = predict_files(args.model, args.inputs, args.out, opts,
+                                        address=args.ray, actors=args.actors,
+                                        gpus_per_actor=args.gpus_per_actor, progress=update)
     except KeyboardInterrupt:
         print(f"medtrt: interrupted; the rows finished so far are in {args.out} "
               "(run the same command with --resume to go on)", file=sys.stderr)
         return 130
     print(_final_line(summary))
     return 0
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's own progress lines stay out of this command's output (it shows its own); its
+    warnings (an actor restarted, ...) still show."""
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
 @contextmanager
@@ -117,10 +152,13 @@ def _final_line(s: PredictSummary) -> str:
     if s.skipped_not_images:
         extra.append(f"{_n(s.skipped_not_images, 'file')} that {'is' if s.skipped_not_images == 1 else 'are'} "
                      "not an image skipped")
+    on_ray = s.record.sessions[-1].ray
+    where = (f" (Ray, {_n(on_ray.actors, 'actor')} on {_n(on_ray.nodes, 'node')})"
+             if on_ray else "")
     return (f"wrote {_n(s.rows_written, 'row')} to {s.out} ({s.rows} in all): "
             f"{s.rows_written - s.failed} predicted, {s.failed} failed"
             + (f"; {'; '.join(extra)}" if extra else "")
-            + f"; {s.images_per_s:.1f} images/s, {s.backend} {s.precision} on {s.device}")
+            + f"; {s.images_per_s:.1f} images/s, {s.backend} {s.precision} on {s.device}{where}")
 
 
 def _n(count: int, noun: str) -> str:

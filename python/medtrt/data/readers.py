@@ -12,6 +12,7 @@ read raises ``medtrt.errors.ImageReadError`` naming the file and the reason;
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +47,7 @@ def sniff(head: bytes) -> str | None:
 
 
 def read_image(path: str | os.PathLike[str], *, apply_window: bool = False,
-               frame: int | None = 0) -> np.ndarray:
+               frame: int | None = 0, data: bytes | memoryview | None = None) -> np.ndarray:
     """Read one image file; see the module docstring for what comes back.
 
     Args:
@@ -55,28 +56,39 @@ def read_image(path: str | os.PathLike[str], *, apply_window: bool = False,
             (float32, clipped), with the same formula as resize_normalize's ``window``.
         frame: DICOM only: which frame of a multi-frame file to return (default the first);
             None refuses multi-frame files.
+        data: the file's bytes, already read (e.g. a Ray Dataset's ``bytes`` column): decoded
+            from memory, ``path`` only names the file (its suffix and the error messages, which
+            are those of the file on disk).
     """
     p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-    except OSError as exc:
-        raise ImageReadError(p, exc.strerror or str(exc)) from exc
+    if data is None:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(132)
+        except OSError as exc:
+            raise ImageReadError(p, exc.strerror or str(exc)) from exc
+    else:
+        head = bytes(data[:132])
     if not head:
         raise ImageReadError(p, "the file is empty (0 bytes)")
     kind = sniff(head)
     if kind == "dicom" or (kind is None and p.suffix.lower() in (".dcm", ".dicom")):
-        return read_dicom(p, apply_window=apply_window, frame=frame)
+        return read_dicom(p, apply_window=apply_window, frame=frame, data=data)
     if kind is None:
         raise ImageReadError(p, f"not a JPEG, PNG or DICOM file (starts with {head[:8]!r})")
-    return _read_pillow(p, kind)
+    return _read_pillow(p, kind, data)
 
 
-def _read_pillow(path: Path, kind: str) -> np.ndarray:
+def _source(path: Path, data: bytes | memoryview | None) -> Path | io.BytesIO:
+    """What Pillow or pydicom opens: the file, or its bytes already read."""
+    return path if data is None else io.BytesIO(data)
+
+
+def _read_pillow(path: Path, kind: str, data: bytes | memoryview | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(_source(path, data)) as im:
             im.load()  # decode now: truncated data fails here, not later
             mode = im.mode
             if mode in ("L", "RGB"):
@@ -112,8 +124,9 @@ def _is_gray(rgb: np.ndarray) -> bool:
 
 
 def read_dicom(path: str | os.PathLike[str], *, apply_window: bool = False,
-               frame: int | None = 0) -> np.ndarray:
-    """Read a DICOM image: modality values, MONOCHROME1 inverted, optional window (see read_image)."""
+               frame: int | None = 0, data: bytes | memoryview | None = None) -> np.ndarray:
+    """Read a DICOM image: modality values, MONOCHROME1 inverted, optional window (see
+    read_image; ``data``: the file's bytes, already read)."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -123,7 +136,7 @@ def read_dicom(path: str | os.PathLike[str], *, apply_window: bool = False,
             "install it with: pip install 'medtrt[dicom]'") from exc
     p = Path(path)
     try:
-        ds = pydicom.dcmread(p)
+        ds = pydicom.dcmread(_source(p, data))
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
         raise ImageReadError(p, f"corrupt DICOM: {exc or type(exc).__name__}") from exc
     if "PixelData" not in ds:

@@ -18,6 +18,7 @@ is an error row.
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -84,22 +85,29 @@ def is_skipped(item: InputItem, head: bytes | None = None) -> bool:
     return sniff(head) is None
 
 
-def decode_item(item: InputItem, settings: DecodeSettings) -> Decoded:
-    """``item`` decoded and checked; never raises for a bad file (see the module docstring)."""
-    try:
-        with open(item.path, "rb") as f:
-            head = f.read(132)
-    except OSError as exc:
-        return Decoded(ERROR, error=_one_line(exc.strerror or str(exc)))
+def decode_item(item: InputItem, settings: DecodeSettings,
+                data: bytes | memoryview | None = None) -> Decoded:
+    """``item`` decoded and checked; never raises for a bad file (see the module docstring).
+    ``data``: the file's bytes when they were read already (a Ray Dataset's ``bytes`` column):
+    the same checks and the same error text as for the file on disk."""
+    if data is None:
+        try:
+            with open(item.path, "rb") as f:
+                head = f.read(132)
+        except OSError as exc:
+            return Decoded(ERROR, error=_one_line(exc.strerror or str(exc)))
+    else:
+        head = bytes(data[:132])
     if is_skipped(item, head):
         return Decoded(SKIP)
     kind = sniff(head)
     dicom = kind == "dicom" or (kind is None and item.path.lower().endswith((".dcm", ".dicom")))
-    tags = _dicom_tags(item.path, settings.dicom_tags) if dicom and settings.dicom_tags else None
-    if kind == "jpeg" and settings.jpeg_paths:
+    tags = (_dicom_tags(item.path, settings.dicom_tags, data)
+            if dicom and settings.dicom_tags else None)
+    if kind == "jpeg" and settings.jpeg_paths and data is None:
         return Decoded(PATH, tags=tags)
     try:
-        image = read_image(item.path)
+        image = read_image(item.path, data=data)
         _check_pixels(image)
     except ImageReadError as exc:
         return Decoded(ERROR, error=_one_line(exc.reason), tags=tags)
@@ -128,12 +136,14 @@ def _check_pixels(image: np.ndarray) -> None:
         raise ValueError("decoded pixel values hold NaN or infinity")
 
 
-def _dicom_tags(path: str, keywords: tuple[str, ...]) -> tuple[str | None, ...]:
+def _dicom_tags(path: str, keywords: tuple[str, ...],
+                data: bytes | memoryview | None = None) -> tuple[str | None, ...]:
     """The tags' values as strings (None where absent, empty or unreadable)."""
     try:
         import pydicom  # a lazy import of an optional dependency (the dicom extra)
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(keywords))
+        source = path if data is None else io.BytesIO(data)
+        ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=list(keywords))
     except Exception:  # noqa: BLE001 - no tags for an unreadable header; the pixels say why
         return (None,) * len(keywords)
     out = []

@@ -1,7 +1,8 @@
 """``OUT.meta.json``: the record beside every `medtrt predict` output.
 
 It says which model produced the rows (path, size, sha256, preset, precision), how (one
-``Session`` per run or resumed run: backend, device, decode, workers, fallback, counts) and
+``Session`` per run or resumed run: backend, device, decode, workers, fallback, counts; for a
+run on Ray, ``Session.ray``: the cluster, the actors and what each engine reported) and
 what is committed: ``rows`` and ``failed`` so far and, for CSV and JSONL, ``committed_bytes``,
 the length of the file up to the last chunk that was fsynced before the record was. A reader
 (``medtrt.predict.iter_rows``) or ``--resume`` ignores anything past it (a chunk torn by a kill
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 from medtrt.artifacts import _dataclass_from_json, _Record, _to_json
 from medtrt.errors import ArtifactError
 
-__all__ = ["PredictRecord", "Session", "now", "record_path"]
+__all__ = ["EngineReport", "PredictRecord", "RayRun", "Session", "now", "record_path"]
 
 
 def record_path(out: str | os.PathLike[str]) -> Path:
@@ -35,17 +36,44 @@ def now() -> str:
 
 
 @dataclass(frozen=True)
+class EngineReport(_Record):
+    """What the engines of a Ray run on one node said they were, and how many rows they made
+    (rows carry the same in their ``medtrt_*`` columns)."""
+
+    node: str
+    backend: str
+    device: str
+    precision: str
+    fallback: str | None = None  # why they do not run where asked (``Engine.fallback``)
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class RayRun(_Record):
+    """How a session ran on Ray (``medtrt predict --ray``)."""
+
+    address: str  # as given; "local": a cluster this run started on this machine
+    actors: int  # engine actors (one Engine each)
+    gpus_per_actor: float
+    cpus_per_actor: float
+    nodes: int  # alive nodes when the run started
+    cluster_cpus: float
+    cluster_gpus: float
+    engines: tuple[EngineReport, ...] = ()
+
+
+@dataclass(frozen=True)
 class Session(_Record):
     """One run of `medtrt predict` over the output (the first, then each ``--resume``)."""
 
     started: str
     inputs: tuple[str, ...]  # the INPUT arguments, as given
     cwd: str  # where relative INPUTs were taken from
-    backend: str
-    device: str
+    backend: str  # Ray: the actors' backends, joined by "+" ("none" before their first rows)
+    device: str  # Ray: likewise
     precision: str
     decode: str
-    workers: int
+    workers: int  # decode worker processes of this process (Ray: 0, Ray's tasks decode)
     batch_size: int
     fallback: str | None = None
     finished: str | None = None  # None: killed, interrupted or failed before the end
@@ -55,6 +83,7 @@ class Session(_Record):
     skipped_existing: int = 0  # inputs already in the output (--resume)
     skipped_not_images: int = 0  # walked files that are not images
     images_per_s: float | None = None
+    ray: RayRun | None = None  # a run on Ray
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ labels whose probability is above the preset's threshold, in label order. An err
 ``ok`` false, the reason in ``error`` and nulls (empty CSV fields) in the prediction columns;
 its DICOM tags are filled when the header could be read.
 
-``RowBuffer`` collects rows column by column; ``to_arrow`` / ``to_jsonl`` / ``to_csv`` encode
-a chunk of them, and ``row_from_csv`` reads a CSV record back into the Parquet/JSONL shape.
-The same code serves the local command and the scale-out paths built on it.
+``RowBuffer`` collects rows column by column (``RowBuffer.add`` turns one input's decode error
+or ``Engine`` result into its row: the one place that decides ok or error); ``to_arrow`` /
+``to_jsonl`` / ``to_csv`` encode a chunk of them, ``from_arrow`` reads an Arrow table of rows
+back into a chunk, and ``row_from_csv`` reads a CSV record back into the Parquet/JSONL shape.
+The same code serves the local command and the scale-out on Ray (``medtrt.ray``), so both
+write the same rows for the same inputs.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ import numpy as np
 
 from medtrt._lazy import require
 
-__all__ = ["FORMATS", "RowBuffer", "RowSchema", "Rows", "empty_rows", "row_from_csv", "to_arrow",
-           "to_csv", "to_dicts", "to_jsonl"]
+__all__ = ["FORMATS", "NAN_ERROR", "RowBuffer", "RowSchema", "Rows", "empty_rows", "from_arrow",
+           "row_from_csv", "to_arrow", "to_csv", "to_dicts", "to_jsonl"]
 
 FORMATS = ("parquet", "csv", "jsonl")
 FIXED = ("path", "ok", "error")
 _KEYWORD = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 POSITIVES_SEP = "|"
+NAN_ERROR = "the model's probabilities hold NaN or infinity (an overflow at its precision?)"
 
 Rows = dict[str, list[Any]]  # column -> values of a chunk (see RowBuffer.take)
 
@@ -134,6 +138,26 @@ class RowBuffer:
 
     def __len__(self) -> int:
         return len(self._cols["path"])
+
+    def add(self, path: str, *, error: str | None = None, result: Any = None,
+            tags: Sequence[str | None] | None = None) -> bool:
+        """One input's row: an error row when ``error`` (the decoder's reason) is given, or when
+        ``result`` (an ``Engine`` Result, from ``infer(..., return_probs=True)``) failed or its
+        probabilities are not finite; else its prediction. Returns True for an error row."""
+        if error is None and not result.ok:
+            error = " ".join(str(getattr(result.error, "reason", result.error)).split())
+        if error is None and not np.isfinite(result.probs).all():
+            error = NAN_ERROR
+        if error is not None:
+            self.add_error(path, error, tags)
+            return True
+        self.add_ok(path, result.labels, result.scores, result.probs, result.positives, tags)
+        return False
+
+    def extend(self, rows: Rows) -> None:
+        """Rows already built (``from_arrow``), appended in order."""
+        for name, values in rows.items():
+            self._cols[name].extend(values)
 
     def add_ok(self, path: str, labels: Sequence[str], scores: np.ndarray,
                probs: np.ndarray | None, positives: Sequence[str] | None = None,
@@ -246,6 +270,39 @@ def to_arrow(schema: RowSchema, rows: Rows, metadata: dict[str, str] | None = No
     for j in range(len(schema.dicom_tags)):
         arrays.append(pa.array([_tag(t, j) for t in rows["tags"]], pa.string()))
     return pa.Table.from_arrays(arrays, schema=schema.arrow_schema(metadata))
+
+
+def from_arrow(schema: RowSchema, table: Any) -> Rows:
+    """The rows of an Arrow table with (at least) ``schema``'s Parquet columns, as a chunk that
+    ``to_arrow`` / ``to_jsonl`` / ``to_csv`` encode exactly as the rows it was made from: float32
+    values are kept as float32, the other columns are left out."""
+    n = table.num_rows
+    ok = table.column("ok").to_pylist()
+    rows = empty_rows()
+    rows["path"] = table.column("path").to_pylist()
+    rows["ok"] = ok
+    rows["error"] = table.column("error").to_pylist()
+    rows["top_labels"] = [None if x is None else tuple(x)
+                          for x in table.column("top_labels").to_pylist()]
+    rows["top_scores"] = [None if x is None else np.asarray(x, np.float32)
+                          for x in table.column("top_scores").to_pylist()]
+    if schema.multilabel:
+        rows["positives"] = [None if x is None else tuple(x)
+                             for x in table.column("positives").to_pylist()]
+    else:
+        rows["positives"] = [() if good else None for good in ok]
+    if schema.probs:
+        probs = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
+                          for c in schema.prob_columns], axis=1) if n else None
+        rows["probs"] = [probs[i].copy() if ok[i] else None for i in range(n)]
+    else:
+        rows["probs"] = [None] * n
+    if schema.dicom_tags:
+        values = [table.column(t).to_pylist() for t in schema.dicom_tags]
+        rows["tags"] = [tuple(v[i] for v in values) for i in range(n)]
+    else:
+        rows["tags"] = [None] * n
+    return rows
 
 
 def row_from_csv(schema: RowSchema, record: dict[str, str]) -> dict[str, Any]:

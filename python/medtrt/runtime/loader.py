@@ -7,7 +7,9 @@ the engine's profile, and the fallback taken, if any. One rule for every backend
 stage does not run where it was asked to (a bundle TensorRT cannot run here, an ONNX file asked
 for on a GPU, a checkpoint asked for on a GPU torch cannot see), the reason is logged (INFO, this
 module's logger) and kept in ``Loaded.fallback``. ``medtrt.Engine`` and ``medtrt bench`` both
-load their stages here.
+load their stages here. ``describe`` reads what a model file is (preset, precision, batch
+limits) without loading anything to run, for a process that only plans (the driver of a run on
+Ray, whose engines open on the cluster's nodes).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from medtrt.artifacts import Bundle
 from medtrt.errors import BundleError
 from medtrt.foreign import read_onnx
 from medtrt.models import load
+from medtrt.models.checkpoint import load_checkpoint
 from medtrt.models.presets import Preset
 from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TensorRTStage, TorchStage
 from medtrt.trt import import_trt
 
-__all__ = ["BACKENDS", "Loaded", "cuda_index", "load_stage"]
+__all__ = ["BACKENDS", "Described", "Loaded", "cuda_index", "describe", "load_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,43 @@ def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any 
     if loaded.fallback:
         log.info("%s: %s", path, loaded.fallback)
     return loaded
+
+
+@dataclass(frozen=True)
+class Described:
+    """A model file as ``describe`` reads it: the preset and precision its Engine would report,
+    and its batch limits (a bundle's profile, or an ONNX graph's fixed batch; None: free)."""
+
+    path: Path
+    preset: Preset
+    precision: str
+    min_batch: int = 1
+    opt_batch: int | None = None
+    max_batch: int | None = None
+
+
+def describe(path: str | os.PathLike[str], *, preset: Any = None) -> Described:
+    """What ``load_stage(path, preset=preset)`` would load, read from the file's metadata alone:
+    a bundle's JSON, an ONNX graph's metadata (its weights are not read) or a checkpoint's
+    preset (torch reads it; no model is built). Raises what ``load_stage`` raises for a file it
+    refuses."""
+    path = Path(path)
+    if preset is not None and path.suffix != ".onnx":
+        raise ValueError(f"preset= applies to an ONNX file; {path.name} carries its own preset "
+                         "(build the bundle with --preset, or import the checkpoint)")
+    if path.name.endswith((".engine", ".engine.json")):
+        bundle = Bundle.read(path)
+        profile = bundle.input.profile
+        return Described(path, bundle.preset, bundle.precision, profile.min[0], profile.opt[0],
+                         profile.max[0])
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".onnx":
+        source = read_onnx(path, preset, weights=False)
+        batch = source.io.batch
+        return Described(path, source.preset, _onnx_precision(path), batch or 1, batch, batch)
+    payload = load_checkpoint(path)
+    return Described(path, Preset.from_dict(payload["preset"]), "fp32")
 
 
 def cuda_index(device: Any) -> int:
