@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,8 +29,6 @@ from helpers.ray_cluster import in_session, predictor_pids, session_id, wait_unt
 pytestmark = [pytest.mark.ray, pytest.mark.slow,
               # Ray Data copying its own DataContext reads its deprecated fields
               pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
-
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
 
 
 @pytest.fixture(scope="module")
@@ -227,14 +224,12 @@ def test_driver_killed_mid_run_then_resume_gives_each_input_once_in_order(
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(order) + "\n")
     out = tmp_path / "preds.parquet"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")])}
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "medtrt", "predict", str(demo_model.onnx), str(listing),
              "-o", str(out), "--ray", "--batch-size", "8", "--chunk-rows", "8", "-q"],
-            stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     sid = session_id(proc.pid)
     try:
         def committed() -> int:
