@@ -7,11 +7,13 @@ RescaleIntercept), or float32 in [0, 1] when the file's window is applied on req
 
 The format is decided by the file's first bytes, not its extension. Anything that cannot be
 read raises ``medtrt.errors.ImageReadError`` naming the file and the reason;
-``iter_images`` turns those into per-file results and goes on.
+``iter_images`` turns those into per-file results and goes on. ``decode_image`` does what
+``read_image`` does for an encoded file held in memory (a request body, say).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,8 +25,8 @@ import numpy as np
 
 from medtrt.errors import ImageReadError, MissingDependencyError
 
-__all__ = ["read_image", "read_dicom", "iter_images", "list_images", "ReadResult",
-           "IMAGE_SUFFIXES", "sniff"]
+__all__ = ["read_image", "read_dicom", "decode_image", "iter_images", "list_images",
+           "ReadResult", "IMAGE_SUFFIXES", "sniff"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,27 @@ def read_image(path: str | os.PathLike[str], *, apply_window: bool = False,
     return _read_pillow(p, kind)
 
 
-def _read_pillow(path: Path, kind: str) -> np.ndarray:
+def decode_image(data: bytes, *, name: str = "<bytes>", apply_window: bool = False,
+                 frame: int | None = 0) -> np.ndarray:
+    """``read_image`` for an encoded JPEG, PNG or DICOM file held in memory; ``name`` stands for
+    the path in an ``ImageReadError`` (which image of a request, say)."""
+    if not data:
+        raise ImageReadError(name, "the data is empty (0 bytes)")
+    kind = sniff(bytes(data[:132]))
+    if kind == "dicom":
+        return read_dicom(io.BytesIO(data), apply_window=apply_window, frame=frame, name=name)
+    if kind is None:
+        raise ImageReadError(name, f"not a JPEG, PNG or DICOM file (starts with "
+                                   f"{bytes(data[:8])!r})")
+    return _read_pillow(io.BytesIO(data), kind, name)
+
+
+def _read_pillow(source: Path | io.BytesIO, kind: str, name: str | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    path = source if name is None else name  # what an ImageReadError names
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # decode now: truncated data fails here, not later
             mode = im.mode
             if mode in ("L", "RGB"):
@@ -111,9 +129,10 @@ def _is_gray(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
-def read_dicom(path: str | os.PathLike[str], *, apply_window: bool = False,
-               frame: int | None = 0) -> np.ndarray:
-    """Read a DICOM image: modality values, MONOCHROME1 inverted, optional window (see read_image)."""
+def read_dicom(path: str | os.PathLike[str] | io.BytesIO, *, apply_window: bool = False,
+               frame: int | None = 0, name: str | None = None) -> np.ndarray:
+    """Read a DICOM image: modality values, MONOCHROME1 inverted, optional window (see read_image).
+    ``path`` may be a file object (``decode_image``); ``name`` then stands for it in errors."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -121,9 +140,10 @@ def read_dicom(path: str | os.PathLike[str], *, apply_window: bool = False,
         raise MissingDependencyError(
             "pydicom is needed for reading DICOM files but is not installed; "
             "install it with: pip install 'medtrt[dicom]'") from exc
-    p = Path(path)
+    source = path if isinstance(path, io.BytesIO) else Path(path)
+    p = source if name is None else name  # what an ImageReadError names
     try:
-        ds = pydicom.dcmread(p)
+        ds = pydicom.dcmread(source)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
         raise ImageReadError(p, f"corrupt DICOM: {exc or type(exc).__name__}") from exc
     if "PixelData" not in ds:
