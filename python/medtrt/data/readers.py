@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,8 @@ def _read_pillow(source: Path | io.BytesIO, kind: str, name: str | None = None) 
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
+        if name is not None:  # Pillow names its file object: say "the data" instead
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", reason)
         if "truncated" in reason.lower() or "image file is truncated" in reason:
             reason = f"truncated {kind.upper()} data ({reason})"
         raise ImageReadError(path, f"corrupt {kind.upper()}: {reason}") from exc
