@@ -22,6 +22,11 @@ _EXTRAS = {
     "pyarrow": ("parquet", "Parquet output and manifests (medtrt predict)"),
     "pyarrow.parquet": ("parquet", "Parquet output and manifests (medtrt predict)"),
     "pyarrow.compute": ("parquet", "Parquet output and manifests (medtrt predict)"),
+    "tritonclient.http": ("triton", "talking to a Triton server (medtrt.triton.client)"),
+    "tritonclient.grpc": ("triton", "talking to a Triton server (medtrt.triton.client)"),
+    "tritonclient.grpc.model_config_pb2": ("triton", "Triton's config schema "
+                                                     "(medtrt.triton.validate)"),
+    "google.protobuf.text_format": ("triton", "Triton's config schema (medtrt.triton.validate)"),
 }
 
 

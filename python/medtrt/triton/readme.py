@@ -87,18 +87,21 @@ def readme_text(export: Any, bundle: Bundle, opts: Any) -> str:
         *table, "",
         "## TensorRT and the Triton release", "", *tensorrt_section(bundle, export.platform), "",
         "## Serving it", "",
-        "The Python models import `medtrt` (its compiled core; `onnxruntime` for CPU instances), "
-        "so the Python that Triton's Python backend runs must have it. In NVIDIA's container "
-        "that is the system Python:", "",
+        "The Python models import `medtrt` (its compiled core; `onnxruntime` for CPU instances; "
+        "`torch` too if pre-processing is to run on the GPU), so the Python that Triton's Python "
+        "backend runs must have them. In NVIDIA's container that is the system Python: install a "
+        "medtrt wheel built for it (its Python version: `python3 --version` there; `make "
+        "gpu-wheel` builds a CPython 3.12 wheel for sm_90) before starting the server:", "",
         "```sh",
-        "docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
-        f"    -v $PWD:/models nvcr.io/nvidia/tritonserver:{tag} bash -c \\",
-        "    \"pip install medtrt[onnx] && tritonserver --model-repository=/models "
-        f"--model-control-mode=explicit --load-model={n.pipeline}\"",
+        "docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
+        f"    -v $PWD:/models -v $PWD/../wheels:/wheels nvcr.io/nvidia/tritonserver:{tag} \\",
+        "    bash -c \"pip install /wheels/medtrt-*.whl onnxruntime && tritonserver "
+        f"--model-repository=/models --model-control-mode=explicit --load-model={n.pipeline}\"",
         "```", "",
-        "(or bake `pip install medtrt[onnx]` into an image `FROM` it; a conda-pack'ed "
-        "environment named by the `EXECUTION_ENV_PATH` parameter works too.) "
-        "Loading the ensemble loads the models it chains.", "",
+        "(or bake the install into an image `FROM` that one; a conda-pack'ed environment named by "
+        "the Python models' `EXECUTION_ENV_PATH` parameter works too). Loading the ensemble "
+        "loads the models it chains; `--shm-size` matters: the Python backend passes tensors "
+        "through shared memory.", "",
         "## A client", "",
         "```python",
         "import numpy as np, tritonclient.http as http",
