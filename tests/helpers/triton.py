@@ -112,7 +112,7 @@ def _config_json(path: Path) -> str:
     text = path.read_text()
 
     def blocks(kind: str) -> list[dict[str, str]]:
-        return [dict(re.findall(r'(name|data_type): "?([A-Za-z0-9_]+)"?', b))
+        return [dict(re.findall(r'^\s*(name|data_type): "?([A-Za-z0-9_]+)"?$', b, re.M))
                 for b in re.findall(rf"^{kind} {{\n(.*?)^}}", text, re.S | re.M)]
 
     params = dict(re.findall(r'key: "([^"]+)"\n\s+value {\n\s+string_value: "([^"]*)"', text))
