@@ -75,7 +75,7 @@ class TritonInstall:
     def find(cls, python: str | os.PathLike[str]) -> TritonInstall:
         """The install in ``python``'s environment; MissingDependencyError naming what to install
         when there is none."""
-        python = Path(python)
+        python = Path(python).absolute()  # not resolved: a venv's python is a symlink
         if not python.exists():
             raise MissingDependencyError(f"{python} does not exist: make the Triton environment "
                                          "(`make .venv-triton/.installed`, or pip install "
