@@ -307,6 +307,7 @@ class StageRunner:
         self.input_shape, self.classes = (p.in_channels, *p.image_size), p.num_classes
         self.min_batch, self.max_batch = loaded.min_batch, loaded.profile_max
         self._host: dict[int, np.ndarray] = {}
+        self._stream: Any = None
         self.stage.bind(self)
 
     def host_input(self, view: _View) -> np.ndarray:
@@ -330,7 +331,9 @@ class StageRunner:
             self.stage(_View(0, len(x), 0, xin.ctypes.data, out.ctypes.data))
             return out[:n].astype(np.float32)
         torch = require("torch")
-        stream = torch.cuda.Stream(device=self.stage.device)
+        if self._stream is None:  # one stream of its own, made once
+            self._stream = torch.cuda.Stream(device=self.stage.device)
+        stream = self._stream
         with torch.cuda.stream(stream):
             xin = torch.from_numpy(np.ascontiguousarray(x)).to(
                 self.stage.device, getattr(torch, self.stage.input_dtype))
