@@ -19,7 +19,6 @@ unless ``allow_tensorrt_rtx`` (then the repository is written, with that warning
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re

@@ -52,7 +52,8 @@ def tensorrt_section(bundle: Bundle, platform: str) -> list[str]:
 
 
 def readme_text(export: Any, bundle: Bundle, opts: Any) -> str:
-    """The README of ``export`` (a ``TritonExport``) written with ``opts`` (its ``ExportOptions``)."""
+    """The README of ``export`` (a ``TritonExport``) written with ``opts`` (its
+    ``ExportOptions``)."""
     n = export.names
     release = triton_releases_for(bundle.tensorrt.version)
     tag = f"{release[-1]}-py3" if release else "<release>-py3"
@@ -82,7 +83,7 @@ def readme_text(export: Any, bundle: Bundle, opts: Any) -> str:
         f"`{bundle.preset.name}`, {bundle.preset.num_classes} labels). Instances: "
         f"{opts.instances} per model, `KIND_{export.kind.upper()}`; dynamic batching up to "
         f"{p.max[0]} (preferred {sorted({p.opt[0], p.max[0]})}, queue delay "
-        f"{opts.max_queue_delay_us} µs); top-{_k(export, bundle, opts)} results.", "",
+        f"{opts.max_queue_delay_us} µs); top-{_k(bundle, opts)} results.", "",
         *warn, *([""] if warn else []),
         *table, "",
         "## TensorRT and the Triton release", "", *tensorrt_section(bundle, export.platform), "",
@@ -118,5 +119,5 @@ def readme_text(export: Any, bundle: Bundle, opts: Any) -> str:
         "tested where.", ""])
 
 
-def _k(export: Any, bundle: Bundle, opts: Any) -> int:
+def _k(bundle: Bundle, opts: Any) -> int:
     return opts.k if opts.k is not None else min(5, bundle.output.classes)
