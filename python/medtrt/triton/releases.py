@@ -2,10 +2,12 @@
 
 A TensorRT plan loads only in the TensorRT it was built with (same version; medtrt does not
 build version-compatible engines), so a bundle's TensorRT version names the Triton release
-(``nvcr.io/nvidia/tritonserver:<release>-py3``) that can serve it. The table is copied from
-NVIDIA's Triton release notes (the "TensorRT" line of each release's container contents); it
-stops where our copy stops, and a version it does not list is said to be unknown, never guessed.
-Inside a container the truth is one command away (``TENSORRT_CHECK``).
+(``nvcr.io/nvidia/tritonserver:<release>-py3``) that can serve it. The table is the TensorRT of
+each release's -py3 container as NVIDIA's release notes and Frameworks Support Matrix list it,
+written down from them without a copy at hand to re-check against (the pages reachable while
+writing it did not carry the figures): treat it as a pointer, and confirm inside the container,
+where the truth is one command away (``TENSORRT_CHECK``, which the generated README prints). A
+version it does not list is said to be unknown, never guessed.
 """
 
 from __future__ import annotations
