@@ -7,17 +7,22 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # setuptools + wheel: tensorrt-rtx-cu13 is an sdist on PyPI, built here without isolation.
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja setuptools wheel
 SOURCES := $(shell find csrc python cmake -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
+# The environments of their own (below). Defined before `test:`, whose prerequisites make expands
+# as it reads them.
+TV_VENV := .venv-torchvision
+TRITON_VENV := .venv-triton
 
 .PHONY: demo test test-fast sanitize model bench-ops gpu-wheel gpu-check-dry clean \
-	test-import-torchvision
+	test-import-torchvision bench-triton
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
 # The tests compare imported checkpoints with torchvision's and timm's own models, which run in
 # their own environment (below); naming it makes its absence a failure, not a skip.
-test: $(VENV)/.installed $(TV_VENV)/.installed
-	MEDTRT_TORCHVISION_PYTHON=$(TV_VENV)/bin/python $(PY) -m pytest
+test: $(VENV)/.installed $(TV_VENV)/.installed $(TRITON_VENV)/.installed
+	MEDTRT_TORCHVISION_PYTHON=$(TV_VENV)/bin/python MEDTRT_TRITON_PYTHON=$(TRITON_VENV)/bin/python \
+		$(PY) -m pytest
 
 # The compiled core built with AddressSanitizer + UndefinedBehaviorSanitizer (CPU only) into
 # build/sanitize/site, and the tests that drive it directly run against it (tools/sanitize.sh).
@@ -35,7 +40,6 @@ model: $(VENV)/.installed
 # (tools/byo_reference.py). They do not install beside medtrt's torch (2.13 CPU): their wheels
 # here pair with torch 2.14.1, a CUDA build (5.5 GB; ~80 s to install from local wheels), so
 # they get an environment of their own. medtrt is not installed there.
-TV_VENV := .venv-torchvision
 TV_PINS := torch==2.14.1 torchvision==0.29.1 timm==1.0.29 huggingface_hub==2.4.0 \
 	safetensors==0.8.0 PyYAML==6.0.4 numpy==2.4.6
 $(TV_VENV)/.installed: Makefile
@@ -47,6 +51,26 @@ $(TV_VENV)/.installed: Makefile
 test-import-torchvision: $(VENV)/.installed $(TV_VENV)/.installed
 	MEDTRT_TORCHVISION_PYTHON=$(TV_VENV)/bin/python $(PY) -m pytest \
 		tests/models/test_importers.py tests/test_byo.py
+
+# The Triton Inference Server that serves generated repositories in the tests
+# (tests/triton/test_live.py) and tools/bench_triton.py: the binary inside the nvidia-pytriton
+# wheel (Python backend only), tritonclient, and medtrt as a deployment installs it, from the
+# wheel of .venv's build (its build folder is reused: no second compile). Its own environment:
+# pytriton pins numpy < 2 and tritonclient protobuf < 7, which .venv's numpy and onnx have passed.
+TRITON_PINS := nvidia-pytriton==0.7.0 tritonclient[http,grpc]==2.73.0 numpy==1.26.4 \
+	onnxruntime==1.31.1 pillow==13.0.0 pydicom==3.0.2 rich==15.0.0
+$(TRITON_VENV)/.installed: Makefile $(VENV)/.installed
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --disable-pip-version-check -q $(TRITON_PINS)
+	rm -rf build/triton-wheel
+	$(PIP) wheel -q --no-build-isolation --no-deps -w build/triton-wheel .
+	$(TRITON_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps \
+		--force-reinstall build/triton-wheel/medtrt-*.whl
+	touch $@
+
+# Serving figures: 8 clients x 500 requests on each image model (benchmarks/results/).
+bench-triton: $(VENV)/.installed $(TRITON_VENV)/.installed
+	MEDTRT_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) tools/bench_triton.py
 
 bench-ops: $(VENV)/.installed
 	$(PY) tools/bench_ops.py
@@ -82,4 +106,4 @@ $(VENV)/.installed: $(VENV)/.tools $(SOURCES) constraints.txt
 	touch $@
 
 clean:
-	rm -rf build dist $(VENV) $(GPU_VENV) $(TV_VENV) gpu_check_dry
+	rm -rf build dist $(VENV) $(GPU_VENV) $(TV_VENV) $(TRITON_VENV) gpu_check_dry

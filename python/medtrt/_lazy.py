@@ -24,6 +24,11 @@ _EXTRAS = {
     "pyarrow.compute": ("parquet", "Parquet output and manifests (medtrt predict)"),
     "ray": ("ray", "scale-out on Ray (medtrt predict --ray, medtrt.ray)"),
     "ray.data": ("ray", "scale-out on Ray (medtrt predict --ray, medtrt.ray)"),
+    "tritonclient.http": ("triton", "talking to a Triton server (medtrt.triton.client)"),
+    "tritonclient.grpc": ("triton", "talking to a Triton server (medtrt.triton.client)"),
+    "tritonclient.grpc.model_config_pb2": ("triton", "Triton's config schema "
+                                                     "(medtrt.triton.validate)"),
+    "google.protobuf.text_format": ("triton", "Triton's config schema (medtrt.triton.validate)"),
 }
 
 

@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from medtrt.cli import (bench, build, data, debug_layers, export, import_, info, predict, preset,
-                        train)
+from medtrt.cli import (bench, build, data, debug_layers, export, export_triton, import_, info,
+                        predict, preset, train)
 from medtrt.cli import eval as eval_
 from medtrt.cli._common import Parser
 from medtrt.errors import MedtrtError
@@ -20,7 +20,7 @@ from medtrt.errors import MedtrtError
 __all__ = ["build_parser", "main"]
 
 _COMMANDS = (info, data, train, import_, export, build, preset, debug_layers, bench,
-             eval_, predict)  # in --help order
+             eval_, predict, export_triton)  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

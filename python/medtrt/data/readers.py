@@ -7,7 +7,8 @@ RescaleIntercept), or float32 in [0, 1] when the file's window is applied on req
 
 The format is decided by the file's first bytes, not its extension. Anything that cannot be
 read raises ``medtrt.errors.ImageReadError`` naming the file and the reason;
-``iter_images`` turns those into per-file results and goes on.
+``iter_images`` turns those into per-file results and goes on. ``decode_image`` does what
+``read_image`` does for an encoded file held in memory (a request body, say).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,8 @@ import numpy as np
 
 from medtrt.errors import ImageReadError, MissingDependencyError
 
-__all__ = ["read_image", "read_dicom", "iter_images", "list_images", "ReadResult",
-           "IMAGE_SUFFIXES", "sniff"]
+__all__ = ["read_image", "read_dicom", "decode_image", "iter_images", "list_images",
+           "ReadResult", "IMAGE_SUFFIXES", "sniff"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,15 @@ def read_image(path: str | os.PathLike[str], *, apply_window: bool = False,
     return _read_pillow(p, kind, data)
 
 
+def decode_image(data: bytes, *, name: str = "<bytes>", apply_window: bool = False,
+                 frame: int | None = 0) -> np.ndarray:
+    """``read_image`` for an encoded JPEG, PNG or DICOM file held in memory; ``name`` stands for
+    the path in an ``ImageReadError`` (which image of a request, say)."""
+    if not data:
+        raise ImageReadError(name, "the data is empty (0 bytes)")
+    return read_image(name, apply_window=apply_window, frame=frame, data=data)
+
+
 def _source(path: Path, data: bytes | memoryview | None) -> Path | io.BytesIO:
     """What Pillow or pydicom opens: the file, or its bytes already read."""
     return path if data is None else io.BytesIO(data)
@@ -111,6 +122,8 @@ def _read_pillow(path: Path, kind: str, data: bytes | memoryview | None = None) 
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
+        if data is not None:  # Pillow names its file object: say "the data" instead
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", reason)
         if "truncated" in reason.lower() or "image file is truncated" in reason:
             reason = f"truncated {kind.upper()} data ({reason})"
         raise ImageReadError(path, f"corrupt {kind.upper()}: {reason}") from exc
