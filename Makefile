@@ -53,7 +53,7 @@ test-import-torchvision: $(VENV)/.installed $(TV_VENV)/.installed
 		tests/models/test_importers.py tests/test_byo.py
 
 # The Triton Inference Server that serves generated repositories in the tests
-# (tests/triton/test_live.py) and tools/bench_triton.py: the binary inside the nvidia-pytriton
+# (tests/serving/test_live.py) and tools/bench_triton.py: the binary inside the nvidia-pytriton
 # wheel (Python backend only), tritonclient, and medtrt as a deployment installs it, from the
 # wheel of .venv's build (its build folder is reused: no second compile). Its own environment:
 # pytriton pins numpy < 2 and tritonclient protobuf < 7, which .venv's numpy and onnx have passed.

@@ -8,7 +8,7 @@ and per protocol), the checks, the bad requests' error messages, whether the ser
 live, and the change of Triton's own metrics (per model) over the run.
 
 Runs in the Triton environment (tritonclient; `make .venv-triton/.installed`). The tests
-(tests/triton/test_live.py) run it with small counts; tools/bench_triton.py with the full ones.
+(tests/serving/test_live.py) run it with small counts; tools/bench_triton.py with the full ones.
 
     python tools/triton_load.py --http H:P --grpc H:P --metrics H:P --model NAME_pipeline \
         --files files.json --reference reference.npz --out load.json

@@ -9,13 +9,13 @@ The interpreter is $MEDTRT_TORCHVISION_PYTHON, else REPO/.venv-torchvision/bin/p
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
+from helpers.venvs import side_python
+
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "byo_reference.py"
-DEFAULT_PYTHON = REPO / ".venv-torchvision" / "bin" / "python"
 MAKE_VENV = ("`make .venv-torchvision/.installed` (what `make test` does), or python3.11 -m "
              "venv .venv-torchvision && .venv-torchvision/bin/pip install torch==2.14.1 "
              "torchvision==0.29.1 timm==1.0.29 (or set MEDTRT_TORCHVISION_PYTHON)")
@@ -23,13 +23,8 @@ MAKE_VENV = ("`make .venv-torchvision/.installed` (what `make test` does), or py
 
 def torchvision_python() -> tuple[Path | None, str]:
     """(interpreter, why not): the interpreter that runs tools/byo_reference.py, or None."""
-    given = os.environ.get("MEDTRT_TORCHVISION_PYTHON")
-    if given:
-        return Path(given), ""  # asked for explicitly: a broken one must fail, not skip
-    if DEFAULT_PYTHON.exists():
-        return DEFAULT_PYTHON, ""
-    return None, ("no interpreter with torchvision for the reference checkpoints; make one: "
-                  + MAKE_VENV)
+    return side_python("MEDTRT_TORCHVISION_PYTHON", ".venv-torchvision", "no interpreter with "
+                       "torchvision for the reference checkpoints; make one: " + MAKE_VENV)
 
 
 def make_reference(python: Path, out: Path, seed: int = 0, *, fit: Path | None = None,

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from helpers.venvs import side_python
+
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PYTHON = REPO / ".venv-triton" / "bin" / "python"
 MAKE_VENV = ("`make .venv-triton/.installed` (what `make test` does), or set "
              "MEDTRT_TRITON_PYTHON to an interpreter with nvidia-pytriton, tritonclient[http,grpc],"
              " onnxruntime and medtrt")
@@ -29,12 +30,8 @@ MAKE_VENV = ("`make .venv-triton/.installed` (what `make test` does), or set "
 
 def triton_python() -> tuple[Path | None, str]:
     """(interpreter, why not): the Triton environment's interpreter, or None."""
-    given = os.environ.get("MEDTRT_TRITON_PYTHON")
-    if given:
-        return Path(given), ""  # asked for explicitly: a broken one must fail, not skip
-    if DEFAULT_PYTHON.exists():
-        return DEFAULT_PYTHON, ""
-    return None, "no Triton environment (the server binary comes in nvidia-pytriton); " + MAKE_VENV
+    return side_python("MEDTRT_TRITON_PYTHON", ".venv-triton", "no Triton environment (the server "
+                       "binary comes in nvidia-pytriton); " + MAKE_VENV)
 
 
 def run_in(python: Path, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 Triton's Python backend drives them (initialize with its arguments, execute with a list of
 requests) with a stand-in for triton_python_backend_utils: answers equal Engine.infer on the same
 files, a request with an unreadable image gets an error naming it while the others of the same
-call are answered. tests/triton/test_live.py runs the same models inside a real Triton server."""
+call are answered. tests/serving/test_live.py runs the same models inside a real Triton server."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`medtrt export-triton` / ``export_triton``: the repository layout, what each config says
 (from the bundle), the README, and the refusals. Triton's own schema parses these configs in
-tests/triton/test_live.py (tritonclient lives in the Triton environment)."""
+tests/serving/test_live.py (tritonclient lives in the Triton environment)."""
 
 from __future__ import annotations
 
