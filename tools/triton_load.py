@@ -65,6 +65,20 @@ def scrape(url: str) -> dict[str, float]:
     return values
 
 
+def settled_scrape(url: str, timeout: float = 10.0, interval: float = 0.5) -> dict[str, float]:
+    """``scrape`` once the counters stop moving: Triton may count a request a moment after its
+    response reached the client, so a scrape right after the last answer can miss it."""
+    last = scrape(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = scrape(url)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Per model: what its counters grew by, and the averages Triton's docs derive from them."""
     models: dict[str, dict[str, float]] = {}
@@ -184,7 +198,7 @@ def main() -> int:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    after = scrape(args.metrics)
+    after = settled_scrape(args.metrics)
     with TritonClassifier(args.http, args.model) as probe:
         live = bool(probe.client.is_server_live())
     images = sum(len(r["rows"]) for r in records)
