@@ -35,6 +35,7 @@ from medtrt.export import export_onnx
 from medtrt.models import MEDNIST_LABELS, PRESETS, load
 from medtrt.models.importers import XRV_LABELS, import_checkpoint
 from medtrt.ops import resize_normalize
+from medtrt.reference import activate
 from medtrt.testing import assert_close
 
 pytestmark = pytest.mark.trt
@@ -57,11 +58,6 @@ ARCH = {"monai": "auto", "chexnet_fit": "torchvision-densenet121",
 
 def pre(images, preset):
     return resize_normalize(images, **preset.preprocess_kwargs())
-
-
-def probs_of(scores, preset):
-    s = torch.from_numpy(np.asarray(scores, dtype=np.float32))
-    return (torch.sigmoid(s) if preset.activation == "sigmoid" else torch.softmax(s, 1)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +121,7 @@ def pipeline(request, data, tmp_path_factory):
     else:
         source, scores, meta = request.getfixturevalue("library_sources")[name]
     preset = PRESETS_BY_SOURCE[name]
-    reference = scores if meta["output"] == "sigmoid" else probs_of(scores, preset)
+    reference = scores if meta["output"] == "sigmoid" else activate(scores, preset.activation)
     extra = {"source_activation": "sigmoid"} if name == "chexnet_fit" else {}
     report = import_checkpoint(source, ARCH[name], preset, root / "model.pt", **extra)
     export_onnx(root / "model.pt", root / "model.onnx")
