@@ -91,16 +91,22 @@ def test_readme_names_the_triton_release_of_a_full_tensorrt_plan(triton_bundle, 
     r = export_triton(full("10.8.0.43"), tmp_path / "a")
     text = r.readme.read_text()
     assert "TensorRT 10.8.0.43" in text and r.warnings == ()
-    assert "Triton 25.01, 25.02" in text and "nvcr.io/nvidia/tritonserver:25.02-py3" in text
-    assert "libnvinfer.so.10.8.0" in text
+    assert "Triton 25.01 (`10.8.0.43`), 25.02 (`10.8.0.43`)" in text
+    assert "nvcr.io/nvidia/tritonserver:25.02-trtllm-python-py3" in text
+    assert "libnvinfer.so.10.8.0" in text and "/opt/tritonserver/backends" in text
+    assert "Frameworks Support Matrix" in text  # the plain -py3 images are not claimed
     r = export_triton(full("9.9.9.9"), tmp_path / "b")
-    assert "No Triton release that medtrt knows ships exactly this version" in r.readme.read_text()
+    assert "lists no Triton release with exactly this TensorRT" in r.readme.read_text()
 
 
 def test_release_table_matches_exact_versions_only():
-    assert triton_releases_for("10.5.0.18") == ("24.10",)
+    assert triton_releases_for("10.13.3.9") == ("25.11", "25.12", "26.01", "26.02")
     assert triton_releases_for("10.8.0") == ("25.01", "25.02")
-    assert triton_releases_for("10.5.0.19") == () and triton_releases_for("1.7.1.116") == ()
+    # NVIDIA's matrix prints some rows without a build number: they match on what they have
+    assert triton_releases_for("10.7.0.23") == ("24.12",)
+    assert triton_releases_for("10.0.1.6") == ("24.05", "24.06")
+    assert triton_releases_for("10.8.0.44") == () and triton_releases_for("10.5.0.18") == ()
+    assert triton_releases_for("10") == () and triton_releases_for("1.7.1.116") == ()
 
 
 def test_a_profile_above_batch_one_is_refused_where_triton_would_send_batch_one(demo_model,

@@ -7,7 +7,8 @@ from typing import Any
 
 from medtrt import __version__
 from medtrt.artifacts import Bundle
-from medtrt.triton.releases import TENSORRT_CHECK, triton_releases_for
+from medtrt.triton.releases import (BACKENDS_CHECK, MATRIX_SOURCE, TENSORRT_CHECK,
+                                    TRITON_TENSORRT, triton_releases_for)
 
 __all__ = ["readme_text", "tensorrt_section"]
 
@@ -37,26 +38,28 @@ def tensorrt_section(bundle: Bundle, platform: str) -> list[str]:
         return lines
     releases = triton_releases_for(trt.version)
     if releases:
-        tags = ", ".join(f"`nvcr.io/nvidia/tritonserver:{r}-py3`" for r in releases)
-        match = f"NVIDIA's release notes list it in Triton {', '.join(releases)}: {tags}."
+        listed = ", ".join(f"{r} (`{TRITON_TENSORRT[r]}`)" for r in releases)
+        match = (f"{MATRIX_SOURCE} lists this TensorRT in the `-trtllm-python-py3` images of "
+                 f"Triton {listed}, e.g. `nvcr.io/nvidia/tritonserver:{releases[-1]}-trtllm-"
+                 "python-py3`. NVIDIA lists the TensorRT of the plain `-py3` images in its "
+                 "Frameworks Support Matrix; it can differ from the `-trtllm-python-py3` image "
+                 "of the same month, so check the image you pick (below).")
     else:
-        match = ("No Triton release that medtrt knows ships exactly this version: look it up in "
-                 "NVIDIA's Frameworks Support Matrix, or rebuild the bundle with the TensorRT "
-                 "of the release you run.")
+        match = (f"{MATRIX_SOURCE} lists no Triton release with exactly this TensorRT: look it "
+                 "up in NVIDIA's Frameworks Support Matrix (plain `-py3` images), or rebuild the "
+                 "bundle with the TensorRT of the release you run.")
     return [f"The engine was built with **TensorRT {trt.version}** (`{trt.flavour}`) on "
             f"{bundle.build_machine.gpu or 'an unrecorded GPU'}. A plan loads only in exactly "
             f"the TensorRT it was built with, on the GPU model it was built for. {match}",
-            "", f"Check a container's TensorRT before serving: `docker run --rm IMAGE bash -c "
-            f"\"{TENSORRT_CHECK}\"` prints `libnvinfer.so.{trt.version.rsplit('.', 1)[0]}` "
-            "when it matches."]
+            "", f"Check an image before serving: `docker run --rm IMAGE bash -c "
+            f"\"{TENSORRT_CHECK}; {BACKENDS_CHECK}\"` must print "
+            f"`libnvinfer.so.{trt.version.rsplit('.', 1)[0]}` and list a `tensorrt` backend."]
 
 
 def readme_text(export: Any, bundle: Bundle, opts: Any) -> str:
     """The README of ``export`` (a ``TritonExport``) written with ``opts`` (its
     ``ExportOptions``)."""
     n = export.names
-    release = triton_releases_for(bundle.tensorrt.version)
-    tag = f"{release[-1]}-py3" if release else "<release>-py3"
     p = bundle.input.profile
     rows = [
         (n.compute, _PLATFORM_WORDS[export.platform],
@@ -92,10 +95,12 @@ def readme_text(export: Any, bundle: Bundle, opts: Any) -> str:
         "`torch` too if pre-processing is to run on the GPU), so the Python that Triton's Python "
         "backend runs must have them. In NVIDIA's container that is the system Python: install a "
         "medtrt wheel built for it (its Python version: `python3 --version` there; `make "
-        "gpu-wheel` builds a CPython 3.12 wheel for sm_90) before starting the server:", "",
+        "gpu-wheel` builds a CPython 3.12 wheel for sm_90) before starting the server. "
+        "`IMAGE_TAG` is the image whose TensorRT matches the plan (above) for the TensorRT "
+        "model; any recent release for the ONNX Runtime and Python variants:", "",
         "```sh",
         "docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
-        f"    -v $PWD:/models -v $PWD/../wheels:/wheels nvcr.io/nvidia/tritonserver:{tag} \\",
+        f"    -v $PWD:/models -v $PWD/../wheels:/wheels nvcr.io/nvidia/tritonserver:IMAGE_TAG \\",
         "    bash -c \"pip install /wheels/medtrt-*.whl onnxruntime && tritonserver "
         f"--model-repository=/models --model-control-mode=explicit --load-model={n.pipeline}\"",
         "```", "",
