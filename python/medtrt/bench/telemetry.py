@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import medtrt
+from medtrt.cpu import cpu_info
 
 __all__ = ["Telemetry", "machine_info"]
 
@@ -30,12 +31,7 @@ def machine_info(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_info()
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "medtrt": medtrt.__version__}
     for mod in ("torch", "onnxruntime", "tensorrt", "tensorrt_rtx", "monai"):
@@ -47,7 +43,7 @@ def machine_info(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "commit": os.environ.get("MEDTRT_COMMIT") or run(["git", "rev-parse", "HEAD"]),
             "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
-            "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "host": platform.node(), "cpu": cpu.model, "cores": cpu.cores, "isa": list(cpu.flags),
             "gpu": gpu.split(",")[0].strip() if gpu else None,
             "driver": gpu.split(",")[1].strip() if "," in gpu else None,
             "versions": versions, "build": medtrt.build_info()}
