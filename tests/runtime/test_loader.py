@@ -85,7 +85,7 @@ def test_arguments_that_cannot_apply_are_refused(demo_model, bundle):
         load_stage(ckpt, precision="int8")
     with pytest.raises(ValueError, match="precision= and cuda_graphs= apply to the torch"):
         load_stage(bundle.path, cuda_graphs=True)
-    with pytest.raises(ValueError, match="compile= applies to the torch backend"):
+    with pytest.raises(ValueError, match="compile= and channels_last= apply to the torch backend"):
         load_stage(onnx, compile=True)
     with pytest.raises(ValueError, match="threads= sets ONNX Runtime's intra-op threads"):
         load_stage(ckpt, device="cpu", threads=2)

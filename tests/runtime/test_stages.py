@@ -5,12 +5,15 @@ API, and the stand-ins are checked against the installed TensorRT's API)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import medtrt._native
 from medtrt.runtime import stages
+from medtrt.runtime.loader import load_stage
 from medtrt.runtime.stages import (OnnxRuntimeStage, Stage, TensorRTStage, TorchStage,
                                    on_cuda_device)
 
@@ -336,3 +339,35 @@ def test_torch_stage_compile_runs_the_model_through_torch_compile():
     stage = TorchStage(model, "cpu", compile=True)
     assert stage.model is not model and stage.model._orig_mod is model  # compiled lazily
     assert TorchStage(model, "cpu").model is model
+
+
+def test_torch_stage_on_the_cpu_channels_last_and_compiled_match_eager():
+    """The careful-user CPU baselines of `medtrt bench` (channels-last eager, torch.compile)
+    compute what the eager NCHW stage computes, over the host buffers a stage is bound to."""
+    torch = pytest.importorskip("torch")
+    from medtrt.bench.buffers import BufferView, HostBuffers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    x = np.random.default_rng(0).standard_normal((5, 1, 16, 16)).astype(np.float32)
+
+    def run(stage):
+        buffers = HostBuffers((1, 16, 16), 3)
+        stage.bind(buffers)
+        logits = buffers.empty(len(x), "float32")
+        stage(BufferView(slot=0, batch=len(x), stream=0, input=buffers.put(x, "float32"),
+                         logits=logits))
+        out = buffers.read(logits, len(x)).copy()
+        stage.close()
+        return out
+
+    eager = run(TorchStage(model, "cpu"))
+    cl = TorchStage(model, "cpu", channels_last=True)
+    assert cl.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(run(cl), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(TorchStage(model, "cpu", compile=True)), eager, rtol=1e-4,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="compile= and channels_last= apply to the torch"):
+        load_stage(Path(__file__), backend="onnxruntime", channels_last=True)

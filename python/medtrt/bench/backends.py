@@ -296,7 +296,9 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend:
 
 def _torch_backend(name: str, mode: str, art: Artifacts, cuda_ok: bool, why_no_cuda: str,
                    decode: int) -> Backend:
-    """torch-cpu-fp32, torch-cuda-fp32/fp16 and torch-compile-cuda-fp16."""
+    """torch-cpu-fp32 (eager, inference mode, NCHW), torch-cl-cpu-fp32 (eager, channels-last),
+    torch-compile-cpu-fp32 (``torch.compile``, Inductor's C++ backend on the CPU; compiled in
+    the warm-up calls of each batch size), torch-cuda-fp32/fp16 and torch-compile-cuda-fp16."""
     on_cuda = "cuda" in name
     if on_cuda and not cuda_ok:
         raise BackendUnavailable(why_no_cuda)
@@ -304,10 +306,10 @@ def _torch_backend(name: str, mode: str, art: Artifacts, cuda_ok: bool, why_no_c
     device = 0 if on_cuda else "cpu"
     if mode == "engine":
         return StageCompute.load(name, art.checkpoint, "torch", device, precision=precision,
-                                 compile="compile" in name)
-    if "compile" in name:
-        raise BackendUnavailable("torch.compile is measured in engine mode (the pipeline runs "
-                                 "the eager stage)")
+                                 compile="compile" in name, channels_last="-cl-" in name)
+    if "compile" in name or "-cl-" in name:
+        raise BackendUnavailable("torch.compile and channels-last are measured in engine mode "
+                                 "(the pipeline runs the eager stage)")
     return EnginePipeline(name, art.checkpoint, decode, backend="torch", device=device,
                           precision=precision)
 

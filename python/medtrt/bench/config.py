@@ -7,7 +7,7 @@ from dataclasses import dataclass
 __all__ = ["BACKENDS", "DEFAULT_BASELINE", "MODES", "NVJPEG", "BenchConfig"]
 
 MODES = ("engine", "pipeline", "files")
-BACKENDS = ("torch-cpu-fp32", "torch-cuda-fp32", "torch-cuda-fp16", "torch-compile-cuda-fp16",
+BACKENDS = ("torch-cpu-fp32", "torch-cl-cpu-fp32", "torch-compile-cpu-fp32", "torch-cuda-fp32", "torch-cuda-fp16", "torch-compile-cuda-fp16",
             "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8", "trt-fp16", "trt-int8",
             "torch-cuda-fp16+nvjpeg", "trt-fp16+nvjpeg", "trt-int8+nvjpeg",
             "torch-reference", "seed-dataloader")

@@ -56,7 +56,8 @@ class Loaded:
 
 def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any = 0, *,
                slots: int = 2, precision: str | None = None, cuda_graphs: bool = False,
-               threads: int = 0, compile: bool = False, preset: Any = None) -> Loaded:
+               threads: int = 0, compile: bool = False, channels_last: bool = False,
+               preset: Any = None) -> Loaded:
     """The stage for ``path``, chosen by its suffix.
 
     Args:
@@ -70,12 +71,14 @@ def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any 
         cuda_graphs: torch on a GPU: a CUDA graph per (slot, batch size).
         threads: ONNX Runtime's intra-op threads (0: its default).
         compile: torch only: run the model through ``torch.compile``.
+        channels_last: torch only: weights and batches in NHWC memory order.
         preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
             graph medtrt did not export, or one that replaces the graph's own; the graph is
             checked against it and a final Softmax/Sigmoid is removed (``medtrt.foreign``).
     """
     path = Path(path)
-    _check_arguments(path, backend, slots, precision, cuda_graphs, threads, compile)
+    _check_arguments(path, backend, slots, precision, cuda_graphs, threads,
+                     compile or channels_last)
     if preset is not None and path.suffix != ".onnx":
         raise ValueError(f"preset= applies to an ONNX file; {path.name} carries its own preset "
                          "(build the bundle with --preset, or import the checkpoint)")
@@ -84,7 +87,8 @@ def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any 
     elif path.suffix == ".onnx":
         loaded = _load_onnx(path, backend, device, threads, preset)
     else:
-        loaded = _load_checkpoint(path, backend, device, precision, cuda_graphs, compile)
+        loaded = _load_checkpoint(path, backend, device, precision, cuda_graphs, compile,
+                                  channels_last)
     if loaded.fallback:
         log.info("%s: %s", path, loaded.fallback)
     return loaded
@@ -158,8 +162,8 @@ def _check_arguments(path: Path, backend: str, slots: int, precision: str | None
         raise ValueError("precision= and cuda_graphs= apply to the torch backend (a checkpoint); "
                          "an ONNX file or bundle has its precision built in")
     if compile and not torch_only:
-        raise ValueError("compile= applies to the torch backend (a checkpoint): torch.compile "
-                         "compiles a PyTorch model")
+        raise ValueError("compile= and channels_last= apply to the torch backend (a checkpoint): "
+                         "they set how PyTorch runs its model")
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0: ONNX Runtime's default); got {threads}")
     if threads and checkpoint:
@@ -216,14 +220,14 @@ def _load_onnx(path: Path, backend: str, device: Any, threads: int, preset: Any)
 
 
 def _load_checkpoint(path: Path, backend: str, device: Any, precision: str | None,
-                     cuda_graphs: bool, compile: bool) -> Loaded:
+                     cuda_graphs: bool, compile: bool, channels_last: bool) -> Loaded:
     if backend not in ("auto", "torch"):
         raise ValueError(f"a checkpoint runs with backend 'torch'; got {backend!r}")
     model, preset = load(path)
     precision = precision or "fp32"
     torch_device, fallback = _torch_device(device)
     stage = TorchStage(model, torch_device, half=precision == "fp16", cuda_graphs=cuda_graphs,
-                       compile=compile)
+                       compile=compile, channels_last=channels_last)
     return Loaded(stage, preset, precision, fallback=fallback)
 
 
