@@ -276,10 +276,18 @@ def _cache_dir() -> Path:  # as medtrt.build's: $MEDTRT_CACHE, else ~/.cache/med
 def cache_key(candidates: Sequence[Candidate], *, threads: int, batch: int) -> dict[str, Any]:
     """What a stored choice holds for: this CPU, the threads and batch, and each candidate's
     name, runtime, runtime version and graph sha256."""
+    digests: dict[Any, str] = {}  # candidates often share one graph: hash it once
+
+    def digest(c: Candidate) -> str:
+        ref = c.graph if isinstance(c.graph, bytes) else str(c.graph)
+        if ref not in digests:
+            digests[ref] = c.sha256()
+        return digests[ref]
+
     return {"cpu": cpu_info().to_json(), "threads": threads, "batch": batch,
             "candidates": [{"name": c.name, "backend": c.backend,
                             "version": str(getattr(require(c.backend), "__version__", "?")),
-                            "graph_sha256": c.sha256()} for c in candidates]}
+                            "graph_sha256": digest(c)} for c in candidates]}
 
 
 def cache_path(key: dict[str, Any]) -> Path:
