@@ -10,6 +10,13 @@ from helpers.cpu import cpu_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every CPU graph a test loads with backend="auto" runs in ONNX Runtime: which runtime a test
+# exercises must not depend on a per-machine measurement (nor should each test's graph pay for a
+# probe). The choice itself is tested where it is unset (tests/runtime/test_cpu_choice.py), and
+# OpenVINO where it is asked for by name. Set in the environment, so subprocesses (the CLI) see
+# it too; a value already set wins.
+os.environ.setdefault("MEDTRT_CPU_BACKEND", "onnxruntime")
+
 
 def _gpu_skip_reason() -> str | None:
     from medtrt._native import cuda_ready

@@ -17,6 +17,8 @@ _EXTRAS = {
     "onnx": ("onnx", "ONNX export"),
     "onnxruntime": ("onnx", "running ONNX graphs on the CPU"),
     "onnxscript": ("onnx", "ONNX export with torch's dynamo exporter"),
+    "openvino": ("openvino", "running ONNX graphs in OpenVINO on the CPU (backend='openvino', "
+                             "and as a candidate of backend='auto' there)"),
     "matplotlib": ("report", "plots (medtrt eval)"),
     "polygraphy": ("debug", "layer-by-layer comparison (medtrt debug-layers)"),
     "pyarrow": ("parquet", "Parquet output and manifests (medtrt predict)"),

@@ -1,5 +1,5 @@
-"""medtrt.Engine on the CPU: ONNX Runtime and torch backends vs the PyTorch reference, input
-forms, per-item errors, split/pad, threads, bundle checks."""
+"""medtrt.Engine on the CPU: ONNX Runtime, OpenVINO and torch backends vs the PyTorch reference,
+input forms, per-item errors, split/pad, threads, bundle checks."""
 
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ def graphs(demo_model, data, tmp_path_factory):
     return root
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_onnxruntime_backend_vs_pytorch_reference(graphs, data, precision):
-    """The parity suite's thresholds (PARITY), here on the engine's own inputs and outputs."""
+def test_cpu_backends_vs_pytorch_reference(graphs, data, precision, backend):
+    """The parity suite's thresholds (PARITY), here on the engine's own inputs and outputs, for
+    each CPU runtime over the same graphs (OpenVINO runs the Q/DQ graph with its int8 kernels)."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
     t = PARITY[precision]
-    with Engine(graphs / f"m.{precision}.onnx") as engine:
-        assert engine.backend == "onnxruntime" and engine.precision == precision
+    with Engine(graphs / f"m.{precision}.onnx", backend=backend) as engine:
+        assert engine.backend == backend and engine.precision == precision
         r = engine.infer(data.images, k=2, return_probs=True)
     assert np.mean(r.top1 == data.reference_probs.argmax(1)) >= t["min_top1"]
     assert r.indices.shape == (len(data.images), 2) and r.indices.dtype == np.int32
@@ -96,8 +100,11 @@ def test_unreadable_item_does_not_sink_the_batch(demo_model, data, tmp_path):
     assert r[0].label and r[2].label
 
 
-def test_threads_share_one_engine(demo_model, data):
-    engine = Engine(demo_model.onnx)
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_threads_share_one_engine(demo_model, data, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    engine = Engine(demo_model.onnx, backend=backend)
     batches = [data.images[i:i + 9] for i in range(0, 72, 9)]
     serial = [engine.infer(b).indices for b in batches]
     with ThreadPoolExecutor(8) as pool:

@@ -4,13 +4,15 @@ batch limits, and every fallback logged with its reason (one rule for all backen
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
 from helpers.bundles import NOT_HERE, unrunnable_bundle
-from medtrt.errors import BundleError
+from medtrt.errors import BundleError, MissingDependencyError
+from medtrt.runtime.cpu_choice import ENV
 from medtrt.runtime.loader import cuda_index, describe, load_stage
-from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TorchStage
+from medtrt.runtime.stages import OnnxRuntimeStage, OpenVinoStage, Stage, TorchStage
 
 LOGGER = "medtrt.runtime.loader"
 
@@ -91,12 +93,15 @@ def test_arguments_that_cannot_apply_are_refused(demo_model, bundle):
         load_stage(ckpt, device="cpu", threads=2)
     with pytest.raises(ValueError, match="threads must be >= 0"):
         load_stage(onnx, threads=-1)
-    with pytest.raises(ValueError, match="a bundle runs with backend 'tensorrt' or 'onnxruntime'"):
+    with pytest.raises(ValueError, match="a bundle runs with backend 'tensorrt', 'onnxruntime' "
+                                         "or 'openvino'; got 'torch'"):
         load_stage(bundle.path, "torch")
-    with pytest.raises(ValueError, match="an ONNX file runs with backend 'onnxruntime'"):
+    with pytest.raises(ValueError, match="an ONNX file runs with backend 'onnxruntime' or "
+                                         "'openvino'; got 'tensorrt'"):
         load_stage(onnx, "tensorrt")
-    with pytest.raises(ValueError, match="a checkpoint runs with backend 'torch'"):
-        load_stage(ckpt, "onnxruntime")
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ValueError, match="a checkpoint runs with backend 'torch'"):
+            load_stage(ckpt, backend)
     with pytest.raises(ValueError, match=r"backend='tensorrt' runs on a GPU; with device='cpu'"):
         load_stage(bundle.path, "tensorrt", "cpu")
 
@@ -128,3 +133,45 @@ def test_describe_reads_what_load_stage_would_load_without_loading_it(demo_model
         describe(bundle.engine_path, preset="mednist")
     with pytest.raises(FileNotFoundError):
         describe(demo_model.onnx.with_name("gone.onnx"))
+
+
+def test_openvino_runs_an_onnx_file_or_a_bundles_onnx_where_asked(demo_model, bundle, caplog):
+    """backend="openvino": the graph as it is, in OpenVINO on the CPU, with the threads asked for
+    and f32 inference precision (OpenVINO's default on a CPU with AMX or AVX512_BF16 is bf16);
+    asked for by name, it is no fallback and no choice."""
+    ov = pytest.importorskip("openvino")
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        onnx = load_stage(demo_model.onnx, "openvino", "cpu", threads=2)
+        from_bundle = load_stage(bundle.engine_path, "openvino", 0)
+    for loaded in (onnx, from_bundle):
+        assert isinstance(loaded.stage, OpenVinoStage) and isinstance(loaded.stage, Stage)
+        assert loaded.fallback is None and loaded.backend_choice is None
+        assert loaded.stage.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert fallbacks_logged(caplog) == []
+    assert onnx.stage.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert str(onnx.stage.compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    assert (from_bundle.precision, from_bundle.min_batch, from_bundle.profile_max) == ("fp16", 2, 8)
+    for loaded in (onnx, from_bundle):
+        loaded.stage.close()
+
+
+def test_openvino_not_installed_names_the_extra(demo_model, bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    for path in (demo_model.onnx, bundle.path):
+        with pytest.raises(MissingDependencyError, match=r"pip install 'medtrt\[openvino\]'"):
+            load_stage(path, "openvino", "cpu")
+    monkeypatch.setenv(ENV, "openvino")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'medtrt\[openvino\]'"):
+        load_stage(demo_model.onnx, "auto", "cpu")
+
+
+def test_a_fallback_names_the_cpu_runtime_auto_chose(demo_model, bundle, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(ENV, "openvino")
+    loaded = load_stage(bundle.engine_path, "auto", 0)
+    assert isinstance(loaded.stage, OpenVinoStage) and loaded.backend_choice.source == "env"
+    assert loaded.fallback.endswith("running its precision ONNX in OpenVINO on the CPU")
+    onnx = load_stage(demo_model.onnx, "auto", "cuda:0")
+    assert onnx.fallback.startswith("an ONNX file runs in OpenVINO on the CPU, not on 'cuda:0'")
+    for s in (loaded, onnx):
+        s.stage.close()

@@ -5,6 +5,7 @@ API, and the stand-ins are checked against the installed TensorRT's API)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 
 import medtrt._native
+from medtrt.bench.buffers import BufferView, HostBuffers
 from medtrt.runtime import stages
 from medtrt.runtime.loader import load_stage
-from medtrt.runtime.stages import (OnnxRuntimeStage, Stage, TensorRTStage, TorchStage,
-                                   on_cuda_device)
+from medtrt.runtime.stages import (OnnxRuntimeStage, OpenVinoStage, Stage, TensorRTStage,
+                                   TorchStage, on_cuda_device)
 
 
 class FakeCuda:
@@ -308,7 +310,9 @@ def test_every_stage_class_is_a_stage(cuda, engine_file, demo_model):
     names (the pipeline, the loader and the bench rely on no more); something short of one
     method is not a Stage."""
     torch = pytest.importorskip("torch")
+    pytest.importorskip("openvino")
     built = [OnnxRuntimeStage(demo_model.onnx, threads=1),
+             OpenVinoStage(demo_model.onnx, threads=1),
              TorchStage(torch.nn.Linear(4, 2), "cpu"),
              TensorRTStage(FakeTrt(Recorder(cuda)), engine_file, slots=1, device=0)]
     classes = {v for k, v in vars(stages).items() if k.endswith("Stage") and k in stages.__all__
@@ -316,8 +320,8 @@ def test_every_stage_class_is_a_stage(cuda, engine_file, demo_model):
     assert {type(s) for s in built} == classes, "a new stage class needs its place here"
     for stage in built:
         assert isinstance(stage, Stage), f"{type(stage).__name__} is not a Stage"
-        assert stage.device in ("cpu", "cuda:0") and stage.name in ("onnxruntime", "torch",
-                                                                      "tensorrt")
+        assert stage.device in ("cpu", "cuda:0") and stage.name in ("onnxruntime", "openvino",
+                                                                      "torch", "tensorrt")
         assert {stage.input_dtype, stage.logits_dtype} <= {"float32", "float16"}
         stage.close()
 
@@ -345,8 +349,6 @@ def test_torch_stage_on_the_cpu_channels_last_and_compiled_match_eager():
     """The careful-user CPU baselines of `medtrt bench` (channels-last eager, torch.compile)
     compute what the eager NCHW stage computes, over the host buffers a stage is bound to."""
     torch = pytest.importorskip("torch")
-    from medtrt.bench.buffers import BufferView, HostBuffers
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1),
@@ -371,3 +373,78 @@ def test_torch_stage_on_the_cpu_channels_last_and_compiled_match_eager():
                                atol=1e-5)
     with pytest.raises(ValueError, match="compile= and channels_last= apply to the torch"):
         load_stage(Path(__file__), backend="onnxruntime", channels_last=True)
+class HostBuffers:
+    """A StageHost over NumPy arrays per slot (the CPU pipeline's host_input/host_logits)."""
+
+    def __init__(self, x: np.ndarray, classes: int, logits_dtype: str, slots: int = 2) -> None:
+        self.input_shape, self.classes = x.shape[1:], classes
+        self.x = [x.copy() for _ in range(slots)]
+        self.y = [np.full((len(x), classes), np.nan, logits_dtype) for _ in range(slots)]
+
+    def host_input(self, view):
+        return self.x[view.slot][:view.batch]
+
+    def host_logits(self, view):
+        return self.y[view.slot][:view.batch]
+
+
+def view(slot: int, batch: int) -> SimpleNamespace:
+    return SimpleNamespace(slot=slot, batch=batch, stream=0, input=0, logits=0)
+
+
+def fp16_io_graph(path, classes: int = 3):
+    """A float16-in, float16-out graph: the spatial mean of each image times a [1, classes]
+    weight, any batch."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = np.array([[0.5, -1.0, 2.0]], np.float16)[:, :classes]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["logits"])], "fp16io",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([2, 3]), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    save(model, str(path))
+    return w
+
+
+@pytest.mark.parametrize("cls", [OnnxRuntimeStage, OpenVinoStage])
+def test_cpu_stages_feed_a_float16_graph_float16_at_any_batch(cls, tmp_path, rng):
+    """The stage reads the graph's I/O types (the pipeline writes its input and reads its logits
+    in those), and a graph with a dynamic batch runs every batch size in any slot."""
+    if cls is OpenVinoStage:
+        pytest.importorskip("openvino")
+    w = fp16_io_graph(tmp_path / "m.onnx")
+    stage = cls(tmp_path / "m.onnx")
+    assert (stage.input_dtype, stage.logits_dtype) == ("float16", "float16")
+    x = rng.standard_normal((5, 1, 4, 4)).astype(np.float16)
+    host = HostBuffers(x, 3, "float16")
+    stage.bind(host)
+    expected = x.astype(np.float32).mean(axis=(2, 3)) @ w.astype(np.float32)
+    for slot, batch in ((0, 5), (1, 2), (0, 1), (1, 5)):
+        stage(view(slot, batch))
+        np.testing.assert_allclose(host.host_logits(view(slot, batch)).astype(np.float32),
+                                   expected[:batch], atol=2e-3, rtol=2e-3)
+    stage.close()
+
+
+def test_openvino_stage_matches_onnx_runtime_in_fp32(demo_model, rng):
+    """FP32 means FP32: OpenVINO's logits on the demo graph agree with ONNX Runtime's to float32
+    rounding (with OpenVINO's bf16 default on an AMX CPU they differ by ~0.1), from two threads
+    at once in two slots (one infer request per slot)."""
+    pytest.importorskip("openvino")
+    x = rng.standard_normal((12, 1, 64, 64)).astype(np.float32)
+    ort, ov = OnnxRuntimeStage(demo_model.onnx), OpenVinoStage(demo_model.onnx)
+    ort_host, ov_host = HostBuffers(x, 6, "float32"), HostBuffers(x, 6, "float32")
+    ort.bind(ort_host)
+    ov.bind(ov_host)
+    ort(view(0, 12))
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda slot: [ov(view(slot, 12)) for _ in range(3)], (0, 1)))
+    assert len(ov._requests) == 2
+    for slot in (0, 1):
+        np.testing.assert_allclose(ov_host.y[slot], ort_host.y[0], atol=2e-4, rtol=1e-4)
+    ort.close()
+    ov.close()

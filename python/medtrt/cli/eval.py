@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          "(default DATA/labels.csv)")
     ev.add_argument("--reference", type=Path, help="checkpoint to compare with (PyTorch FP32)")
     ev.add_argument("--out", type=Path, default=Path("eval"), help="output folder (./eval)")
-    ev.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"),
+    ev.add_argument("--backend",
+                    choices=("auto", "tensorrt", "torch", "onnxruntime", "openvino"),
                     default="auto")
     ev.add_argument("--device", default="0", help="GPU index, or cpu (torch backend)")
     ev.add_argument("--batch-size", type=int, default=64)

@@ -63,7 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="GPU index, or cpu (default 0; a model that cannot run there falls back, "
                         "as recorded). With --ray: cpu, or 0/cuda to require a GPU per actor "
                         "(default: GPUs where the cluster has them)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"),
+    p.add_argument("--backend",
+                   choices=("auto", "tensorrt", "torch", "onnxruntime", "openvino"),
                    default="auto")
     p.add_argument("--decode", choices=("cpu", "nvjpeg", "auto"), default="cpu",
                    help="cpu: the decode workers decode every file; nvjpeg/auto: JPEGs are "

@@ -5,8 +5,8 @@ with pinned staging, their own CUDA streams and buffers (H2D -> resize_normalize
 topk -> D2H); on the CPU the same slot logic with the CPU twins. Compute stages live in
 ``medtrt.runtime.stages``, chosen and built by ``medtrt.runtime.loader`` (which validates a
 bundle's files, TensorRT flavour and version and GPU, and where TensorRT cannot run it runs its
-precision ONNX in ONNX Runtime). The Engine schedules batches over the slots, prepares the
-inputs and assembles the results.
+precision ONNX on the CPU, in ONNX Runtime or OpenVINO, whichever is faster on this machine).
+The Engine schedules batches over the slots, prepares the inputs and assembles the results.
 """
 
 from __future__ import annotations
@@ -112,8 +112,11 @@ class Engine:
             torch backend).
         device: GPU index (or "cuda:N") for GPU backends; "cpu" runs the torch backend on the CPU.
         slots: pipeline slots, i.e. batches in flight at once (default 2: double buffering).
-        backend: "auto" (TensorRT for a bundle on a GPU that can run it, else ONNX Runtime;
-            torch for a checkpoint), "tensorrt", "torch" or "onnxruntime".
+        backend: "auto" (TensorRT for a bundle on a GPU that can run it; torch for a
+            checkpoint; else the graph on the CPU in ONNX Runtime or OpenVINO, whichever a short
+            probe, cached per machine and model, finds faster: ``backend_choice`` says how it
+            chose, ``MEDTRT_CPU_BACKEND=onnxruntime|openvino`` forces one), "tensorrt",
+            "torch", "onnxruntime" or "openvino".
         max_batch: largest batch per compute call; bigger batches are split (default: the
             bundle's profile max, else 64). Batches below the profile minimum are padded.
         precision: torch backend only: "fp32" (default) or "fp16" (GPU).
@@ -144,6 +147,9 @@ class Engine:
         # One rule for every backend: a fallback from what was asked for is logged (by the
         # loader) and kept.
         self.fallback: str | None = loaded.fallback
+        # How "auto" chose the CPU runtime (Engine.backend), with the probe's images/s per
+        # candidate (cpu_choice.BackendChoice); None where no choice was made.
+        self.backend_choice = loaded.backend_choice
         try:
             self._start(loaded.stage, loaded.min_batch, loaded.profile_max, max_batch, decode)
         except BaseException:

@@ -6,10 +6,12 @@
 the engine's profile, and the fallback taken, if any. One rule for every backend: where the
 stage does not run where it was asked to (a bundle TensorRT cannot run here, an ONNX file asked
 for on a GPU, a checkpoint asked for on a GPU torch cannot see), the reason is logged (INFO, this
-module's logger) and kept in ``Loaded.fallback``. ``medtrt.Engine`` and ``medtrt bench`` both
-load their stages here. ``describe`` reads what a model file is (preset, precision, batch
-limits) without loading anything to run, for a process that only plans (the driver of a run on
-Ray, whose engines open on the cluster's nodes).
+module's logger) and kept in ``Loaded.fallback``. Where ``backend="auto"`` runs a graph on the
+CPU, the CPU runtime (ONNX Runtime or OpenVINO) is the faster of the two on this machine and
+model, measured once and cached (``medtrt.runtime.cpu_choice``; ``Loaded.backend_choice``).
+``medtrt.Engine`` and ``medtrt bench`` both load their stages here. ``describe`` reads what a
+model file is (preset, precision, batch limits) without loading anything to run, for a process
+that only plans (the driver of a run on Ray, whose engines open on the cluster's nodes).
 """
 
 from __future__ import annotations
@@ -27,14 +29,20 @@ from medtrt.foreign import read_onnx
 from medtrt.models import load
 from medtrt.models.checkpoint import load_checkpoint
 from medtrt.models.presets import Preset
-from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TensorRTStage, TorchStage
+from medtrt.runtime.cpu_choice import CPU_STAGES, BackendChoice, choose_cpu_stage, cpu_candidates
+from medtrt.runtime.stages import Stage, TensorRTStage, TorchStage
 from medtrt.trt import import_trt
 
 __all__ = ["BACKENDS", "Described", "Loaded", "cuda_index", "describe", "load_stage"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime", "openvino")
+CPU_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+# The batch the CPU probe times: a graph's fixed batch; else a bundle's opt batch, within [its min,
+# PROBE_BATCH]; else PROBE_BATCH (the default opt of `medtrt build`; larger batches would make
+# the probe longer than a few seconds on a small CPU).
+PROBE_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,8 @@ class Loaded:
 
     ``bundle`` is None for an ONNX file or a checkpoint; ``min_batch``/``profile_max`` are the
     engine profile's batch limits (1 and None without a bundle); ``fallback`` says why the stage
-    does not run where it was asked to (None: it does)."""
+    does not run where it was asked to (None: it does); ``backend_choice`` how ``backend="auto"``
+    chose the CPU runtime, with the probe's figures (None: no choice was made)."""
 
     stage: Stage
     preset: Preset
@@ -52,6 +61,7 @@ class Loaded:
     min_batch: int = 1
     profile_max: int | None = None
     fallback: str | None = None
+    backend_choice: BackendChoice | None = None
 
 
 def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any = 0, *,
@@ -63,13 +73,17 @@ def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any 
     Args:
         path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file (from
             ``medtrt export``/``build``, or any with ``preset``), or a checkpoint (``.pt``).
-        backend: "auto", "tensorrt" (a bundle), "onnxruntime" (an ONNX file, or a bundle's
-            precision ONNX) or "torch" (a checkpoint).
+        backend: "auto", "tensorrt" (a bundle), "onnxruntime" or "openvino" (an ONNX file, or
+            a bundle's precision ONNX, as it is, on the CPU) or "torch" (a checkpoint). "auto":
+            TensorRT for a bundle it can run here, torch for a checkpoint, and for a graph on
+            the CPU the faster CPU runtime on this machine (``medtrt.runtime.cpu_choice``;
+            ``MEDTRT_CPU_BACKEND`` forces one).
         device: GPU index, "cuda", "cuda:N" or a torch.device; "cpu" for the CPU.
         slots: TensorRT execution contexts (one per pipeline slot), 1 to 16.
         precision: torch only: "fp32" (default) or "fp16" (a GPU).
         cuda_graphs: torch on a GPU: a CUDA graph per (slot, batch size).
-        threads: ONNX Runtime's intra-op threads (0: its default).
+        threads: the CPU runtime's threads: ONNX Runtime's intra-op threads, OpenVINO's
+            INFERENCE_NUM_THREADS (0: their default).
         compile: torch only: run the model through ``torch.compile``.
         channels_last: torch only: weights and batches in NHWC memory order.
         preset: ONNX files only: the preset (a ``Preset``, preset file or built-in name) of a
@@ -165,58 +179,84 @@ def _check_arguments(path: Path, backend: str, slots: int, precision: str | None
         raise ValueError("compile= and channels_last= apply to the torch backend (a checkpoint): "
                          "they set how PyTorch runs its model")
     if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0: ONNX Runtime's default); got {threads}")
+        raise ValueError(f"threads must be >= 0 (0: the CPU runtime's default); got {threads}")
     if threads and checkpoint:
-        raise ValueError("threads= sets ONNX Runtime's intra-op threads (an ONNX file or a "
-                         "bundle); torch's are process-wide: torch.set_num_threads")
+        raise ValueError("threads= sets ONNX Runtime's intra-op threads or OpenVINO's threads "
+                         "(an ONNX file or a bundle); torch's are process-wide: "
+                         "torch.set_num_threads")
 
 
 def _load_bundle(path: Path, backend: str, device: Any, slots: int, threads: int) -> Loaded:
     bundle = Bundle.read(path)
     profile = bundle.input.profile
-    stage, fallback = _bundle_stage(bundle, backend, device, slots, threads)
+    stage, fallback, choice = _bundle_stage(bundle, backend, device, slots, threads)
     return Loaded(stage, bundle.preset, bundle.precision, bundle, profile.min[0],
-                  profile.max[0], fallback)
+                  profile.max[0], fallback, choice)
 
 
 def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int,
-                  threads: int) -> tuple[Stage, str | None]:
+                  threads: int) -> tuple[Stage, str | None, BackendChoice | None]:
     """TensorRT where it can run the bundle here (decided now, ``Bundle.why_not_runnable``),
-    else the bundle's precision ONNX in ONNX Runtime: (stage, why it fell back, or None)."""
-    if backend not in ("auto", "tensorrt", "onnxruntime"):
-        raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
+    else the bundle's precision ONNX on the CPU: (stage, why it fell back, or None, how "auto"
+    chose the CPU runtime, or None)."""
+    if backend not in ("auto", "tensorrt", *CPU_STAGES):
+        raise ValueError(f"a bundle runs with backend 'tensorrt', 'onnxruntime' or 'openvino'; "
+                         f"got {backend!r}")
     if backend == "tensorrt" and str(device) == "cpu":
         raise ValueError("backend='tensorrt' runs on a GPU; with device='cpu' use "
-                         "backend='onnxruntime' (the bundle's precision ONNX)")
-    why = ("backend='onnxruntime' was asked for" if backend == "onnxruntime" else
+                         "backend='onnxruntime' or 'openvino' (the bundle's precision ONNX)")
+    why = (f"backend={backend!r} was asked for" if backend in CPU_STAGES else
            "device='cpu' was asked for")
-    if backend != "onnxruntime" and str(device) != "cpu":
+    if backend in ("auto", "tensorrt") and str(device) != "cpu":
         index = cuda_index(device)
         reason = bundle.why_not_runnable(index)
         if reason is None:
             trt, _ = import_trt(bundle.tensorrt.flavour)
-            return TensorRTStage(trt, bundle.engine_path, slots, index), None
+            return TensorRTStage(trt, bundle.engine_path, slots, index), None, None
         if backend == "tensorrt":
             raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
-        stage = OnnxRuntimeStage(bundle.require_precision_onnx(reason), threads=threads)
+        stage, choice = _cpu_stage(bundle.require_precision_onnx(reason), backend, threads,
+                                   bundle.preset, _probe_batch(bundle), str(bundle.path), bundle)
         return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running its "
-                       "precision ONNX in ONNX Runtime on the CPU")
-    return OnnxRuntimeStage(bundle.require_precision_onnx(why), threads=threads), None
+                       f"precision ONNX in {CPU_NAMES[stage.name]} on the CPU"), choice
+    stage, choice = _cpu_stage(bundle.require_precision_onnx(why), backend, threads,
+                               bundle.preset, _probe_batch(bundle), str(bundle.path), bundle)
+    return stage, None, choice
+
+
+def _cpu_stage(graph: str | Path | bytes, backend: str, threads: int, preset: Preset,
+               batch: int, label: str,
+               bundle: Bundle | None = None) -> tuple[Stage, BackendChoice | None]:
+    """``graph`` on the CPU: in the runtime asked for ("onnxruntime", "openvino"), or for
+    "auto" in the one ``cpu_choice`` finds faster here (and how it chose)."""
+    if backend != "auto":
+        return CPU_STAGES[backend](graph, threads=threads), None
+    h, w = preset.image_size
+    return choose_cpu_stage(cpu_candidates(graph, bundle), input_shape=(preset.in_channels, h, w),
+                            classes=preset.num_classes, batch=batch, threads=threads, label=label)
+
+
+def _probe_batch(bundle: Bundle) -> int:
+    profile = bundle.input.profile
+    return max(profile.min[0], min(profile.opt[0], PROBE_BATCH, profile.max[0]))
 
 
 def _load_onnx(path: Path, backend: str, device: Any, threads: int, preset: Any) -> Loaded:
-    """The graph in ONNX Runtime, checked against its preset (the given one, else its own), a
-    final Softmax/Sigmoid removed; a fixed batch is the profile (chunks are padded to it)."""
-    if backend not in ("auto", "onnxruntime"):
-        raise ValueError(f"an ONNX file runs with backend 'onnxruntime'; got {backend!r}")
+    """The graph on the CPU (ONNX Runtime or OpenVINO), checked against its preset (the given
+    one, else its own), a final Softmax/Sigmoid removed; a fixed batch is the profile (chunks
+    are padded to it)."""
+    if backend not in ("auto", *CPU_STAGES):
+        raise ValueError(f"an ONNX file runs with backend 'onnxruntime' or 'openvino'; got "
+                         f"{backend!r}")
     source = read_onnx(path, preset, weights=False)
-    fallback = None if str(device) == "cpu" else (
-        f"an ONNX file runs in ONNX Runtime on the CPU, not on {device!r}; build an engine "
-        "bundle (`medtrt build`) to run on a GPU")
     batch = source.io.batch
-    return Loaded(OnnxRuntimeStage(source.runnable(), threads=threads), source.preset,
-                  _onnx_precision(path), min_batch=batch or 1, profile_max=batch,
-                  fallback=fallback)
+    stage, choice = _cpu_stage(source.runnable(), backend, threads, source.preset,
+                               batch or PROBE_BATCH, str(path))
+    fallback = None if str(device) == "cpu" else (
+        f"an ONNX file runs in {CPU_NAMES[stage.name]} on the CPU, not on {device!r}; build an "
+        "engine bundle (`medtrt build`) to run on a GPU")
+    return Loaded(stage, source.preset, _onnx_precision(path), min_batch=batch or 1,
+                  profile_max=batch, fallback=fallback, backend_choice=choice)
 
 
 def _load_checkpoint(path: Path, backend: str, device: Any, precision: str | None,

@@ -9,6 +9,7 @@ place, and returns without waiting. ``close`` frees what it holds (after the hos
 ``medtrt.runtime.loader`` picks and builds the stage for a file.
 
 - ``OnnxRuntimeStage``: CPU; the slot buffers are host memory (NumPy views).
+- ``OpenVinoStage``: OpenVINO's own runtime on the CPU, over the same host views.
 - ``TorchStage``: the PyTorch model on the CPU (host views) or on a CUDA GPU, where it runs on
   the slot's stream (``torch.cuda.ExternalStream``) over tensors that alias the slot's buffers;
   FP32 or FP16; optional CUDA graph per (slot, batch size).
@@ -30,8 +31,8 @@ import numpy as np
 from medtrt import _native
 from medtrt._lazy import require
 
-__all__ = ["OnnxRuntimeStage", "Stage", "StageHost", "StageView", "TensorRTStage", "TorchStage",
-           "cuda_alias", "on_cuda_device"]
+__all__ = ["OnnxRuntimeStage", "OpenVinoStage", "Stage", "StageHost", "StageView",
+           "TensorRTStage", "TorchStage", "cuda_alias", "on_cuda_device"]
 
 _TYPESTR = {"float32": "<f4", "float16": "<f2"}
 _CAPTURE_LOCK = threading.Lock()
@@ -144,6 +145,85 @@ class OnnxRuntimeStage:
 
     def close(self) -> None:
         self.session = None
+
+
+class OpenVinoStage:
+    """OpenVINO's own runtime (the ``openvino`` wheel) on the CPU for an ONNX file (FP32, FP16
+    or Q/DQ INT8) or a serialized graph (bytes); ``threads``: its ``INFERENCE_NUM_THREADS``
+    (0: OpenVINO's default, one per core).
+
+    The native runtime, not ONNX Runtime's OpenVINO execution provider: the provider comes in
+    ``onnxruntime-openvino``, a wheel that installs the ``onnxruntime`` package itself (it would
+    replace the ONNX Runtime this project pins with its own older one, 1.24.1, carrying its own
+    OpenVINO, 2025.4.1: 263 MB unpacked), and it was no faster: the same speed as this stage
+    within run-to-run spread, FP32 and INT8 (docs/runtime.md, "CPU backends").
+
+    Compiled with:
+
+    - ``PERFORMANCE_HINT=LATENCY``: one stream, every thread on each call. The Pipeline calls a
+      stage synchronously, one batch per caller; THROUGHPUT splits the cores into streams that
+      only pay off with requests in flight at once (one request at a time, it was slower here:
+      docs/runtime.md).
+    - ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AVX512_BF16 or AMX, OpenVINO's default
+      inference precision is bf16 (on this project's Xeon it moved the demo model's logits by
+      up to 0.16). FP32 here means FP32, as in ONNX Runtime, so parity holds; Q/DQ INT8 graphs
+      still run OpenVINO's int8 kernels, and an FP16 graph computes in f32 from its f16 weights.
+    - The graph's batch dimension as exported: a dynamic batch compiles once for every batch
+      size (the Engine's chunks vary); a fixed one is padded to by the Engine.
+
+    A compiled model is thread-safe, an infer request is not: one request per pipeline slot
+    (made at the slot's first call), so callers in several threads, each in its own slot, never
+    share one. Input is read in place (``share_inputs``); logits are copied out.
+    """
+
+    name = "openvino"
+    device = "cpu"
+
+    def __init__(self, onnx_path: str | Path | bytes, *, threads: int = 0) -> None:
+        ov = require("openvino")
+        core = ov.Core()
+        model = core.read_model(onnx_path if isinstance(onnx_path, bytes) else str(onnx_path))
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError(f"expected a graph with one input and one output; got "
+                             f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.input_dtype = self._dtype(ov, self.compiled.inputs[0].get_element_type())
+        self.logits_dtype = self._dtype(ov, self.compiled.outputs[0].get_element_type())
+        self.threads = threads
+        self.pipeline: StageHost | None = None
+        self._requests: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _dtype(ov: Any, element_type: Any) -> str:
+        if element_type == ov.Type.f32:
+            return "float32"
+        if element_type == ov.Type.f16:
+            return "float16"
+        raise ValueError(f"graph I/O tensor of type {element_type}; medtrt feeds float32 or "
+                         "float16")
+
+    def bind(self, pipeline: StageHost) -> None:
+        self.pipeline = pipeline
+
+    def _request(self, slot: int) -> Any:
+        request = self._requests.get(slot)
+        if request is None:
+            with self._lock:  # dict insertion from two slots' first calls at once
+                request = self._requests.setdefault(slot, self.compiled.create_infer_request())
+        return request
+
+    def __call__(self, view: StageView) -> None:
+        request = self._request(view.slot)
+        request.infer({0: self.pipeline.host_input(view)}, share_inputs=True)
+        self.pipeline.host_logits(view)[...] = request.get_output_tensor(0).data
+
+    def close(self) -> None:
+        self._requests.clear()
+        self.compiled = None
 
 
 class TorchStage:
