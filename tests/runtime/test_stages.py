@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import medtrt._native
-from medtrt.bench.buffers import BufferView, HostBuffers
+from medtrt.bench import buffers as bench_buffers
 from medtrt.runtime import stages
 from medtrt.runtime.loader import load_stage
 from medtrt.runtime.stages import (OnnxRuntimeStage, OpenVinoStage, Stage, TensorRTStage,
@@ -356,10 +356,10 @@ def test_torch_stage_on_the_cpu_channels_last_and_compiled_match_eager():
     x = np.random.default_rng(0).standard_normal((5, 1, 16, 16)).astype(np.float32)
 
     def run(stage):
-        buffers = HostBuffers((1, 16, 16), 3)
+        buffers = bench_buffers.HostBuffers((1, 16, 16), 3)
         stage.bind(buffers)
         logits = buffers.empty(len(x), "float32")
-        stage(BufferView(slot=0, batch=len(x), stream=0, input=buffers.put(x, "float32"),
+        stage(bench_buffers.BufferView(slot=0, batch=len(x), stream=0, input=buffers.put(x, "float32"),
                          logits=logits))
         out = buffers.read(logits, len(x)).copy()
         stage.close()
