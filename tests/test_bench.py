@@ -10,6 +10,7 @@ import pytest
 
 from medtrt.bench import (BackendUnavailable, BenchConfig, StageCompute, find_artifacts,
                           make_backend, run_bench)
+from medtrt.bench.report import auto_check
 from medtrt.cli import main
 
 
@@ -301,3 +302,45 @@ def test_stage_compute_runs_a_cuda_stage_on_its_own_stream_after_its_copies():
     np.testing.assert_array_equal(be.logits(5), 2 * x.reshape(5, 6))
     be.close()
     torch.cuda.synchronize()
+
+
+def test_auto_check_compares_the_probe_choice_with_this_runs_figures():
+    """auto-cpu-P's choice against the bench's own ort-cpu-P / ov-cpu-P at the probe's batch."""
+    choice = {"name": "openvino", "backend": "openvino", "source": "probe", "batch": 32,
+              "timings": [{"name": "onnxruntime", "backend": "onnxruntime", "images_per_s": 110.0,
+                           "error": None},
+                          {"name": "openvino", "backend": "openvino", "images_per_s": 130.0,
+                           "error": None}]}
+    rows = [{"backend": b, "batch": n, "mode": "engine", "images_per_s": v}
+            for b, n, v in [("ort-cpu-fp32", 32, 100.0), ("ov-cpu-fp32", 32, 125.0),
+                            ("ort-cpu-fp32", 8, 300.0), ("ov-cpu-fp32", 8, 10.0)]]
+    [check] = auto_check({"auto-cpu-fp32": choice}, rows)
+    assert check["bench_backends"] == {"onnxruntime": "ort-cpu-fp32", "openvino": "ov-cpu-fp32"}
+    assert check["bench_images_per_s"] == {"onnxruntime": 100.0, "openvino": 125.0}
+    assert check["fastest_in_bench"] == "openvino" and check["agrees"] is True
+    rows[1]["images_per_s"] = 90.0  # the bench found ONNX Runtime faster: the check says so
+    assert auto_check({"auto-cpu-fp32": choice}, rows)[0]["agrees"] is False
+    # A batch the run did not measure, or a choice made without a probe: nothing to compare.
+    assert auto_check({"auto-cpu-fp32": {**choice, "batch": 16}}, rows)[0]["agrees"] is None
+    forced = {**choice, "name": "onnxruntime", "source": "env", "timings": []}
+    assert auto_check({"auto-cpu-fp32": forced}, rows)[0]["agrees"] is None
+
+
+def test_openvino_and_auto_cpu_backends_in_engine_mode(model_dir, tmp_path, monkeypatch):
+    """ov-cpu-P runs the P graph in OpenVINO; auto-cpu-P loads it with backend="auto" and the
+    report carries the choice and its check against the run's own figures."""
+    pytest.importorskip("openvino")
+    monkeypatch.delenv("MEDTRT_CPU_BACKEND", raising=False)
+    monkeypatch.setenv("MEDTRT_CACHE", str(tmp_path / "cache"))
+    report = run_bench(model_dir / "model.pt", BenchConfig(
+        mode="engine", batches=(32,), duration=0.05, repeats=1, warmup=1,
+        backends=("ort-cpu-fp32", "ov-cpu-fp32", "auto-cpu-fp32", "ov-cpu-fp16")), tmp_path / "b")
+    rows = {r["backend"]: r for r in report["results"]}
+    assert {"ort-cpu-fp32", "ov-cpu-fp32", "auto-cpu-fp32"} <= set(rows)
+    assert "no model.fp16.onnx" in report["skipped"]["ov-cpu-fp16"]
+    choice = report["backend_choices"]["auto-cpu-fp32"]
+    assert choice["source"] == "probe" and choice["name"] in ("onnxruntime", "openvino")
+    [check] = report["auto_check"]
+    assert check["chose"] == choice["name"] and check["agrees"] in (True, False)
+    assert set(check["bench_images_per_s"]) == {"onnxruntime", "openvino"}
+    assert report["machine"]["isa"] is not None

@@ -19,7 +19,7 @@ import numpy as np
 
 from medtrt.artifacts import Bundle
 from medtrt.bench.buffers import BufferView, CudaBuffers, HostBuffers
-from medtrt.bench.config import NVJPEG
+from medtrt.bench.config import CPU_RUNTIMES, NVJPEG
 from medtrt.data import read_image
 from medtrt.errors import BundleError, MissingDependencyError
 from medtrt.models import load
@@ -72,6 +72,7 @@ class Backend:
     """One way of running the model; ``call(inputs)`` is what gets timed."""
 
     stage_times: dict[str, float] | None = None
+    choice: Any = None  # backend="auto": how the CPU runtime was chosen (a BackendChoice)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -117,8 +118,10 @@ class StageCompute(Backend):
             raise BackendUnavailable(loaded.fallback)
         p = loaded.preset
         try:
-            return cls(name, loaded.stage, (p.in_channels, *p.image_size), p.num_classes,
-                       min_batch=loaded.min_batch, max_batch=loaded.profile_max)
+            backend = cls(name, loaded.stage, (p.in_channels, *p.image_size), p.num_classes,
+                          min_batch=loaded.min_batch, max_batch=loaded.profile_max)
+            backend.choice = loaded.backend_choice
+            return backend
         except BaseException:
             loaded.stage.close()
             raise
@@ -163,6 +166,7 @@ class EnginePipeline(Backend):
     def __init__(self, name: str, path: Path, decode_threads: int, **kwargs: Any) -> None:
         super().__init__(name)
         self.engine = Engine(path, **kwargs)
+        self.choice = self.engine.backend_choice
         self.files = bool(decode_threads) or self.engine.decode == "nvjpeg"
         self.pool = (ThreadPoolExecutor(decode_threads)
                      if decode_threads and self.engine.decode == "cpu" else None)
@@ -282,16 +286,26 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend:
                                          f"{why_no_cuda}")
             return StageCompute.load(name, bundle, "tensorrt", 0, slots=1)
         return EnginePipeline(name, bundle, decode, backend="tensorrt", device=0)
-    if name.startswith("ort-"):
-        prec = name.split("-")[2]
-        if prec not in art.onnx:
-            raise BackendUnavailable(
-                f"no {art.checkpoint.stem}{'' if prec == 'fp32' else '.' + prec}.onnx beside the "
-                f"model: run medtrt export / medtrt build --{prec}")
-        if mode == "engine":
-            return StageCompute.load(name, art.onnx[prec], "onnxruntime", "cpu", threads=threads)
-        return EnginePipeline(name, art.onnx[prec], decode, backend="onnxruntime", device="cpu")
+    if name.split("-")[0] in (*CPU_RUNTIMES, "auto"):
+        return _cpu_backend(name, mode, art, threads, decode)
     return _torch_backend(name, mode, art, cuda_ok, why_no_cuda, decode)
+
+
+def _cpu_backend(name: str, mode: str, art: Artifacts, threads: int, decode: int) -> Backend:
+    """ort-cpu-P / ov-cpu-P: the P graph (model.onnx, model.P.onnx) in ONNX Runtime / OpenVINO;
+    auto-cpu-P: the P graph with backend="auto" (``medtrt.runtime.cpu_choice``'s choice)."""
+    prefix, _, prec = name.split("-")
+    if prec not in art.onnx:
+        raise BackendUnavailable(
+            f"no {art.checkpoint.stem}{'' if prec == 'fp32' else '.' + prec}.onnx beside the "
+            f"model: run medtrt export / medtrt build --{prec}")
+    backend = CPU_RUNTIMES.get(prefix, "auto")
+    try:
+        if mode == "engine":
+            return StageCompute.load(name, art.onnx[prec], backend, "cpu", threads=threads)
+        return EnginePipeline(name, art.onnx[prec], decode, backend=backend, device="cpu")
+    except MissingDependencyError as exc:  # OpenVINO not installed: the extra to install
+        raise BackendUnavailable(str(exc)) from exc
 
 
 def _torch_backend(name: str, mode: str, art: Artifacts, cuda_ok: bool, why_no_cuda: str,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BACKENDS", "DEFAULT_BASELINE", "MODES", "NVJPEG", "BenchConfig"]
+__all__ = ["BACKENDS", "CPU_RUNTIMES", "DEFAULT_BASELINE", "MODES", "NVJPEG", "BenchConfig"]
 
 MODES = ("engine", "pipeline", "files")
 BACKENDS = ("torch-cpu-fp32", "torch-cl-cpu-fp32", "torch-compile-cpu-fp32", "torch-cuda-fp32", "torch-cuda-fp16", "torch-compile-cuda-fp16",
-            "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8", "trt-fp16", "trt-int8",
+            "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8", "ov-cpu-fp32", "ov-cpu-fp16",
+            "ov-cpu-int8", "auto-cpu-fp32", "auto-cpu-fp16", "auto-cpu-int8", "trt-fp16", "trt-int8",
             "torch-cuda-fp16+nvjpeg", "trt-fp16+nvjpeg", "trt-int8+nvjpeg",
             "torch-reference", "seed-dataloader")
+# The CPU runtimes of medtrt.runtime.cpu_choice and the bench names' prefixes for them
+# (ort-cpu-fp32 runs candidate "onnxruntime" of the FP32 graph, ov-cpu-int8 "openvino" of the
+# INT8 one); auto-cpu-P loads the P graph with backend="auto" (the probe's choice).
+CPU_RUNTIMES = {"ort": "onnxruntime", "ov": "openvino"}
 NVJPEG = "+nvjpeg"  # files mode: the same backend with JPEGs decoded on the GPU
 DEFAULT_BASELINE = {"engine": "torch-cpu-fp32", "pipeline": "torch-reference",
                     "files": "seed-dataloader"}

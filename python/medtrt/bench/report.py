@@ -13,10 +13,10 @@ import numpy as np
 
 from medtrt._lazy import require
 from medtrt.bench.backends import Artifacts, SeedDataLoader
-from medtrt.bench.config import MODES, BenchConfig
+from medtrt.bench.config import CPU_RUNTIMES, MODES, BenchConfig
 from medtrt.bench.telemetry import machine_info
 
-__all__ = ["plot", "write_report"]
+__all__ = ["auto_check", "plot", "write_report"]
 
 
 def _pct(v: Sequence[float], q: float) -> float:
@@ -26,9 +26,11 @@ def _pct(v: Sequence[float], q: float) -> float:
 def write_report(cfg: BenchConfig, art: Artifacts, preset: Any, baselines: dict[str, str],
                  threads: int, skipped: dict[str, str],
                  windows: dict[tuple[str, str, int], list[dict[str, Any]]],
-                 trace: list[dict[str, float]], nvml: str, out: Path) -> dict[str, Any]:
+                 trace: list[dict[str, float]], nvml: str, out: Path,
+                 choices: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of a run (the medtrt-bench/1 schema), written to ``out/bench.json`` with its
-    plots beside it."""
+    plots beside it. ``choices``: how each auto-cpu-P backend's runtime was chosen
+    (``BackendChoice.to_json()``), checked against this run's figures (``auto_check``)."""
     results = []
     order = {m: i for i, m in enumerate(cfg.modes)}
     for (name, mode, batch), ws in sorted(windows.items(),
@@ -82,10 +84,40 @@ def write_report(cfg: BenchConfig, art: Artifacts, preset: Any, baselines: dict[
         "skipped": skipped, "telemetry": {"nvml": nvml, "hz": cfg.telemetry_hz,
                                           "trace": trace[:: max(1, len(trace) // 2000)]},
         "results": results, "mode_ratios": mode_ratios,
+        "backend_choices": choices or {}, "auto_check": auto_check(choices or {}, results),
     }
     report["plots"] = plot(report, out)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def auto_check(choices: dict[str, Any], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each auto-cpu-P backend (engine mode): the candidate its probe chose, and the bench
+    backends that run each of its candidates (ort-cpu-P for "onnxruntime", ov-cpu-P for
+    "openvino") as measured in this run at the probe's batch: is the choice the fastest here?
+    ``agrees`` is None where this run did not measure every candidate at that batch."""
+    prefix = {runtime: p for p, runtime in CPU_RUNTIMES.items()}
+    measured = {(r["backend"], r["batch"]): r["images_per_s"] for r in results
+                if r["mode"] == "engine"}
+    checks = []
+    for name, choice in choices.items():
+        if not name.startswith("auto-cpu-") or " (" in name:
+            continue
+        prec, batch = name.rsplit("-", 1)[1], choice["batch"]
+        ran = [t for t in choice["timings"] if t["images_per_s"] is not None]
+        bench = {t["name"]: f"{prefix[t['backend']]}-cpu-{prec}" for t in ran
+                 if t["name"] == t["backend"] and t["backend"] in prefix}
+        here = {n: measured.get((b, batch)) for n, b in bench.items()}
+        complete = bool(ran) and len(here) == len(ran) and all(v is not None
+                                                               for v in here.values())
+        fastest = max(here, key=lambda n: here[n]) if complete else None
+        checks.append({"auto": name, "chose": choice["name"], "source": choice["source"],
+                       "batch": batch, "probe_images_per_s": {t["name"]: t["images_per_s"]
+                                                              for t in ran},
+                       "bench_backends": bench, "bench_images_per_s": here,
+                       "fastest_in_bench": fastest,
+                       "agrees": (fastest == choice["name"]) if complete else None})
+    return checks
 
 
 def plot(report: dict[str, Any], out: Path) -> list[str]:

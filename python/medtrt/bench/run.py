@@ -46,12 +46,15 @@ def run_bench(model: str | os.PathLike[str], config: BenchConfig, out: str | os.
             import torch
 
             torch.set_num_threads(cfg.threads)  # torch CPU backends (ORT/decode get it directly)
+    choices = {name if len(cfg.modes) == 1 else f"{name} ({mode})": be.choice.to_json()
+               for (name, mode), be in backends.items() if be.choice is not None}
     try:
         windows, trace, nvml = _measure(cfg, backends, batches, preset, on_progress)
     finally:
         for be in backends.values():
             be.close()
-    return write_report(cfg, art, preset, baselines, threads, skipped, windows, trace, nvml, out)
+    return write_report(cfg, art, preset, baselines, threads, skipped, windows, trace, nvml, out,
+                        choices)
 
 
 def _make_backends(cfg: BenchConfig, art: Artifacts, threads: int, baselines: dict[str, str]
