@@ -6,10 +6,13 @@
 the engine's profile, and the fallback taken, if any. One rule for every backend: where the
 stage does not run where it was asked to (a bundle TensorRT cannot run here, an ONNX file asked
 for on a GPU, a checkpoint asked for on a GPU torch cannot see), the reason is logged (INFO, this
-module's logger) and kept in ``Loaded.fallback``. ``medtrt.Engine`` and ``medtrt bench`` both
-load their stages here. ``describe`` reads what a model file is (preset, precision, batch
-limits) without loading anything to run, for a process that only plans (the driver of a run on
-Ray, whose engines open on the cluster's nodes).
+module's logger) and kept in ``Loaded.fallback``. An INT8 bundle run on the CPU with
+``backend="auto"`` runs the fastest of its CPU graphs here (``medtrt.runtime.int8_cpu``: the CPU
+INT8 graph where the CPU has VNNI/AMX, else FP32; logged, and a fallback when FP32 runs);
+``backend="onnxruntime"`` runs its precision ONNX as it is. ``medtrt.Engine`` and ``medtrt
+bench`` both load their stages here. ``describe`` reads what a model file is (preset, precision,
+batch limits) without loading anything to run, for a process that only plans (the driver of a
+run on Ray, whose engines open on the cluster's nodes).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from medtrt.foreign import read_onnx
 from medtrt.models import load
 from medtrt.models.checkpoint import load_checkpoint
 from medtrt.models.presets import Preset
+from medtrt.runtime.int8_cpu import CpuChoice, fastest, int8_cpu_candidates
 from medtrt.runtime.stages import OnnxRuntimeStage, Stage, TensorRTStage, TorchStage
 from medtrt.trt import import_trt
 
@@ -63,7 +67,9 @@ def load_stage(path: str | os.PathLike[str], backend: str = "auto", device: Any 
         path: an engine bundle (``NAME.engine`` or ``NAME.engine.json``), an ONNX file (from
             ``medtrt export``/``build``, or any with ``preset``), or a checkpoint (``.pt``).
         backend: "auto", "tensorrt" (a bundle), "onnxruntime" (an ONNX file, or a bundle's
-            precision ONNX) or "torch" (a checkpoint).
+            precision ONNX as it is) or "torch" (a checkpoint). "auto" runs a bundle with
+            TensorRT where it can, else on the CPU: an INT8 bundle there runs the fastest of
+            ``int8_cpu_candidates`` (timed when it loads).
         device: GPU index, "cuda", "cuda:N" or a torch.device; "cpu" for the CPU.
         slots: TensorRT execution contexts (one per pipeline slot), 1 to 16.
         precision: torch only: "fp32" (default) or "fp16" (a GPU).
@@ -178,7 +184,7 @@ def _load_bundle(path: Path, backend: str, device: Any, slots: int, threads: int
 def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int,
                   threads: int) -> tuple[Stage, str | None]:
     """TensorRT where it can run the bundle here (decided now, ``Bundle.why_not_runnable``),
-    else the bundle's precision ONNX in ONNX Runtime: (stage, why it fell back, or None)."""
+    else ONNX Runtime on the CPU (``_cpu_stage``): (stage, why it fell back, or None)."""
     if backend not in ("auto", "tensorrt", "onnxruntime"):
         raise ValueError(f"a bundle runs with backend 'tensorrt' or 'onnxruntime'; got {backend!r}")
     if backend == "tensorrt" and str(device) == "cpu":
@@ -194,10 +200,28 @@ def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int,
             return TensorRTStage(trt, bundle.engine_path, slots, index), None
         if backend == "tensorrt":
             raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
-        stage = OnnxRuntimeStage(bundle.require_precision_onnx(reason), threads=threads)
-        return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running its "
-                       "precision ONNX in ONNX Runtime on the CPU")
-    return OnnxRuntimeStage(bundle.require_precision_onnx(why), threads=threads), None
+        stage, choice = _cpu_stage(bundle, backend, threads, reason)
+        runs = (f"it in ONNX Runtime on the CPU: {choice.describe()}" if choice else
+                "its precision ONNX in ONNX Runtime on the CPU")
+        return stage, f"TensorRT cannot run it on {device!r} here ({reason}); running {runs}"
+    stage, choice = _cpu_stage(bundle, backend, threads, why)
+    # INT8 asked for on the CPU: a fallback when FP32 runs instead (logged either way).
+    return stage, choice.describe() if choice and choice.candidate.name == "fp32" else None
+
+
+def _cpu_stage(bundle: Bundle, backend: str, threads: int,
+               why: str) -> tuple[OnnxRuntimeStage, CpuChoice | None]:
+    """The bundle in ONNX Runtime on the CPU: its precision ONNX as it is (backend='onnxruntime':
+    the TensorRT graph whose accuracy the build checked; an FP32 or FP16 bundle), or for an INT8
+    bundle with backend='auto' the fastest of ``int8_cpu_candidates`` here, logged:
+    (stage, the choice, or None for the precision ONNX)."""
+    onnx_path = bundle.require_precision_onnx(why)
+    if backend == "onnxruntime" or bundle.precision != "int8":
+        return OnnxRuntimeStage(onnx_path, threads=threads), None
+    opt = bundle.input.profile.opt
+    choice = fastest(int8_cpu_candidates(bundle), (min(opt[0], 32), *opt[1:]), threads=threads)
+    log.info("%s on the CPU: %s", bundle.path, choice.describe())
+    return choice.stage, choice
 
 
 def _load_onnx(path: Path, backend: str, device: Any, threads: int, preset: Any) -> Loaded:
