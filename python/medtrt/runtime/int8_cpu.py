@@ -35,8 +35,8 @@ __all__ = ["CpuCandidate", "CpuChoice", "INT8_NOTE", "NO_INT8_DOT_NOTE", "FP32_N
 
 log = logging.getLogger(__name__)
 
-INT8_NOTE = ("INT8 on the CPU: the CPU INT8 graph (uint8 activations x int8 weights, "
-             "QLinearConv layout) derived from the bundle's precision ONNX")
+INT8_NOTE = ("running INT8: the CPU INT8 graph (uint8 activations x int8 weights in "
+             "QLinearConv) derived from the bundle's precision ONNX")
 FP32_NOTE = "FP32 compute with the INT8-rounded weights of the bundle's precision ONNX"
 NO_INT8_DOT_NOTE = (f"INT8 bundle on a CPU without VNNI/AMX: running FP32 ({FP32_NOTE}); INT8 "
                     "runs faster than FP32 in ONNX Runtime only with integer dot-product "

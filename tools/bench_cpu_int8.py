@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""An INT8 bundle on this CPU: each graph it could run, in each CPU runtime, speed and accuracy.
+
+Graphs: the FP32 source ONNX; the bundle's FP32 twin (FP32 compute, INT8-rounded weights) and
+CPU INT8 graph (``medtrt.precision.cpu_int8``); the bundle's precision ONNX as TensorRT takes it
+(TensorRT Q/DQ layout); and, as reference points only, ONNX Runtime's own ``quantize_static``
+(QDQ format, its own MinMax calibration on 64 training images): its defaults (int8 activations,
+per-tensor weights) and uint8 activations with per-channel weights. Runtimes: ONNX Runtime
+(CPUExecutionProvider, its default threads) and, where installed, OpenVINO on the CPU with
+``INFERENCE_PRECISION_HINT`` f32 and with its default (bf16 on a CPU with AMX). Each graph is
+first opened in OpenVINO in a child process, so one that crashes it is recorded, not fatal.
+
+Speed: images/s at each batch (default 32, 8, 1), every (graph, runtime) timed in the same
+rounds, interleaved, after two warm-up runs; the median of the rounds. Accuracy: the held-out
+split of the demo set against PyTorch FP32 (top-1 agreement, max |dprob|, within
+``medtrt.testing.PARITY["int8"]``). Also: the ops ONNX Runtime runs for each graph, and what
+``medtrt.runtime.int8_cpu`` picks here. Writes JSON and a PNG. Not a test.
+
+    python tools/bench_cpu_int8.py [--bundle NAME.engine] [--batches 32,8,1] [--rounds 15]
+                                   [--demo-cache DIR]
+
+The demo model is read from --demo-cache (default $MEDTRT_CACHE or ./.cache/medtrt); the CPU
+graphs are derived into the medtrt cache as the product does ($MEDTRT_CACHE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,  # noqa: E402
+                                      quantize_static)
+from medtrt.artifacts import Bundle  # noqa: E402
+from medtrt.bench.telemetry import machine_info  # noqa: E402
+from medtrt.build import BuildOptions, build  # noqa: E402
+from medtrt.cpu import cpu_info  # noqa: E402
+from medtrt.data import read_image  # noqa: E402
+from medtrt.demo import cached_demo_model  # noqa: E402
+from medtrt.ops import resize_normalize  # noqa: E402
+from medtrt.precision import CalibrationConfig  # noqa: E402
+from medtrt.precision.cpu_int8 import cpu_graph_path  # noqa: E402
+from medtrt.reference import activate, predict  # noqa: E402
+from medtrt.runtime.int8_cpu import fastest, int8_cpu_candidates  # noqa: E402
+from medtrt.testing import PARITY  # noqa: E402
+from medtrt.train import training_split  # noqa: E402
+
+OV_PROBE = """
+import sys, numpy as np, openvino as ov
+core = ov.Core(); m = core.read_model(sys.argv[1])
+m.reshape({m.inputs[0].get_any_name(): [1, *map(int, sys.argv[2:])]})
+r = core.compile_model(m, "CPU").create_infer_request()
+r.infer({0: np.zeros((1, *map(int, sys.argv[2:])), np.float32)})
+"""
+
+
+def spread(items: list[Any], n: int) -> list[Any]:
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).astype(int)]
+
+
+def demo_bundle(demo: Any, split: Any, work: Path, images: int) -> Bundle:
+    """The demo model's INT8 bundle as `medtrt build --int8` makes it (entropy calibration on
+    ``images`` training images)."""
+    calib = work / "calib"
+    calib.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(split.train.paths):
+        link = calib / f"{i:04d}{p.suffix}"
+        if not link.exists():
+            link.symlink_to(p)
+    result = build(demo.onnx, work / "bundle", BuildOptions(
+        precision="int8", calib=str(calib), calibration=CalibrationConfig(num_images=images)))
+    return result.bundle
+
+
+def ort_quantized(fp32: Path, x: np.ndarray, out: Path, **kwargs: Any) -> Path:
+    """ONNX Runtime's quantize_static graph (QDQ), calibrated on ``x``; it works on a copy of
+    ``fp32`` (it writes an inferred model beside its input)."""
+    source = out.with_name(f"{out.stem}.source.onnx")
+    shutil.copyfile(fp32, source)
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([x[i:i + 16] for i in range(0, len(x), 16)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, **kwargs)
+    return out
+
+
+def ort_runner(path: Path, batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def ov_runner(path: Path, batch: int, hint: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    shape = list(model.inputs[0].get_partial_shape().get_min_shape())
+    model.reshape({model.inputs[0].get_any_name(): [batch, *shape[1:]]})
+    config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    return lambda x: request.infer({0: x})[0].copy()
+
+
+def runtimes(graphs: dict[str, Path], chw: tuple[int, ...]) -> tuple[dict[str, Any], dict]:
+    """Runner factories per runtime, and which (graph, runtime) cannot run (why)."""
+    out: dict[str, Any] = {"onnxruntime": ort_runner}
+    broken: dict[str, str] = {}
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return out, {"openvino": "not installed"}
+    out["openvino-f32"] = lambda p, b: ov_runner(p, b, "f32")
+    out["openvino"] = lambda p, b: ov_runner(p, b, None)
+    for name, path in graphs.items():
+        rc = subprocess.run([sys.executable, "-c", OV_PROBE, str(path), *map(str, chw)],
+                            capture_output=True, text=True).returncode
+        if rc:
+            broken[name] = f"OpenVINO crashed opening it (exit status {rc})"
+    return out, broken
+
+
+def time_all(runners: dict[tuple[str, str], Callable], x: np.ndarray,
+             rounds: int) -> dict[tuple[str, str], float]:
+    """Median images/s of each runner, all timed in the same interleaved rounds."""
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
+    for step in range(rounds + 2):
+        for key, run in runners.items():
+            start = time.perf_counter()
+            run(x)
+            if step >= 2:
+                times[key].append(time.perf_counter() - start)
+    return {k: len(x) / float(np.median(v)) for k, v in times.items()}
+
+
+def accuracy(run: Callable, x: np.ndarray, batch: int, reference: np.ndarray,
+             labels: np.ndarray, activation: str) -> dict[str, Any]:
+    chunks = []
+    for i in range(0, len(x), batch):
+        part = x[i:i + batch]
+        padded = np.concatenate([part, np.repeat(part[-1:], batch - len(part), 0)])
+        chunks.append(run(padded)[:len(part)])
+    probs = activate(np.concatenate(chunks), activation)
+    top1 = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+    diff = float(np.abs(probs - reference).max())
+    bound = PARITY["int8"]
+    return {"top1_agreement": top1, "max_abs_prob_diff": diff,
+            "accuracy": float(np.mean(probs.argmax(1) == labels)),
+            "within_int8_parity": top1 >= bound["min_top1"] and diff <= bound["max_prob_diff"]}
+
+
+def ort_ops(path: Path, work: Path) -> dict[str, int]:
+    """The op types of the graph ONNX Runtime runs (its optimized graph on this CPU)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(work / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    counts = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return dict(counts.most_common())
+
+
+def plot(record: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = max(record["images_per_s"], key=int)
+    speed = record["images_per_s"][batch]
+    graphs = list(record["graphs"])
+    names = sorted({k.split(" / ")[1] for k in speed})
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(names)
+    for i, rt in enumerate(names):
+        ys = [speed.get(f"{g} / {rt}", 0.0) for g in graphs]
+        ax.bar(np.arange(len(graphs)) + i * width, ys, width, label=rt)
+    ax.set_xticks(np.arange(len(graphs)) + width * (len(names) - 1) / 2, graphs, rotation=15)
+    ax.set_ylabel(f"images/s, batch {batch}")
+    ax.set_title(f"DenseNet-121 64x64, {record['machine']['cpu']} ({record['machine']['cores']} "
+                 "cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, help="an INT8 bundle of the demo model "
+                        "(default: build one with entropy calibration)")
+    parser.add_argument("--calib-images", type=int, default=512)
+    parser.add_argument("--batches", default="32,8,1")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--demo-cache", type=Path,
+                        default=os.environ.get("MEDTRT_CACHE") or ROOT / ".cache" / "medtrt")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "bench_cpu_int8.json")
+    args = parser.parse_args(argv)
+    demo = cached_demo_model(args.demo_cache, progress=False)
+    split = training_split(demo.metrics)
+    work = Path(tempfile.mkdtemp(prefix="bench_cpu_int8-"))
+    bundle = Bundle.read(args.bundle) if args.bundle else demo_bundle(demo, split, work,
+                                                                       args.calib_images)
+    record = run(args, demo, split, bundle, work)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, args.out.with_suffix(".png"))
+    print(json.dumps({"images_per_s": record["images_per_s"], "speedup_vs_fp32_source":
+                      record["speedup_vs_fp32_source"], "choice": record["choice"]}, indent=2))
+    return 0
+
+
+def graphs_of(bundle: Bundle, demo: Any, split: Any, preset: Any, work: Path) -> dict[str, Path]:
+    source = bundle.precision_onnx_path
+    sha = bundle.precision_onnx.sha256
+    calib = resize_normalize([read_image(p) for p in spread(split.train.paths, 64)],
+                             **preset.preprocess_kwargs())
+    return {
+        "fp32 source": Path(demo.onnx),
+        "fp32 (int8-rounded weights)": cpu_graph_path(source, "fp32", sha256=sha),
+        "TensorRT Q/DQ (precision ONNX)": source,
+        "CPU INT8 (medtrt)": cpu_graph_path(source, "cpu-int8", sha256=sha),
+        "ORT quantize_static (defaults)": ort_quantized(demo.onnx, calib, work / "ortq.onnx"),
+        "ORT quantize_static (u8 act, per-channel)": ort_quantized(
+            demo.onnx, calib, work / "ortq_u8_pc.onnx", activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True),
+    }
+
+
+def run(args: argparse.Namespace, demo: Any, split: Any, bundle: Bundle,
+        work: Path) -> dict[str, Any]:
+    preset = bundle.preset
+    chw = (preset.in_channels, *preset.image_size)
+    graphs = graphs_of(bundle, demo, split, preset, work)
+    makers, broken = runtimes(graphs, chw)
+    images = [read_image(p) for p in split.test.paths]
+    x = resize_normalize(images, **preset.preprocess_kwargs())
+    reference = predict(demo.checkpoint, images).probs
+    labels = np.asarray(split.test.labels)
+    rng = np.random.default_rng(0)
+    speed: dict[str, dict[str, float]] = {}
+    acc: dict[str, Any] = {}
+    for batch in map(int, args.batches.split(",")):
+        runners = {(g, rt): make(path, batch) for g, path in graphs.items()
+                   for rt, make in makers.items()
+                   if not (rt.startswith("openvino") and g in broken)}
+        timed = time_all(runners, rng.random((batch, *chw), dtype=np.float32), args.rounds)
+        speed[str(batch)] = {f"{g} / {rt}": round(v, 1) for (g, rt), v in timed.items()}
+        if batch == 32 or not acc:
+            acc = {f"{g} / {rt}": accuracy(r, x, batch, reference, labels, preset.activation)
+                   for (g, rt), r in runners.items()}
+        del runners
+    ref = "fp32 source"
+    speedup = {b: {k: round(v / s[f"{ref} / {k.split(' / ')[1]}"], 2) for k, v in s.items()}
+               for b, s in speed.items()}
+    choice = fastest(int8_cpu_candidates(bundle), (32, *chw))
+    return {
+        "machine": machine_info(ROOT) | {"openvino": _version("openvino")},
+        "cpu_int8_dot": cpu_info().int8_dot, "bundle": str(bundle.path),
+        "calibration": bundle.calibration.to_dict(),
+        "graphs": {k: str(v) for k, v in graphs.items()},
+        "openvino_cannot_run": broken, "rounds": args.rounds, "images_per_s": speed,
+        "speedup_vs_fp32_source": speedup,
+        "accuracy": {"images": len(images), "reference": "PyTorch FP32 (medtrt.reference)",
+                     "bound": PARITY["int8"], "by_graph": acc},
+        "onnxruntime_ops": {g: ort_ops(p, work) for g, p in graphs.items()},
+        "choice": {"picked": choice.candidate.name, "note": choice.describe(),
+                   "median_s_at_batch_32": choice.seconds},
+    }
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
