@@ -11,10 +11,11 @@ per-tensor weights) and uint8 activations with per-channel weights. Runtimes: ON
 first opened in OpenVINO in a child process, so one that crashes it is recorded, not fatal.
 
 Speed: images/s at each batch (default 32, 8, 1), every (graph, runtime) timed in the same
-rounds, interleaved, after two warm-up runs; the median of the rounds. Accuracy: the held-out
-split of the demo set against PyTorch FP32 (top-1 agreement, max |dprob|, within
-``medtrt.testing.PARITY["int8"]``). Also: the ops ONNX Runtime runs for each graph, and what
-``medtrt.runtime.int8_cpu`` picks here. Writes JSON and a PNG. Not a test.
+rounds, interleaved, after two warm-up runs; the median of the rounds, with the 25th and 75th
+percentiles and the machine's load average (other processes share a small machine).
+Accuracy: the held-out split of the demo set against PyTorch FP32 (top-1 agreement, max
+|dprob|, within ``medtrt.testing.PARITY["int8"]``). Also: the ops ONNX Runtime runs for each
+graph, and what ``medtrt.runtime.int8_cpu`` picks here. Writes JSON and a PNG. Not a test.
 
     python tools/bench_cpu_int8.py [--bundle NAME.engine] [--batches 32,8,1] [--rounds 15]
                                    [--demo-cache DIR]
@@ -140,8 +141,9 @@ def runtimes(graphs: dict[str, Path], chw: tuple[int, ...]) -> tuple[dict[str, A
 
 
 def time_all(runners: dict[tuple[str, str], Callable], x: np.ndarray,
-             rounds: int) -> dict[tuple[str, str], float]:
-    """Median images/s of each runner, all timed in the same interleaved rounds."""
+             rounds: int) -> dict[tuple[str, str], list[float]]:
+    """Images/s of each runner: (median, 25th and 75th percentile) over the same interleaved
+    rounds."""
     times: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
     for step in range(rounds + 2):
         for key, run in runners.items():
@@ -149,7 +151,8 @@ def time_all(runners: dict[tuple[str, str], Callable], x: np.ndarray,
             run(x)
             if step >= 2:
                 times[key].append(time.perf_counter() - start)
-    return {k: len(x) / float(np.median(v)) for k, v in times.items()}
+    return {k: [round(len(x) / float(np.percentile(v, q)), 1) for q in (50, 75, 25)]
+            for k, v in times.items()}
 
 
 def accuracy(run: Callable, x: np.ndarray, batch: int, reference: np.ndarray,
@@ -257,13 +260,17 @@ def run(args: argparse.Namespace, demo: Any, split: Any, bundle: Bundle,
     labels = np.asarray(split.test.labels)
     rng = np.random.default_rng(0)
     speed: dict[str, dict[str, float]] = {}
+    spread_: dict[str, dict[str, list[float]]] = {}
     acc: dict[str, Any] = {}
+    load = [os.getloadavg()[0]]
     for batch in map(int, args.batches.split(",")):
         runners = {(g, rt): make(path, batch) for g, path in graphs.items()
                    for rt, make in makers.items()
                    if not (rt.startswith("openvino") and g in broken)}
         timed = time_all(runners, rng.random((batch, *chw), dtype=np.float32), args.rounds)
-        speed[str(batch)] = {f"{g} / {rt}": round(v, 1) for (g, rt), v in timed.items()}
+        speed[str(batch)] = {f"{g} / {rt}": v[0] for (g, rt), v in timed.items()}
+        spread_[str(batch)] = {f"{g} / {rt}": v[1:] for (g, rt), v in timed.items()}
+        load.append(os.getloadavg()[0])
         if batch == 32 or not acc:
             acc = {f"{g} / {rt}": accuracy(r, x, batch, reference, labels, preset.activation)
                    for (g, rt), r in runners.items()}
@@ -277,7 +284,9 @@ def run(args: argparse.Namespace, demo: Any, split: Any, bundle: Bundle,
         "cpu_int8_dot": cpu_info().int8_dot, "bundle": str(bundle.path),
         "calibration": bundle.calibration.to_dict(),
         "graphs": {k: str(v) for k, v in graphs.items()},
-        "openvino_cannot_run": broken, "rounds": args.rounds, "images_per_s": speed,
+        "openvino_cannot_run": broken, "rounds": args.rounds,
+        "load_average_1min": [round(v, 2) for v in load],  # before, and after each batch size
+        "images_per_s": speed, "images_per_s_p25_p75": spread_,
         "speedup_vs_fp32_source": speedup,
         "accuracy": {"images": len(images), "reference": "PyTorch FP32 (medtrt.reference)",
                      "bound": PARITY["int8"], "by_graph": acc},
