@@ -11,8 +11,9 @@ per-tensor weights) and uint8 activations with per-channel weights. Runtimes: ON
 first opened in OpenVINO in a child process, so one that crashes it is recorded, not fatal.
 
 Speed: images/s at each batch (default 32, 8, 1), every (graph, runtime) timed in the same
-rounds, interleaved, after two warm-up runs; the median of the rounds, with the 25th and 75th
-percentiles and the machine's load average (other processes share a small machine).
+rounds (a random order each round) after two warm-up rounds: the median and the 25th and 75th
+percentiles, and the speedup over the FP32 source in the same runtime as the median of the
+per-round ratios; with the machine's load average (other processes share a small machine).
 Accuracy: the held-out split of the demo set against PyTorch FP32 (top-1 agreement, max
 |dprob|, within ``medtrt.testing.PARITY["int8"]``). Also: the ops ONNX Runtime runs for each
 graph, and what ``medtrt.runtime.int8_cpu`` picks here. Writes JSON and a PNG. Not a test.
@@ -142,17 +143,33 @@ def runtimes(graphs: dict[str, Path], chw: tuple[int, ...]) -> tuple[dict[str, A
 
 def time_all(runners: dict[tuple[str, str], Callable], x: np.ndarray,
              rounds: int) -> dict[tuple[str, str], list[float]]:
-    """Images/s of each runner: (median, 25th and 75th percentile) over the same interleaved
-    rounds."""
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
+    """Seconds of each runner in each of ``rounds`` rounds (after two warm-up rounds); every
+    round runs all runners once, in a fresh random order (the first of a round measured slower
+    in a fixed order)."""
+    keys = list(runners)
+    order = np.random.default_rng(1)
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
     for step in range(rounds + 2):
-        for key, run in runners.items():
+        for i in order.permutation(len(keys)):
             start = time.perf_counter()
-            run(x)
+            runners[keys[i]](x)
             if step >= 2:
-                times[key].append(time.perf_counter() - start)
-    return {k: [round(len(x) / float(np.percentile(v, q)), 1) for q in (50, 75, 25)]
-            for k, v in times.items()}
+                times[keys[i]].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: dict[tuple[str, str], list[float]], batch: int,
+              reference: str) -> dict[str, dict[str, Any]]:
+    """Per "graph / runtime": images/s (median, 25th, 75th percentile of the rounds) and the
+    speedup over ``reference`` in the same runtime: the median of the per-round ratios (paired:
+    a load spike slows both of a round)."""
+    out = {}
+    for (g, rt), t in times.items():
+        ref = np.asarray(times[(reference, rt)])
+        out[f"{g} / {rt}"] = {
+            "images_per_s": [round(batch / float(np.percentile(t, q)), 1) for q in (50, 75, 25)],
+            "speedup": round(float(np.median(ref / np.asarray(t))), 2)}
+    return out
 
 
 def accuracy(run: Callable, x: np.ndarray, batch: int, reference: np.ndarray,
@@ -186,8 +203,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batch = max(record["images_per_s"], key=int)
-    speed = record["images_per_s"][batch]
+    batch = max(record["speed"], key=int)
+    speed = {k: v["images_per_s"][0] for k, v in record["speed"][batch].items()}
     graphs = list(record["graphs"])
     names = sorted({k.split(" / ")[1] for k in speed})
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -226,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     plot(record, args.out.with_suffix(".png"))
-    print(json.dumps({"images_per_s": record["images_per_s"], "speedup_vs_fp32_source":
-                      record["speedup_vs_fp32_source"], "choice": record["choice"]}, indent=2))
+    print(json.dumps({"speed": record["speed"], "choice": record["choice"]}, indent=2))
     return 0
 
 
@@ -259,8 +275,7 @@ def run(args: argparse.Namespace, demo: Any, split: Any, bundle: Bundle,
     reference = predict(demo.checkpoint, images).probs
     labels = np.asarray(split.test.labels)
     rng = np.random.default_rng(0)
-    speed: dict[str, dict[str, float]] = {}
-    spread_: dict[str, dict[str, list[float]]] = {}
+    speed: dict[str, dict[str, Any]] = {}
     acc: dict[str, Any] = {}
     load = [os.getloadavg()[0]]
     for batch in map(int, args.batches.split(",")):
@@ -268,16 +283,12 @@ def run(args: argparse.Namespace, demo: Any, split: Any, bundle: Bundle,
                    for rt, make in makers.items()
                    if not (rt.startswith("openvino") and g in broken)}
         timed = time_all(runners, rng.random((batch, *chw), dtype=np.float32), args.rounds)
-        speed[str(batch)] = {f"{g} / {rt}": v[0] for (g, rt), v in timed.items()}
-        spread_[str(batch)] = {f"{g} / {rt}": v[1:] for (g, rt), v in timed.items()}
+        speed[str(batch)] = summarize(timed, batch, "fp32 source")
         load.append(os.getloadavg()[0])
         if batch == 32 or not acc:
             acc = {f"{g} / {rt}": accuracy(r, x, batch, reference, labels, preset.activation)
                    for (g, rt), r in runners.items()}
         del runners
-    ref = "fp32 source"
-    speedup = {b: {k: round(v / s[f"{ref} / {k.split(' / ')[1]}"], 2) for k, v in s.items()}
-               for b, s in speed.items()}
     choice = fastest(int8_cpu_candidates(bundle), (32, *chw))
     return {
         "machine": machine_info(ROOT) | {"openvino": _version("openvino")},
@@ -286,8 +297,7 @@ def run(args: argparse.Namespace, demo: Any, split: Any, bundle: Bundle,
         "graphs": {k: str(v) for k, v in graphs.items()},
         "openvino_cannot_run": broken, "rounds": args.rounds,
         "load_average_1min": [round(v, 2) for v in load],  # before, and after each batch size
-        "images_per_s": speed, "images_per_s_p25_p75": spread_,
-        "speedup_vs_fp32_source": speedup,
+        "speed": speed,  # images/s [median, p25, p75]; speedup over FP32 source, same runtime
         "accuracy": {"images": len(images), "reference": "PyTorch FP32 (medtrt.reference)",
                      "bound": PARITY["int8"], "by_graph": acc},
         "onnxruntime_ops": {g: ort_ops(p, work) for g, p in graphs.items()},

@@ -104,10 +104,11 @@ class CpuChoice:
 
 
 def fastest(candidates: list[CpuCandidate], shape: tuple[int, ...], *, threads: int = 0,
-            rounds: int = 3) -> CpuChoice:
+            rounds: int = 4) -> CpuChoice:
     """Open each candidate in ONNX Runtime, time it on random float32 inputs of ``shape``
-    (one warm-up run, then ``rounds`` runs interleaved with the others'), close all but the one
-    ``choose`` picks. One candidate: opened, not timed."""
+    (one warm-up run, then ``rounds`` runs interleaved with the others', the order reversed
+    every other round: the first of a round measures slower), close all but the one ``choose``
+    picks. One candidate: opened, not timed."""
     if not candidates:
         raise ValueError("fastest: no candidates")
     stages = {c.name: OnnxRuntimeStage(c.graph, threads=threads) for c in candidates}
@@ -117,7 +118,7 @@ def fastest(candidates: list[CpuCandidate], shape: tuple[int, ...], *, threads: 
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     times: dict[str, list[float]] = {name: [] for name in stages}
     for step in range(rounds + 1):
-        for name, stage in stages.items():
+        for name, stage in list(stages.items())[::1 if step % 2 else -1]:
             start = time.perf_counter()
             stage.session.run(None, {stage.input_name: x})
             if step:  # the first round warms up
