@@ -6,9 +6,10 @@ CPU INT8 graph (``medtrt.precision.cpu_int8``); the bundle's precision ONNX as T
 (TensorRT Q/DQ layout); and, as reference points only, ONNX Runtime's own ``quantize_static``
 (QDQ format, its own MinMax calibration on 64 training images): its defaults (int8 activations,
 per-tensor weights) and uint8 activations with per-channel weights. Runtimes: ONNX Runtime
-(CPUExecutionProvider, its default threads) and, where installed, OpenVINO on the CPU with
-``INFERENCE_PRECISION_HINT`` f32 and with its default (bf16 on a CPU with AMX). Each graph is
-first opened in OpenVINO in a child process, so one that crashes it is recorded, not fatal.
+(CPUExecutionProvider, its default threads, no spinning between runs) and, where installed,
+OpenVINO on the CPU with ``INFERENCE_PRECISION_HINT`` f32 and with its default (bf16 on a CPU
+with AMX). Each graph is first opened in OpenVINO in a child process, so one that crashes it is
+recorded, not fatal.
 
 Speed: images/s at each batch (default 32, 8, 1), every (graph, runtime) timed in the same
 rounds (a random order each round) after two warm-up rounds: the median and the 25th and 75th
@@ -106,7 +107,12 @@ def ort_quantized(fp32: Path, x: np.ndarray, out: Path, **kwargs: Any) -> Path:
 
 
 def ort_runner(path: Path, batch: int) -> Callable[[np.ndarray], np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """ONNX Runtime with its intra-op threads not spinning after a run: spinning threads of one
+    session slow the next runner of the round (every ONNX Runtime graph measured 20-35% faster
+    without, interleaved; one session alone spins to no one's cost)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
