@@ -6,15 +6,16 @@ CPU INT8 graph (``medtrt.precision.cpu_int8``); the bundle's precision ONNX as T
 (TensorRT Q/DQ layout); and, as reference points only, ONNX Runtime's own ``quantize_static``
 (QDQ format, its own MinMax calibration on 64 training images): its defaults (int8 activations,
 per-tensor weights) and uint8 activations with per-channel weights. Runtimes: ONNX Runtime
-(CPUExecutionProvider, its default threads, no spinning between runs) and, where installed,
+(CPUExecutionProvider, its default threads and spinning) and, where installed,
 OpenVINO on the CPU with ``INFERENCE_PRECISION_HINT`` f32 and with its default (bf16 on a CPU
 with AMX). Each graph is first opened in OpenVINO in a child process, so one that crashes it is
 recorded, not fatal.
 
 Speed: images/s at each batch (default 32, 8, 1), every (graph, runtime) timed in the same
-rounds (a random order each round) after two warm-up rounds: the median and the 25th and 75th
-percentiles, and the speedup over the FP32 source in the same runtime as the median of the
-per-round ratios; with the machine's load average (other processes share a small machine).
+rounds (a random order each round; each runner an untimed run, then two timed) after a
+warm-up: the median and the 25th and 75th percentiles, and the speedup over the FP32 source in
+the same runtime as the median of the per-round ratios; with the machine's load average (other
+processes share a small machine).
 Accuracy: the held-out split of the demo set against PyTorch FP32 (top-1 agreement, max
 |dprob|, within ``medtrt.testing.PARITY["int8"]``). Also: the ops ONNX Runtime runs for each
 graph, and what ``medtrt.runtime.int8_cpu`` picks here. Writes JSON and a PNG. Not a test.
@@ -43,6 +44,7 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+REPS = 2  # timed runs per runner and round, after one untimed
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -107,12 +109,7 @@ def ort_quantized(fp32: Path, x: np.ndarray, out: Path, **kwargs: Any) -> Path:
 
 
 def ort_runner(path: Path, batch: int) -> Callable[[np.ndarray], np.ndarray]:
-    """ONNX Runtime with its intra-op threads not spinning after a run: spinning threads of one
-    session slow the next runner of the round (every ONNX Runtime graph measured 20-35% faster
-    without, interleaved; one session alone spins to no one's cost)."""
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
@@ -149,18 +146,22 @@ def runtimes(graphs: dict[str, Path], chw: tuple[int, ...]) -> tuple[dict[str, A
 
 def time_all(runners: dict[tuple[str, str], Callable], x: np.ndarray,
              rounds: int) -> dict[tuple[str, str], list[float]]:
-    """Seconds of each runner in each of ``rounds`` rounds (after two warm-up rounds); every
-    round runs all runners once, in a fresh random order (the first of a round measured slower
-    in a fixed order)."""
+    """Seconds per run of each runner in each of ``rounds`` rounds (after one warm-up round).
+    A round runs every runner in a fresh random order (in a fixed order the first measured
+    slower), each as an untimed run and then ``REPS`` timed ones: the untimed run absorbs what
+    the previous runner left behind (ONNX Runtime's threads spin on after a run and slowed the
+    next runner by 20-35% when single runs were interleaved)."""
     keys = list(runners)
     order = np.random.default_rng(1)
     times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
-    for step in range(rounds + 2):
+    for step in range(rounds + 1):
         for i in order.permutation(len(keys)):
-            start = time.perf_counter()
             runners[keys[i]](x)
-            if step >= 2:
-                times[keys[i]].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in range(REPS):
+                runners[keys[i]](x)
+            if step:
+                times[keys[i]].append((time.perf_counter() - start) / REPS)
     return times
 
 
