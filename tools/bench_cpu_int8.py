@@ -17,8 +17,9 @@ warm-up: the median and the 25th and 75th percentiles, and the speedup over the 
 the same runtime as the median of the per-round ratios; with the machine's load average (other
 processes share a small machine).
 Accuracy: the held-out split of the demo set against PyTorch FP32 (top-1 agreement, max
-|dprob|, within ``medtrt.testing.PARITY["int8"]``, and the RMS logit error). Also: the ops ONNX Runtime runs for each
-graph, and what ``medtrt.runtime.int8_cpu`` picks here. Writes JSON and a PNG. Not a test.
+|dprob|, within ``medtrt.testing.PARITY["int8"]``, and the RMS logit error). Also: the ops
+ONNX Runtime runs for each graph, and what ``medtrt.runtime.int8_cpu`` picks here. Writes JSON
+and a PNG. Not a test.
 
     python tools/bench_cpu_int8.py [--bundle NAME.engine] [--batches 32,8,1] [--rounds 15]
                                    [--demo-cache DIR]
