@@ -130,3 +130,15 @@ def calib_dir(split, tmp_path_factory):
     from helpers.foreign import calibration_folder
 
     return calibration_folder(split, tmp_path_factory.mktemp("calib"))
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(demo_model, split, tmp_path_factory):
+    """An INT8 bundle of the demo model that no machine's TensorRT runs (so it loads into ONNX
+    Runtime on the CPU): its precision ONNX is medtrt's TensorRT Q/DQ layout, "max"-calibrated
+    on 64 training images; profile batch 1, 8, 32."""
+    from helpers.bundles import int8_bundle as make
+    from helpers.foreign import spread
+
+    return make(demo_model.onnx, tmp_path_factory.mktemp("int8-bundle"),
+                spread(split.train.paths, 64))

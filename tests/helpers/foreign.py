@@ -138,8 +138,11 @@ def build_bundle(onnx_path: Path, out: Path, precision: str, preset, calib_dir: 
 
 
 def engine_probs(path: Path, images: list[np.ndarray], **kwargs) -> np.ndarray:
-    """Probabilities of ``Engine(path, device="cpu")`` (a bundle runs its precision ONNX in ONNX
-    Runtime) on ``images``; no image may fail."""
+    """Probabilities of ``Engine(path, device="cpu")`` on ``images`` (a bundle with
+    backend="onnxruntime": its precision ONNX as it is, the graph TensorRT builds); no image may
+    fail."""
+    if Path(path).name.endswith(".engine"):
+        kwargs.setdefault("backend", "onnxruntime")
     with Engine(path, device="cpu", **kwargs) as engine:
         r = engine.infer(images, return_probs=True)
     assert not r.errors

@@ -5,8 +5,10 @@ CPU or falling back to it), the loader hands ``choose_cpu_stage`` the model's ca
 (``cpu_candidates``: each CPU runtime over the graph; more can be added, see there) and gets the
 stage to run and a ``BackendChoice`` saying how it was chosen:
 
-- ``MEDTRT_CPU_BACKEND=NAME`` (a candidate's name: ``onnxruntime``, ``openvino``) forces one
-  without probing; unset, empty or ``auto``: choose.
+- ``MEDTRT_CPU_BACKEND=NAME`` (a candidate's name: ``onnxruntime``, ``openvino``; a runtime's
+  name where no candidate has it takes that runtime's first candidate: an INT8 bundle's
+  ``onnxruntime-int8cpu`` or ``onnxruntime-fp32``) forces one without probing; unset, empty or
+  ``auto``: choose.
 - A candidate whose runtime is not installed is skipped, with the reason (and the extra that
   brings it); one left is used as it is.
 - Otherwise the choice stored for this machine and model is read from the cache, or the probe
@@ -43,9 +45,10 @@ from medtrt._lazy import require
 from medtrt.artifacts import Bundle, sha256_file
 from medtrt.cpu import cpu_info
 from medtrt.errors import MissingDependencyError
+from medtrt.runtime.int8_cpu import int8_cpu_candidates
 from medtrt.runtime.stages import OnnxRuntimeStage, OpenVinoStage, Stage
 
-__all__ = ["CPU_STAGES", "ENV", "BackendChoice", "Candidate", "ProbeSettings", "Timing",
+__all__ = ["CPU_STAGES", "ENV", "FP32_CANDIDATES", "BackendChoice", "Candidate", "ProbeSettings", "Timing",
            "cache_key", "cache_path", "choose", "choose_cpu_stage", "cpu_candidates", "probe",
            "read_cache", "write_cache"]
 
@@ -57,6 +60,8 @@ SCHEMA_VERSION = 1  # of the cache files
 CPU_STAGES: dict[str, Callable[..., Stage]] = {"onnxruntime": OnnxRuntimeStage,
                                                 "openvino": OpenVinoStage}
 SOURCES = ("probe", "cache", "env", "only")
+# An INT8 bundle's candidates that run FP32 (the loader reports it as a fallback).
+FP32_CANDIDATES = ("onnxruntime-fp32", "openvino-fp32")
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,29 @@ def cpu_candidates(graph: str | Path | bytes, bundle: Bundle | None = None) -> l
     choice is re-probed when it changes), ``MEDTRT_CPU_BACKEND`` can name it, and if it wins its
     stage is the one that runs. Its graph must take the model's input (``[batch, C, H, W]``,
     float32 or float16) and give its logits (``[batch, classes]``), like ``graph``."""
+    if bundle is not None and bundle.precision == "int8":
+        return _int8_candidates(graph, bundle)
     return [Candidate("onnxruntime", "onnxruntime", graph, "ONNX Runtime, CPU provider"),
             Candidate("openvino", "openvino", graph, "OpenVINO runtime, CPU plugin, f32")]
+
+
+def _int8_candidates(graph: str | Path | bytes, bundle: Bundle) -> list[Candidate]:
+    """An INT8 bundle on the CPU (``medtrt.runtime.int8_cpu``). Where the CPU has VNNI/AMX: the
+    precision ONNX in OpenVINO (which runs the TensorRT Q/DQ layout in INT8), the CPU INT8 graph
+    in ONNX Runtime (``QLinearConv``; ONNX Runtime runs the TensorRT layout slower than FP32, so
+    that one is not offered), and the FP32 graph in both runtimes, so the probe never picks
+    anything slower than FP32 here. Elsewhere the FP32 graph only (``FP32_CANDIDATES``: the
+    loader says so in ``Loaded.fallback``)."""
+    by_name = {c.name: c for c in int8_cpu_candidates(bundle)}
+    fp32 = by_name["fp32"]
+    out = []
+    if "cpu-int8" in by_name:
+        out = [Candidate("openvino", "openvino", graph,
+                         "OpenVINO on the precision ONNX: INT8 where the CPU has VNNI/AMX"),
+               Candidate("onnxruntime-int8cpu", "onnxruntime", by_name["cpu-int8"].graph,
+                         by_name["cpu-int8"].note)]
+    return out + [Candidate("onnxruntime-fp32", "onnxruntime", fp32.graph, fp32.note),
+                  Candidate("openvino-fp32", "openvino", fp32.graph, fp32.note)]
 
 
 @dataclass(frozen=True)
@@ -383,6 +409,9 @@ def choose_cpu_stage(candidates: Sequence[Candidate], *, input_shape: tuple[int,
     forced = os.environ.get(ENV, "").strip()
     if forced and forced != "auto":
         by_name = {c.name: c for c in candidates}
+        for c in candidates:  # a runtime's name: its first candidate (an INT8 bundle's are named
+            if forced in CPU_STAGES and c.backend == forced:  # onnxruntime-int8cpu, ...)
+                by_name.setdefault(forced, c)
         if forced not in by_name:
             raise ValueError(f"{ENV}={forced!r} names no CPU backend of this model; use one of "
                              f"{names}, or 'auto' (or unset it) to choose by measuring")

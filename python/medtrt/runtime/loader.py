@@ -29,7 +29,10 @@ from medtrt.foreign import read_onnx
 from medtrt.models import load
 from medtrt.models.checkpoint import load_checkpoint
 from medtrt.models.presets import Preset
-from medtrt.runtime.cpu_choice import CPU_STAGES, BackendChoice, choose_cpu_stage, cpu_candidates
+from medtrt.cpu import has_int8_dot
+from medtrt.runtime.cpu_choice import (CPU_STAGES, FP32_CANDIDATES, BackendChoice,
+                                       choose_cpu_stage, cpu_candidates)
+from medtrt.runtime.int8_cpu import FP32_NOTE
 from medtrt.runtime.stages import Stage, TensorRTStage, TorchStage
 from medtrt.trt import import_trt
 
@@ -217,11 +220,22 @@ def _bundle_stage(bundle: Bundle, backend: str, device: Any, slots: int,
             raise BundleError(f"{bundle.path}: TensorRT cannot run it here: {reason}")
         stage, choice = _cpu_stage(bundle.require_precision_onnx(reason), backend, threads,
                                    bundle.preset, _probe_batch(bundle), str(bundle.path), bundle)
-        return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running its "
-                       f"precision ONNX in {CPU_NAMES[stage.name]} on the CPU"), choice
+        runs = _runs_fp32(bundle, choice) or f"its precision ONNX in {CPU_NAMES[stage.name]}"
+        return stage, (f"TensorRT cannot run it on {device!r} here ({reason}); running "
+                       f"{runs} on the CPU"), choice
     stage, choice = _cpu_stage(bundle.require_precision_onnx(why), backend, threads,
                                bundle.preset, _probe_batch(bundle), str(bundle.path), bundle)
-    return stage, None, choice
+    return stage, _runs_fp32(bundle, choice), choice
+
+
+def _runs_fp32(bundle: Bundle, choice: BackendChoice | None) -> str | None:
+    """What an INT8 bundle runs when ``auto`` chose an FP32 graph for it (a fallback), else
+    None."""
+    if bundle.precision != "int8" or choice is None or choice.name not in FP32_CANDIDATES:
+        return None
+    why = ("this CPU has no VNNI/AMX" if not has_int8_dot() else
+           f"it measured fastest here: {choice.summary()}")
+    return (f"an FP32 graph ({FP32_NOTE}) in {CPU_NAMES[choice.backend]}, not INT8: {why}")
 
 
 def _cpu_stage(graph: str | Path | bytes, backend: str, threads: int, preset: Preset,
