@@ -324,6 +324,16 @@ def test_auto_check_compares_the_probe_choice_with_this_runs_figures():
     assert auto_check({"auto-cpu-fp32": {**choice, "batch": 16}}, rows)[0]["agrees"] is None
     forced = {**choice, "name": "onnxruntime", "source": "env", "timings": []}
     assert auto_check({"auto-cpu-fp32": forced}, rows)[0]["agrees"] is None
+    # An INT8 bundle's candidates map to the bench backends of its CPU graphs.
+    names = ["openvino", "onnxruntime-int8cpu", "onnxruntime-fp32", "openvino-fp32"]
+    int8 = {**choice, "name": "onnxruntime-int8cpu",
+            "timings": [{"name": n, "backend": n.split("-")[0], "images_per_s": 1.0,
+                         "error": None} for n in names]}
+    [check] = auto_check({"auto-cpu-int8": int8}, rows)
+    assert check["bench_backends"] == {"openvino": "ov-cpu-int8",
+                                       "onnxruntime-int8cpu": "ort-cpu-int8cpu",
+                                       "onnxruntime-fp32": "ort-cpu-int8fp32",
+                                       "openvino-fp32": "ov-cpu-int8fp32"}
 
 
 def test_openvino_and_auto_cpu_backends_in_engine_mode(model_dir, tmp_path, monkeypatch):

@@ -19,10 +19,11 @@ import numpy as np
 
 from medtrt.artifacts import Bundle
 from medtrt.bench.buffers import BufferView, CudaBuffers, HostBuffers
-from medtrt.bench.config import CPU_RUNTIMES, NVJPEG
+from medtrt.bench.config import CPU_GRAPHS, CPU_RUNTIMES, NVJPEG
 from medtrt.data import read_image
 from medtrt.errors import BundleError, MissingDependencyError
 from medtrt.models import load
+from medtrt.precision.cpu_int8 import cpu_graph_path
 from medtrt.reference import predict
 from medtrt.runtime import Engine
 from medtrt.runtime.loader import load_stage
@@ -293,17 +294,24 @@ def make_backend(name: str, mode: str, art: Artifacts, threads: int) -> Backend:
 
 def _cpu_backend(name: str, mode: str, art: Artifacts, threads: int, decode: int) -> Backend:
     """ort-cpu-P / ov-cpu-P: the P graph (model.onnx, model.P.onnx) in ONNX Runtime / OpenVINO;
-    auto-cpu-P: the P graph with backend="auto" (``medtrt.runtime.cpu_choice``'s choice)."""
+    ort-cpu-int8cpu, ort/ov-cpu-int8fp32: the CPU graphs derived from the INT8 graph
+    (``medtrt.precision.cpu_int8``); auto-cpu-P: the P bundle if there is one, else the P graph,
+    with backend="auto" (``medtrt.runtime.cpu_choice``'s choice)."""
     prefix, _, prec = name.split("-")
-    if prec not in art.onnx:
+    base = "int8" if prec in CPU_GRAPHS else prec
+    if base not in art.onnx:
         raise BackendUnavailable(
-            f"no {art.checkpoint.stem}{'' if prec == 'fp32' else '.' + prec}.onnx beside the "
-            f"model: run medtrt export / medtrt build --{prec}")
+            f"no {art.checkpoint.stem}{'' if base == 'fp32' else '.' + base}.onnx beside the "
+            f"model: run medtrt export / medtrt build --{base}")
+    graph = (cpu_graph_path(art.onnx[base], CPU_GRAPHS[prec]) if prec in CPU_GRAPHS else
+             art.onnx[base])
     backend = CPU_RUNTIMES.get(prefix, "auto")
+    if backend == "auto" and prec in art.engines:
+        graph = art.engines[prec]
     try:
         if mode == "engine":
-            return StageCompute.load(name, art.onnx[prec], backend, "cpu", threads=threads)
-        return EnginePipeline(name, art.onnx[prec], decode, backend=backend, device="cpu")
+            return StageCompute.load(name, graph, backend, "cpu", threads=threads)
+        return EnginePipeline(name, graph, decode, backend=backend, device="cpu")
     except MissingDependencyError as exc:  # OpenVINO not installed: the extra to install
         raise BackendUnavailable(str(exc)) from exc
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BACKENDS", "CPU_RUNTIMES", "DEFAULT_BASELINE", "MODES", "NVJPEG", "BenchConfig"]
+__all__ = ["BACKENDS", "CANDIDATE_VARIANTS", "CPU_GRAPHS", "CPU_RUNTIMES", "DEFAULT_BASELINE", "MODES", "NVJPEG", "BenchConfig"]
 
 MODES = ("engine", "pipeline", "files")
 BACKENDS = ("torch-cpu-fp32", "torch-cl-cpu-fp32", "torch-compile-cpu-fp32", "torch-cuda-fp32", "torch-cuda-fp16", "torch-compile-cuda-fp16",
             "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8", "ov-cpu-fp32", "ov-cpu-fp16",
-            "ov-cpu-int8", "auto-cpu-fp32", "auto-cpu-fp16", "auto-cpu-int8", "trt-fp16", "trt-int8",
+            "ov-cpu-int8", "ort-cpu-int8cpu", "ort-cpu-int8fp32", "ov-cpu-int8fp32",
+            "auto-cpu-fp32", "auto-cpu-fp16", "auto-cpu-int8", "trt-fp16", "trt-int8",
             "torch-cuda-fp16+nvjpeg", "trt-fp16+nvjpeg", "trt-int8+nvjpeg",
             "torch-reference", "seed-dataloader")
 # The CPU runtimes of medtrt.runtime.cpu_choice and the bench names' prefixes for them
 # (ort-cpu-fp32 runs candidate "onnxruntime" of the FP32 graph, ov-cpu-int8 "openvino" of the
-# INT8 one); auto-cpu-P loads the P graph with backend="auto" (the probe's choice).
+# INT8 one); auto-cpu-P loads the P bundle (else graph) with backend="auto" (the probe's
+# choice). An INT8 bundle's CPU graphs (medtrt.runtime.int8_cpu) are int8cpu (the CPU INT8 graph)
+# and int8fp32 (its FP32 twin): bench suffix <- cpu_choice candidate variant.
 CPU_RUNTIMES = {"ort": "onnxruntime", "ov": "openvino"}
+CPU_GRAPHS = {"int8cpu": "cpu-int8", "int8fp32": "fp32"}
+CANDIDATE_VARIANTS = {"int8cpu": "int8cpu", "fp32": "int8fp32"}
 NVJPEG = "+nvjpeg"  # files mode: the same backend with JPEGs decoded on the GPU
 DEFAULT_BASELINE = {"engine": "torch-cpu-fp32", "pipeline": "torch-reference",
                     "files": "seed-dataloader"}

@@ -13,7 +13,7 @@ import numpy as np
 
 from medtrt._lazy import require
 from medtrt.bench.backends import Artifacts, SeedDataLoader
-from medtrt.bench.config import CPU_RUNTIMES, MODES, BenchConfig
+from medtrt.bench.config import CANDIDATE_VARIANTS, CPU_RUNTIMES, MODES, BenchConfig
 from medtrt.bench.telemetry import machine_info
 
 __all__ = ["auto_check", "plot", "write_report"]
@@ -105,8 +105,7 @@ def auto_check(choices: dict[str, Any], results: list[dict[str, Any]]) -> list[d
             continue
         prec, batch = name.rsplit("-", 1)[1], choice["batch"]
         ran = [t for t in choice["timings"] if t["images_per_s"] is not None]
-        bench = {t["name"]: f"{prefix[t['backend']]}-cpu-{prec}" for t in ran
-                 if t["name"] == t["backend"] and t["backend"] in prefix}
+        bench = {t["name"]: _bench_name(t["name"], prec, prefix) for t in ran}
         here = {n: measured.get((b, batch)) for n, b in bench.items()}
         complete = bool(ran) and len(here) == len(ran) and all(v is not None
                                                                for v in here.values())
@@ -118,6 +117,14 @@ def auto_check(choices: dict[str, Any], results: list[dict[str, Any]]) -> list[d
                        "fastest_in_bench": fastest,
                        "agrees": (fastest == choice["name"]) if complete else None})
     return checks
+
+
+def _bench_name(candidate: str, prec: str, prefix: dict[str, str]) -> str:
+    """The bench backend that runs a cpu_choice candidate: onnxruntime -> ort-cpu-P,
+    openvino-fp32 (an INT8 bundle's FP32 twin) -> ov-cpu-int8fp32, onnxruntime-int8cpu ->
+    ort-cpu-int8cpu."""
+    runtime, _, variant = candidate.partition("-")
+    return f"{prefix.get(runtime, runtime)}-cpu-{CANDIDATE_VARIANTS.get(variant, prec)}"
 
 
 def plot(report: dict[str, Any], out: Path) -> list[str]:
