@@ -48,9 +48,6 @@ class AbsHistogram {
   // Adds |x| of n values. Not thread-safe for one histogram; different histograms may be
   // filled concurrently.
   void add(const float* x, std::int64_t n);
-  // Adds the values of several arrays as one batch: exactly what add() of their concatenation
-  // does (an infinite value is reported at its index in the concatenation).
-  void add_parts(const float* const* parts, const std::int64_t* sizes, std::int64_t count);
   void add_reference(const float* x, std::int64_t n);  // the former add(); same results, slower
 
   const std::vector<std::uint64_t>& counts() const { return counts_; }

@@ -263,6 +263,17 @@ def test_single_pass_fill_equals_the_reference_fill(rng):
         assert new.merges > 0
 
 
+def test_a_batch_of_more_than_one_block_counts_as_the_reference(rng):
+    """Past 2^24 values a batch is counted in blocks (uint32 scratch) summed in uint64."""
+    x = np.maximum(rng.standard_normal(2**24 + 1000, np.float32), 0)
+    x[[7, 2**24 + 5]] = np.nan
+    new, ref = C.AbsHistogram(2048), C.AbsHistogram(2048)
+    for batch in (x[:1000], x, x, x * 3):  # range set, grown, held, grown
+        new.add(batch)
+        ref.add_reference(batch)
+        assert histogram_state(new) == histogram_state(ref)
+
+
 def test_single_pass_fill_of_tiny_values_bins_in_double_as_the_reference():
     for first in (np.array([1e-40, 0.0, -7.5e-41], np.float32), np.array([3e-45], np.float32)):
         new, ref = C.AbsHistogram(2048), C.AbsHistogram(2048)

@@ -15,7 +15,7 @@ namespace {
 
 constexpr std::int32_t kInfBits = 0x7f800000;  // |x| bit patterns above this one are NaN
 constexpr std::int64_t kChunk = 1024;          // bin indices computed per vector pass
-constexpr std::int64_t kBlock = std::int64_t{1} << 30;  // values per fill of uint32 scratch
+constexpr std::int64_t kBlock = std::int64_t{1} << 24;  // values per fill of uint32 scratch
 
 // |x| as its IEEE bit pattern, read from memory that may be misaligned. Non-negative floats'
 // patterns order as their values do and NaN's lie above +inf's, so the max and the NaN test
@@ -89,29 +89,28 @@ MEDTRT_VECTOR_CLONES void bin_values(const float* x, std::int64_t n, float per_b
   scan.max_bits = top;
 }
 
-// Counts of a batch (parts in order) at per_bin into `pending` (bins counters), and its scan.
-void count_batch(const float* const* parts, const std::int64_t* sizes, std::int64_t count,
-                 float per_bin, std::int64_t bins, std::vector<std::uint64_t>& pending,
-                 BatchScan& scan) {
-  thread_local std::vector<std::uint32_t> local;
-  const int ways = bins <= 4096 ? 4 : 1;  // 4 x 4097 counters stay within L1
+// The bins of a batch at per_bin, counted into `local` (ways x (bins + 1) uint32 counters) when
+// the batch fits one block, else summed into `pending`; and its scan. Returns the ways used.
+int count_batch(const float* x, std::int64_t n, float per_bin, std::int64_t bins,
+                std::vector<std::uint32_t>& local, std::vector<std::uint64_t>& pending,
+                BatchScan& scan) {
+  const int ways = bins <= 4096 && n >= 4 * bins ? 4 : 1;  // 4 x 4097 counters fit in L1
   const std::size_t stride = static_cast<std::size_t>(bins) + 1;
-  pending.assign(static_cast<std::size_t>(bins), 0);
-  for (std::int64_t p = 0; p < count; ++p) {
-    for (std::int64_t start = 0; start < sizes[p]; start += kBlock) {
-      const std::int64_t n = std::min(kBlock, sizes[p] - start);
-      local.assign(ways * stride, 0);
-      if (ways == 4)
-        bin_values<4>(parts[p] + start, n, per_bin, bins, local.data(), scan);
-      else
-        bin_values<1>(parts[p] + start, n, per_bin, bins, local.data(), scan);
-      for (int w = 0; w < ways; ++w) {
-        const std::uint32_t* l = local.data() + w * stride;
-        for (std::size_t b = 0; b < pending.size(); ++b) pending[b] += l[b];
-        scan.nans += l[bins];
-      }
-    }
+  pending.clear();
+  for (std::int64_t start = 0; start < n || start == 0; start += kBlock) {
+    const std::int64_t m = std::min(kBlock, n - start);
+    local.assign(ways * stride, 0);
+    if (ways == 4)
+      bin_values<4>(x + start, m, per_bin, bins, local.data(), scan);
+    else
+      bin_values<1>(x + start, m, per_bin, bins, local.data(), scan);
+    for (int w = 0; w < ways; ++w) scan.nans += local[w * stride + bins];
+    if (n <= kBlock) break;  // the usual case: the counts stay in `local`
+    pending.resize(static_cast<std::size_t>(bins), 0);
+    for (int w = 0; w < ways; ++w)
+      for (std::size_t b = 0; b < pending.size(); ++b) pending[b] += local[w * stride + b];
   }
+  return ways;
 }
 
 // bins / range as the float the bins are found with; false when it overflows float (a range
@@ -135,14 +134,10 @@ void bin_in_double(const float* x, std::int64_t n, double per_bin_d,
   }
 }
 
-[[noreturn]] void throw_infinite(const float* const* parts, const std::int64_t* sizes,
-                                 std::int64_t count) {
-  std::int64_t offset = 0;
-  for (std::int64_t p = 0; p < count; offset += sizes[p], ++p)
-    for (std::int64_t i = 0; i < sizes[p]; ++i)
-      MEDTRT_CHECK(abs_bits(parts[p] + i) != kInfBits, "entropy: activation value ", parts[p][i],
-                   " at index ", offset + i,
-                   " is infinite; the model overflows on this calibration data");
+[[noreturn]] void throw_infinite(const float* x, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    MEDTRT_CHECK(abs_bits(x + i) != kInfBits, "entropy: activation value ", x[i], " at index ", i,
+                 " is infinite; the model overflows on this calibration data");
   throw std::logic_error("entropy: an infinite value was scanned but not found again");
 }
 
@@ -184,40 +179,39 @@ bool AbsHistogram::admit(float batch_max, std::uint64_t n, std::uint64_t nans) {
   return true;
 }
 
-void AbsHistogram::add(const float* x, std::int64_t n) { add_parts(&x, &n, 1); }
-
-void AbsHistogram::add_parts(const float* const* parts, const std::int64_t* sizes,
-                             std::int64_t count) {
-  MEDTRT_CHECK(count >= 0, "entropy: a batch has a count of parts >= 0; got ", count);
-  std::int64_t n = 0;
-  for (std::int64_t p = 0; p < count; ++p) {
-    MEDTRT_CHECK(sizes[p] >= 0, "entropy: part ", p, " has ", sizes[p], " values");
-    n += sizes[p];
-  }
+void AbsHistogram::add(const float* x, std::int64_t n) {
+  thread_local std::vector<std::uint32_t> local;
   thread_local std::vector<std::uint64_t> pending;
   const auto bins = static_cast<std::int64_t>(counts_.size());
   const double range_before = range_;
   double per_bin_d = 0.0;
   float per_bin = 0.0f;
   BatchScan scan;
+  int ways = 0;
   // Usually the range holds: the bins are counted in the same pass as the max, and kept
   // unless the range has to grow.
   const bool counted = range_ > 0.0 && float_per_bin(range_, bins, &per_bin_d, &per_bin);
   if (counted)
-    count_batch(parts, sizes, count, per_bin, bins, pending, scan);
+    ways = count_batch(x, n, per_bin, bins, local, pending, scan);
   else
-    for (std::int64_t p = 0; p < count; ++p) scan_values(parts[p], sizes[p], scan);
-  if (scan.max_bits == kInfBits) throw_infinite(parts, sizes, count);
+    scan_values(x, n, scan);
+  if (scan.max_bits == kInfBits) throw_infinite(x, n);  // before anything changes
   if (!admit(from_bits(scan.max_bits), static_cast<std::uint64_t>(n), scan.nans)) return;
   if (!counted || range_ != range_before) {
     if (!float_per_bin(range_, bins, &per_bin_d, &per_bin)) {
-      for (std::int64_t p = 0; p < count; ++p) bin_in_double(parts[p], sizes[p], per_bin_d, counts_);
+      bin_in_double(x, n, per_bin_d, counts_);
       return;
     }
     BatchScan again;
-    count_batch(parts, sizes, count, per_bin, bins, pending, again);
+    ways = count_batch(x, n, per_bin, bins, local, pending, again);
   }
-  for (std::size_t b = 0; b < counts_.size(); ++b) counts_[b] += pending[b];
+  if (!pending.empty()) {
+    for (std::size_t b = 0; b < counts_.size(); ++b) counts_[b] += pending[b];
+    return;
+  }
+  const std::size_t stride = counts_.size() + 1;
+  for (int w = 0; w < ways; ++w)
+    for (std::size_t b = 0; b < counts_.size(); ++b) counts_[b] += local[w * stride + b];
 }
 
 // The former add(), unchanged: the yardstick of add() in tests and benchmarks.

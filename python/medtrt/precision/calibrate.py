@@ -3,20 +3,20 @@
 The FP32 ONNX runs in ONNX Runtime (CPU) with the tensors to quantize added as graph outputs,
 written straight into arrays reused from batch to batch (IOBinding); images are pre-processed
 exactly as at inference (``medtrt.ops.resize_normalize`` with the preset recorded in the ONNX);
-each batch's activations go straight into per-tensor |x| histograms in C++
-(``medtrt._C.AbsHistogram``, filled in parallel with the GIL released), so memory is one batch
-of activations plus 2048 counters per tensor, however many images.
+each batch's activations go into per-tensor |x| histograms in C++ (``medtrt._C.AbsHistogram``,
+filled in parallel with the GIL released, on a worker thread while ONNX Runtime computes the
+next batch), so memory is two batches of activations plus 2048 counters per tensor, however
+many images.
 
 Thresholds: "entropy" (TensorRT's KL-divergence method, the default), "max", or "percentile".
-The entropy search runs in C++ over all tensors in parallel (``entropy_amax_many``: the choice of
-the O(bins^2) reference ``entropy_amax``, bit for bit, in O(bins x 128)). Results are written as
-a JSON cache and as a TensorRT-format calibration cache.
+The entropy search runs in C++ over all tensors in parallel (``entropy_amax_many``: the choice
+of the O(bins^2) reference ``entropy_amax``, bit for bit, in O(bins x quantized_bins)). Results
+are written as a JSON cache and as a TensorRT-format calibration cache.
 
-Speed: on the demo model (512 images, 2 cores) calibration went from ~11x a plain FP32 pass of
-ONNX Runtime over the same images to ~3x, with the same thresholds to the last bit
-(``tools/bench_calibration_speed.py``). What is left is mostly ONNX Runtime itself: the
-activations must be the ones ORT_ENABLE_BASIC computes (ORT_ENABLE_ALL's NCHWc kernels round
-differently), and that level alone runs the graph ~2x slower than the default session.
+Time (``tools/bench_calibration_speed.py``, docs/precision.md): most of it is ONNX Runtime. The
+activations must stay the ones ORT_ENABLE_BASIC computes, bit for bit, so that thresholds do not
+move: ORT_ENABLE_ALL's NCHWc convolutions round differently, and without them the graph runs
+~2.3x slower than in the default session, before any output is written or counted.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,13 +204,13 @@ def run_batches(session: Any, x: np.ndarray, batch_size: int,
 
 
 class _Activations:
-    """The values of ``tensors`` for each batch, as ``session`` (the augmented graph) computes
-    them, written by ONNX Runtime straight into arrays reused from batch to batch (IOBinding)
-    instead of fresh ones: on the demo model that is 138 MB a batch of 16, whose allocation and
-    page faults cost a quarter of the pass. Same session, same kernels, same values. A graph
-    input asked for as a tensor is the batch itself; an output ONNX Runtime did not write where
-    it was bound (none seen so far) is read from the value it returns. Batches are cut and padded
-    as ``run_batches`` does; the arrays are overwritten by the next batch."""
+    """The values of ``tensors`` for one chunk, as ``session`` (the augmented graph) computes them,
+    written by ONNX Runtime straight into arrays reused from chunk to chunk (IOBinding) instead
+    of fresh ones: on the demo model that is 138 MB a batch of 16, whose allocation and page
+    faults cost a quarter of the pass. Same session, same kernels, same values. A graph input
+    asked for as a tensor is the chunk itself; an output ONNX Runtime did not write where it was
+    bound (none seen so far) is read from the value it returns. The arrays are overwritten by
+    the next call."""
 
     def __init__(self, session: Any, tensors: Sequence[str]) -> None:
         self._session = session
@@ -223,20 +224,16 @@ class _Activations:
         self._shape: tuple[int, ...] | None = None
         self._arrays: list[np.ndarray] = []
 
-    def __call__(self, x: np.ndarray) -> Iterator[list[np.ndarray]]:
-        step = self._fixed or len(x)
-        for start in range(0, len(x), step):
-            chunk = np.ascontiguousarray(x[start:start + step], dtype=np.float32)
-            n = len(chunk)
-            if self._fixed and n < self._fixed:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self._fixed - n, axis=0)])
-            values = dict(zip(self._outputs, self._run(chunk)))
-            out = [values[t] if t in values else chunk for t in self._tensors]
-            yield [o[:n] if self._fixed and o.ndim and o.shape[0] == self._fixed else o
-                   for o in out]
+    def __call__(self, chunk: np.ndarray, rows: int) -> list[np.ndarray]:
+        """``chunk``: float32, C-contiguous, padded to the fixed batch if any; ``rows``: its real
+        rows, to which outputs of the fixed batch are cut back (as ``run_batches`` does)."""
+        values = dict(zip(self._outputs, self._run(chunk)))
+        out = [values[t] if t in values else chunk for t in self._tensors]
+        return [o[:rows] if self._fixed and o.ndim and o.shape[0] == self._fixed else o
+                for o in out]
 
     def _run(self, chunk: np.ndarray) -> list[np.ndarray]:
-        if chunk.shape != self._shape:  # first batch of this shape: learn the output shapes
+        if chunk.shape != self._shape:  # first chunk of this shape: learn the output shapes
             outs = self._session.run(self._outputs, {self._input: chunk})
             self._bind(chunk.shape, outs)
             return outs
@@ -254,20 +251,56 @@ class _Activations:
         self._shape = shape
 
 
+def _chunks(x: np.ndarray, fixed: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """``x`` in chunks of the graph's fixed batch (the last one padded with copies of its last
+    row), or whole: (float32 C-contiguous chunk, real rows)."""
+    step = fixed or len(x)
+    for start in range(0, len(x), step):
+        chunk = np.ascontiguousarray(x[start:start + step], dtype=np.float32)
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        yield chunk, n
+
+
 def collect_histograms(onnx_path: str | os.PathLike[str], tensors: Sequence[str],
                        inputs: Callable[[], Any], *, bins: int = 2048,
-                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[int], None] | None = None,
+                       overlap: bool = True) -> dict[str, Any]:
     """Run the FP32 graph over the batches yielded by ``inputs()`` (float32 NCHW arrays) and
-    accumulate an |x| histogram per tensor."""
+    accumulate an |x| histogram per tensor.
+
+    ``overlap``: chunk k is histogrammed on a worker thread while ONNX Runtime computes chunk
+    k + 1 (and the next batch is read) into a second set of arrays; both release the GIL, and
+    the fills still run one after another in batch order, so the histograms are the same."""
     c = native()
-    activations = _Activations(_augmented_session(Path(onnx_path), tensors), tensors)
+    session = _augmented_session(Path(onnx_path), tensors)
+    buffers = [_Activations(session, tensors) for _ in range(2 if overlap else 1)]
     hists = [c.AbsHistogram(bins) for _ in tensors]
-    for batch in inputs():
-        for outputs in activations(batch):
-            c.histogram_add_many([(h, np.ascontiguousarray(o, dtype=np.float32))
-                                  for h, o in zip(hists, outputs)])
-        if progress:
-            progress(len(batch))
+    fixed = fixed_batch(session)
+
+    def fill(outputs: list[np.ndarray]) -> None:
+        c.histogram_add_many([(h, np.ascontiguousarray(o, dtype=np.float32))
+                              for h, o in zip(hists, outputs)])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="medtrt-histograms") as filler:
+        pending: Future[None] | None = None
+        k = 0
+        for batch in inputs():
+            for chunk, rows in _chunks(batch, fixed):
+                outputs = buffers[k % len(buffers)](chunk, rows)  # chunk k - 2's fill is done
+                k += 1
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if overlap:
+                    pending = filler.submit(fill, outputs)
+                else:
+                    fill(outputs)
+            if progress:
+                progress(len(batch))
+        if pending is not None:
+            pending.result()
     return dict(zip(tensors, hists))
 
 
