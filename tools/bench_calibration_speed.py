@@ -4,9 +4,9 @@
     python tools/bench_calibration_speed.py [--onnx M] [--images DIR] [--n 512] [--batch 16]
                                             [--repeats 3] [--out FILE]
 
-Three things run on the same images in the same order (``load_images(DIR, n)``, batches of
-``--batch``), interleaved, ``--repeats`` times each; every figure is the median over the repeats
-(the minimum is recorded beside it):
+These run on the same images in the same order (``load_images(DIR, n)``, batches of
+``--batch``), interleaved (the order rotated from repeat to repeat), ``--repeats`` times each;
+every figure is the median over the repeats (the minimum is recorded beside it):
 
 - **fp32**: a plain FP32 pass, ONNX Runtime's default session (ORT_ENABLE_ALL) over the images,
   read and pre-processed as calibration reads them. Its ``run`` phase (the ONNX Runtime calls
@@ -27,9 +27,10 @@ session), ``ort`` (its run / run_with_iobinding calls), ``histograms`` (histogra
 ``thresholds`` (the entropy searches); ``other`` is the rest of ``Calibration.seconds`` (the
 time calibrate() reports), negative when phases overlap. The check: every threshold (amax) of
 before, after and after_serial has the same float64 bits, and so does every histogram (counts,
-range, max |x|, NaN count, merges), in every repeat; the tool exits 1 otherwise. The 1-minute
-load average before each repeat is recorded: on a shared machine other work inflates every
-figure. Writes JSON (default benchmarks/results/bench_calibration_speed.json). Not a test.
+range, max |x|, NaN count, merges), in every repeat; the tool exits 1 otherwise. The CPU time
+other processes used during each repeat (and the hypervisor's steal) is recorded: on a shared
+machine other work inflates every figure. Writes JSON (default
+benchmarks/results/bench_calibration_speed.json). Not a test.
 """
 
 from __future__ import annotations
@@ -203,6 +204,20 @@ def identical(a: tuple[Any, TimedNative], b: tuple[Any, TimedNative]) -> dict[st
             "histograms_compared": len(nat_a.made), "histogram_mismatches": hist_bad}
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far: busy (all processes), steal (taken by the hypervisor) and own (this
+    process, all its threads). Linux; NaN elsewhere."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return {"busy": float("nan"), "steal": float("nan"), "own": float("nan")}
+    user, nice, system, _, _, irq, softirq, steal = fields
+    t = os.times()
+    return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
+            "own": t.user + t.system}
+
+
 def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
     keys = runs[0].keys()
     return {"median": {k: statistics.median(r[k] for r in runs) for k in keys},
@@ -219,19 +234,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("fp32", *PATHS)}
     checks, rechecked, load = [], [], []
     for i in range(args.repeats):
-        load.append(os.getloadavg()[0])
-        runs["fp32"].append(fp32_pass(args.onnx, paths, args.batch, preset.preprocess_kwargs()))
+        cpu0 = cpu_seconds()
         made = {}
-        for name, (module, reference, overlap) in PATHS.items():
-            module = before if module is None else module
-            seconds, cal, c = timed_calibration(module, reference, args.onnx, paths, tensors,
-                                                config, overlap)
+        order = list(runs)[i % len(runs):] + list(runs)[:i % len(runs)]  # rotated each repeat
+        for name in order:
+            if name == "fp32":
+                runs[name].append(fp32_pass(args.onnx, paths, args.batch,
+                                            preset.preprocess_kwargs()))
+                continue
+            module, reference, overlap = PATHS[name]
+            seconds, cal, c = timed_calibration(before if module is None else module, reference,
+                                                args.onnx, paths, tensors, config, overlap)
             runs[name].append(seconds)
             made[name] = (cal, c)
+        cpu = {k: v - cpu0[k] for k, v in cpu_seconds().items()}
+        load.append({"other_processes_cpu_s": cpu["busy"] - cpu["own"],
+                     "steal_s": cpu["steal"], "own_cpu_s": cpu["own"]})
         checks += [identical(made["before"], made[k]) for k in ("after", "after_serial")]
         rechecked = made["after"][1].rechecked
         ok = all(not c["amax_mismatches"] and not c["histogram_mismatches"] for c in checks[-2:])
-        print(f"repeat {i + 1}/{args.repeats} (load {load[-1]:.2f}): fp32 run "
+        print(f"repeat {i + 1}/{args.repeats} (other processes' CPU "
+              f"{load[-1]['other_processes_cpu_s']:.1f} s, steal {load[-1]['steal_s']:.1f} s): "
+              f"fp32 run "
               f"{runs['fp32'][-1]['run']:.2f} s; calibrate() before {runs['before'][-1]['total']:.2f}"
               f" s, after {runs['after'][-1]['total']:.2f} s (serial "
               f"{runs['after_serial'][-1]['total']:.2f} s); thresholds identical: {ok}", flush=True)
@@ -246,7 +270,7 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
         "tool": "tools/bench_calibration_speed.py", "machine": machine_info(cwd=ROOT),
         "onnx": str(args.onnx), "images": m["images"], "batch": args.batch,
         "tensors": m["tensors"], "repeats": args.repeats, "statistic": "median of the repeats",
-        "load_average_1min": m["load"],
+        "cpu_during_each_repeat": m["load"],
         "threads": {"cpu_count": os.cpu_count(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "before_code": f"git {BEFORE_COMMIT}:python/medtrt/precision/calibrate.py, reference kernels",
