@@ -8,8 +8,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -219,8 +221,9 @@ void def_topk(py::module_& m) {
 
 // ---- entropy -------------------------------------------------------------------------------
 
-// Fills several histograms from their arrays in parallel (one histogram per task); reference:
-// with AbsHistogram::add_reference, the former fill (for the before/after benchmark).
+// Fills several histograms from their arrays in parallel (one histogram per task, the largest
+// arrays first so that no thread is left with a big one at the end); reference: the former
+// fill (AbsHistogram::add_reference, in the order given), for the before/after benchmark.
 void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::array>>& work,
                         bool reference) {
   std::vector<py::array> arrays;
@@ -235,11 +238,18 @@ void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::arra
   }
   py::gil_scoped_release nogil;
   const auto n = static_cast<std::int64_t>(work.size());
+  std::vector<std::size_t> order(work.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  if (!reference)
+    std::stable_sort(order.begin(), order.end(), [&arrays](std::size_t a, std::size_t b) {
+      return arrays[a].size() > arrays[b].size();
+    });
   std::string error;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (std::int64_t i = 0; i < n; ++i) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    const std::size_t i = order[static_cast<std::size_t>(k)];
     try {
-      const py::array& a = arrays[static_cast<std::size_t>(i)];
+      const py::array& a = arrays[i];
       const auto* x = static_cast<const float*>(a.data());
       if (reference)
         work[i].first->add_reference(x, static_cast<std::int64_t>(a.size()));

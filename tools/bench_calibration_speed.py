@@ -15,18 +15,14 @@ every figure is the median over the repeats (the minimum is recorded beside it):
   calibrate.py`` of that commit, read with ``git show`` and run as a module) on the extension's
   reference kernels, which are that commit's code: ``AbsHistogram.add_reference`` (through
   ``histogram_add_many(..., reference=True)``) and ``entropy_amax``.
-- **after**: ``medtrt.precision.calibrate.calibrate()`` as shipped: the histograms of chunk k
-  are filled on a worker thread while ONNX Runtime computes chunk k + 1.
-- **after_serial**: the same with ``collect_histograms(..., overlap=False)``: the clean
-  per-phase breakdown of the after path (in ``after`` the ``ort`` and ``histograms`` phases run
-  at the same time, so its phases add up to more than its total).
+- **after**: ``medtrt.precision.calibrate.calibrate()``.
 
 Phases are timed by wrapping, in each module alike, what ``calibrate()`` calls: ``read``
 (read_image and resize_normalize_mixed), ``session`` (building the augmented ONNX Runtime
 session), ``ort`` (its run / run_with_iobinding calls), ``histograms`` (histogram_add_many),
 ``thresholds`` (the entropy searches); ``other`` is the rest of ``Calibration.seconds`` (the
-time calibrate() reports), negative when phases overlap. The check: every threshold (amax) of
-before, after and after_serial has the same float64 bits, and so does every histogram (counts,
+time calibrate() reports). The check: every threshold (amax) of before and after has the same
+float64 bits, and so does every histogram (counts,
 range, max |x|, NaN count, merges), in every repeat; the tool exits 1 otherwise. The CPU time
 other processes used during each repeat (and the hypervisor's steal) is recorded: on a shared
 machine other work inflates every figure. Writes JSON (default
@@ -36,7 +32,6 @@ benchmarks/results/bench_calibration_speed.json). Not a test.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import os
@@ -66,9 +61,8 @@ from medtrt.ops import resize_normalize_mixed  # noqa: E402
 from medtrt.precision.qdq import plan_qdq  # noqa: E402
 
 after_module = importlib.import_module("medtrt.precision.calibrate")
-# name -> (module: None for the before-code, reference kernels, overlap)
-PATHS = {"before": (None, True, True), "after": (after_module, False, True),
-         "after_serial": (after_module, False, False)}
+# name -> (module: None for the before-code, its kernels: the reference ones)
+PATHS = {"before": (None, True), "after": (after_module, False)}
 
 
 def before_module() -> types.ModuleType:
@@ -143,21 +137,18 @@ class TimedNative:
 
 
 def timed_calibration(module: types.ModuleType, reference: bool, onnx_path: Path,
-                      paths: list[Path], tensors: list[str], config: Any,
-                      overlap: bool = True) -> tuple[dict[str, Any], Any, TimedNative]:
-    """One calibrate() of ``module`` with its calls wrapped: (seconds, Calibration, natives).
-    ``overlap=False``: collect_histograms(..., overlap=False) (the after code only)."""
+                      paths: list[Path], tensors: list[str],
+                      config: Any) -> tuple[dict[str, Any], Any, TimedNative]:
+    """One calibrate() of ``module`` with its calls wrapped: (seconds, Calibration, natives)."""
     clock = Clock()
     c = TimedNative(clock, reference)
     saved = {k: getattr(module, k) for k in ("native", "read_image", "resize_normalize_mixed",
-                                             "_augmented_session", "collect_histograms")}
+                                             "_augmented_session")}
     session = clock.timed("session", saved["_augmented_session"])
     module.native = lambda: c
     module.read_image = clock.timed("read", saved["read_image"])
     module.resize_normalize_mixed = clock.timed("read", saved["resize_normalize_mixed"])
     module._augmented_session = lambda *a: TimedSession(session(*a), clock)
-    if not overlap:
-        module.collect_histograms = functools.partial(saved["collect_histograms"], overlap=False)
     try:
         t0 = time.perf_counter()
         cal = module.calibrate(onnx_path, paths, tensors, module.CalibrationConfig(**config))
@@ -242,29 +233,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 runs[name].append(fp32_pass(args.onnx, paths, args.batch,
                                             preset.preprocess_kwargs()))
                 continue
-            module, reference, overlap = PATHS[name]
+            module, reference = PATHS[name]
             seconds, cal, c = timed_calibration(before if module is None else module, reference,
-                                                args.onnx, paths, tensors, config, overlap)
+                                                args.onnx, paths, tensors, config)
             runs[name].append(seconds)
             made[name] = (cal, c)
         cpu = {k: v - cpu0[k] for k, v in cpu_seconds().items()}
         load.append({"other_processes_cpu_s": cpu["busy"] - cpu["own"],
                      "steal_s": cpu["steal"], "own_cpu_s": cpu["own"]})
-        checks += [identical(made["before"], made[k]) for k in ("after", "after_serial")]
+        checks.append(identical(made["before"], made["after"]))
         rechecked = made["after"][1].rechecked
-        ok = all(not c["amax_mismatches"] and not c["histogram_mismatches"] for c in checks[-2:])
+        ok = not checks[-1]["amax_mismatches"] and not checks[-1]["histogram_mismatches"]
         print(f"repeat {i + 1}/{args.repeats} (other processes' CPU "
               f"{load[-1]['other_processes_cpu_s']:.1f} s, steal {load[-1]['steal_s']:.1f} s): "
-              f"fp32 run "
-              f"{runs['fp32'][-1]['run']:.2f} s; calibrate() before {runs['before'][-1]['total']:.2f}"
-              f" s, after {runs['after'][-1]['total']:.2f} s (serial "
-              f"{runs['after_serial'][-1]['total']:.2f} s); thresholds identical: {ok}", flush=True)
+              f"fp32 run {runs['fp32'][-1]['run']:.2f} s; calibrate() before "
+              f"{runs['before'][-1]['total']:.2f} s, after {runs['after'][-1]['total']:.2f} s; "
+              f"thresholds identical: {ok}", flush=True)
     return {"tensors": len(tensors), "images": len(paths), "load": load, "checks": checks,
             "rechecked": rechecked, **{k: summary(v) for k, v in runs.items()}}
 
 
 def report(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
-    fp32, old, new, serial = (m[k]["median"] for k in ("fp32", *PATHS))
+    fp32, old, new = (m[k]["median"] for k in ("fp32", *PATHS))
     ok = all(not c["amax_mismatches"] and not c["histogram_mismatches"] for c in m["checks"])
     return {
         "tool": "tools/bench_calibration_speed.py", "machine": machine_info(cwd=ROOT),
@@ -275,13 +265,12 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "before_code": f"git {BEFORE_COMMIT}:python/medtrt/precision/calibrate.py, reference kernels",
         "fp32": m["fp32"], "before": m["before"], "after": m["after"],
-        "after_serial": m["after_serial"],
         "ratios": {"after_over_fp32_run": new["total"] / fp32["run"],
                    "after_over_fp32_total": new["total"] / fp32["total"],
                    "before_over_fp32_run": old["total"] / fp32["run"],
                    "before_over_after": old["total"] / new["total"],
-                   "per_phase_before_over_after_serial": {
-                       p: old[p] / serial[p] if serial[p] > 0 else None for p in PHASES}},
+                   "per_phase_before_over_after": {
+                       p: old[p] / new[p] if new[p] > 0 else None for p in PHASES}},
         "goal": {"after_over_fp32_run_at_most": 3.0, "met": new["total"] / fp32["run"] <= 3.0},
         "thresholds_identical": ok,
         "identity_checks": m["checks"],
@@ -314,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 pass: run {fp32['run']:.2f} s ({fp32['total']:.2f} s with reading and session)")
     for name in PATHS:
         s = r[name]["median"]
-        print(f"{name:12s}: {s['total']:.2f} s = "
+        print(f"{name:6s}: {s['total']:.2f} s = "
               + ", ".join(f"{p} {s[p]:.2f}" for p in (*PHASES, "other")))
     ratios = r["ratios"]
     print(f"after / fp32 run {ratios['after_over_fp32_run']:.2f}x (goal <= 3: "

@@ -87,10 +87,7 @@ def calibration_speed(path: Path) -> list[str]:
         f"{fp32['total'] / fp32['run']:.1f}x | {fp32['read']:.2f} | {fp32['session']:.2f} | "
         f"{fp32['run']:.2f} | — | — | — |",
         _speed_row("before (a742ee9)", r["before"]["median"], fp32["run"]),
-        _speed_row("after, fills beside ONNX Runtime (default; phases overlap)",
-                   r["after"]["median"], fp32["run"]),
-        _speed_row("after, fills in turn (phases add up)", r["after_serial"]["median"],
-                   fp32["run"]),
+        _speed_row("after", r["after"]["median"], fp32["run"]),
         "",
     ]
 
