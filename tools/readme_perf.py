@@ -80,14 +80,14 @@ def calibration_speed(path: Path) -> list[str]:
         f"threshold and histogram bit-identical before/after: "
         f"{'yes' if r['thresholds_identical'] else 'NO'}; source `{path.relative_to(ROOT)}`",
         "",
-        "| path | calibrate() | × FP32 run | read | session | ONNX Runtime | histograms | "
+        "| path | total | × FP32 run | read | session | ONNX Runtime | histograms | "
         "thresholds | other |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| plain FP32 pass (default session) | {fp32['total']:.2f} | "
         f"{fp32['total'] / fp32['run']:.1f}x | {fp32['read']:.2f} | {fp32['session']:.2f} | "
         f"{fp32['run']:.2f} | — | — | — |",
-        _speed_row("before (a742ee9)", r["before"]["median"], fp32["run"]),
-        _speed_row("after", r["after"]["median"], fp32["run"]),
+        _speed_row("calibrate() before (a742ee9)", r["before"]["median"], fp32["run"]),
+        _speed_row("calibrate() after", r["after"]["median"], fp32["run"]),
         "",
     ]
 

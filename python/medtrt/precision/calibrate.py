@@ -15,7 +15,7 @@ are written as a JSON cache and as a TensorRT-format calibration cache.
 Time (``tools/bench_calibration_speed.py``, docs/precision.md): most of it is ONNX Runtime. The
 activations must stay the ones ORT_ENABLE_BASIC computes, bit for bit, so that thresholds do not
 move: ORT_ENABLE_ALL's NCHWc convolutions round differently, and without them the graph runs
-~2.3x slower than in the default session, before any output is written or counted.
+2.2x slower than in the default session, before any output is written or counted.
 """
 
 from __future__ import annotations
