@@ -8,8 +8,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -219,8 +221,11 @@ void def_topk(py::module_& m) {
 
 // ---- entropy -------------------------------------------------------------------------------
 
-// Fills several histograms from their arrays in parallel (one histogram per task).
-void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::array>>& work) {
+// Fills several histograms from their arrays in parallel (one histogram per task, the largest
+// arrays first so that no thread is left with a big one at the end); reference: the former
+// fill (AbsHistogram::add_reference, in the order given), for the before/after benchmark.
+void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::array>>& work,
+                        bool reference) {
   std::vector<py::array> arrays;
   for (std::size_t i = 0; i < work.size(); ++i) {
     MEDTRT_CHECK(work[i].first != nullptr, "histogram_add_many: item ", i,
@@ -233,12 +238,23 @@ void histogram_add_many(const std::vector<std::pair<ops::AbsHistogram*, py::arra
   }
   py::gil_scoped_release nogil;
   const auto n = static_cast<std::int64_t>(work.size());
+  std::vector<std::size_t> order(work.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  if (!reference)
+    std::stable_sort(order.begin(), order.end(), [&arrays](std::size_t a, std::size_t b) {
+      return arrays[a].size() > arrays[b].size();
+    });
   std::string error;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (std::int64_t i = 0; i < n; ++i) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    const std::size_t i = order[static_cast<std::size_t>(k)];
     try {
-      const py::array& a = arrays[static_cast<std::size_t>(i)];
-      work[i].first->add(static_cast<const float*>(a.data()), static_cast<std::int64_t>(a.size()));
+      const py::array& a = arrays[i];
+      const auto* x = static_cast<const float*>(a.data());
+      if (reference)
+        work[i].first->add_reference(x, static_cast<std::int64_t>(a.size()));
+      else
+        work[i].first->add(x, static_cast<std::int64_t>(a.size()));
     } catch (const std::exception& e) {
 #pragma omp critical
       error = e.what();
@@ -251,6 +267,12 @@ void histogram_add(ops::AbsHistogram& h, const py::array& x) {
   const py::array a = float32_array(x, "activation");
   py::gil_scoped_release nogil;
   h.add(static_cast<const float*>(a.data()), static_cast<std::int64_t>(a.size()));
+}
+
+void histogram_add_reference(ops::AbsHistogram& h, const py::array& x) {
+  const py::array a = float32_array(x, "activation");
+  py::gil_scoped_release nogil;
+  h.add_reference(static_cast<const float*>(a.data()), static_cast<std::int64_t>(a.size()));
 }
 
 // c_style: a strided or reversed view is copied in order, not read past its buffer.
@@ -270,11 +292,49 @@ py::tuple entropy_amax(const ops::AbsHistogram& h, std::int64_t start_bin,
                                             r.divergences.data()));
 }
 
+// The fast threshold search over several histograms in parallel, GIL released:
+// (amax float64[n], bins_kept int64[n], rechecked int64[n]).
+py::tuple entropy_amax_many(const std::vector<const ops::AbsHistogram*>& histograms,
+                            std::int64_t start_bin, std::int64_t quantized_bins) {
+  for (std::size_t i = 0; i < histograms.size(); ++i) {
+    MEDTRT_CHECK(histograms[i] != nullptr, "entropy_amax_many: item ", i,
+                 " is None; pass AbsHistogram objects");
+    ops::validate_entropy(*histograms[i], start_bin, quantized_bins);
+  }
+  const auto n = static_cast<py::ssize_t>(histograms.size());
+  py::array_t<double> amax(n);
+  py::array_t<std::int64_t> kept(n), rechecked(n);
+  double* a = amax.mutable_data();
+  std::int64_t* k = kept.mutable_data();
+  std::int64_t* r = rechecked.mutable_data();
+  std::string error;
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (py::ssize_t i = 0; i < n; ++i) {
+      try {
+        const ops::EntropyChoice c = ops::entropy_amax_fast(
+            *histograms[static_cast<std::size_t>(i)], start_bin, quantized_bins);
+        a[i] = c.amax;
+        k[i] = c.bins_kept;
+        r[i] = c.rechecked;
+      } catch (const std::exception& e) {
+#pragma omp critical
+        error = e.what();
+      }
+    }
+  }
+  if (!error.empty()) throw std::invalid_argument(error);
+  return py::make_tuple(amax, kept, rechecked);
+}
+
 void def_entropy(py::module_& m) {
   using H = ops::AbsHistogram;
   py::class_<H>(m, "AbsHistogram")
       .def(py::init<std::int64_t>(), py::arg("bins") = 2048)
       .def("add", &histogram_add, py::arg("x"))
+      .def("add_reference", &histogram_add_reference, py::arg("x"),
+           "The former add (two plain passes): same results, slower; for tests and benchmarks.")
       .def_property_readonly("counts", [](const H& h) {
              return py::array_t<std::uint64_t>(static_cast<py::ssize_t>(h.counts().size()),
                                                h.counts().data());
@@ -288,10 +348,15 @@ void def_entropy(py::module_& m) {
       .def_property_readonly("merges", &H::merges)
       .def_static("from_parts", &histogram_from_parts, py::arg("counts"), py::arg("range"),
                   py::arg("max_abs"), py::arg("nan_count") = 0, py::arg("merges") = 0);
-  m.def("histogram_add_many", &histogram_add_many, py::arg("work"),
+  m.def("histogram_add_many", &histogram_add_many, py::arg("work"), py::arg("reference") = false,
         "Fill [(histogram, float32 array), ...] in parallel, GIL released.");
   m.def("entropy_amax", &entropy_amax, py::arg("histogram"), py::arg("start_bin") = 128,
-        py::arg("quantized_bins") = 128);
+        py::arg("quantized_bins") = 128,
+        "The reference search, O(bins^2): (amax, bins_kept, divergences).");
+  m.def("entropy_amax_many", &entropy_amax_many, py::arg("histograms"), py::arg("start_bin") = 128,
+        py::arg("quantized_bins") = 128,
+        "entropy_amax's choice, bit for bit, for many histograms in parallel (GIL released): "
+        "(amax, bins_kept, rechecked) arrays.");
   m.def("percentile_amax", &ops::percentile_amax, py::arg("histogram"), py::arg("percentile"));
 }
 

@@ -201,15 +201,20 @@ def activations(draw, fault: bool = False) -> tuple[np.ndarray, np.ndarray]:
 def test_histogram(data, bins, faults, layout):
     for bad in (0, 3, 2**25):
         assert refused(lambda bad=bad: C.AbsHistogram(bad))
-    h = C.AbsHistogram(bins)
+    h, former = C.AbsHistogram(bins), C.AbsHistogram(bins)
     counted = nans = 0
     top = 0.0
     for fault in faults:
         x, base = data.draw(activations(fault))
         if refused(lambda x=x: h.add(x)):  # refused before anything is counted
             assert fault, f"a valid batch was refused ({base.size} values)"
+            assert refused(lambda x=x: former.add_reference(x))
             continue
         assert not fault, "an infinite or non-contiguous batch was accepted"
+        former.add_reference(x)  # the former two-pass fill: the same state, bit for bit
+        assert (h.counts.tobytes(), h.range, h.max_abs, h.total, h.nan_count, h.merges) == (
+            former.counts.tobytes(), former.range, former.max_abs, former.total,
+            former.nan_count, former.merges)
         counted += int((~np.isnan(base)).sum())
         nans += int(np.isnan(base).sum())
         top = max(top, float(np.nanmax(np.abs(base), initial=0.0)))
@@ -223,6 +228,8 @@ def test_histogram(data, bins, faults, layout):
     start = data.draw(st.integers(quant, bins))
     amax = [C.entropy_amax(hist, start, quant)[0] for hist in (h, again)]
     assert amax[0] == amax[1] <= h.max_abs
+    fast = C.entropy_amax_many([h, again], start, quant)[0]  # the fast search, bit for bit
+    assert np.float64(fast[0]).tobytes() == np.float64(amax[0]).tobytes() == fast[1].tobytes()
     for s, q in ((start, 1), (quant - 1, quant), (bins + 1, quant), (start, bins + 1)):
         assert refused(lambda s=s, q=q: C.entropy_amax(h, s, q))
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates the Performance tables of docs/benchmarks.md from benchmarks/results/: bench_ops_*.json,
-bench_calibration.json and every medtrt bench report (bench-*/bench.json)."""
+bench_calibration.json, bench_calibration_speed.json and every medtrt bench report
+(bench-*/bench.json)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,40 @@ def calibration(path: Path) -> list[str]:
         f"{100 * r['median_signed_rel_diff']:+.1f} % |",
         "",
         *_decomposition(r),
+    ]
+
+
+SPEED_PHASES = ("read", "session", "ort", "histograms", "thresholds", "other")
+
+
+def _speed_row(name: str, s: dict, fp32_run: float) -> str:
+    return (f"| {name} | {s['total']:.2f} | {s['total'] / fp32_run:.1f}x | "
+            + " | ".join(f"{s[p]:.2f}" for p in SPEED_PHASES) + " |")
+
+
+def calibration_speed(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    m = r["machine"]
+    fp32 = r["fp32"]["median"]
+    others = [c["other_processes_cpu_s"] for c in r.get("cpu_during_each_repeat", [])]
+    return [
+        f"**Calibration speed: before and after issue #22** — {m['cpu']} ({m['cores']} cores), "
+        f"{m['date'][:10]}, commit `{m['commit'][:10]}`{' (dirty tree)' if m.get('dirty') else ''}, "
+        f"{r['images']} images, batch {r['batch']}, {r['tensors']} tensors, median of "
+        f"{r['repeats']} interleaved repeats (seconds; other processes used "
+        f"{min(others, default=0):.1f}-{max(others, default=0):.1f} CPU s per repeat); every "
+        f"threshold and histogram bit-identical before/after: "
+        f"{'yes' if r['thresholds_identical'] else 'NO'}; source `{path.relative_to(ROOT)}`",
+        "",
+        "| path | total | × FP32 run | read | session | ONNX Runtime | histograms | "
+        "thresholds | other |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| plain FP32 pass (default session) | {fp32['total']:.2f} | "
+        f"{fp32['total'] / fp32['run']:.1f}x | {fp32['read']:.2f} | {fp32['session']:.2f} | "
+        f"{fp32['run']:.2f} | — | — | — |",
+        _speed_row("calibrate() before (a742ee9)", r["before"]["median"], fp32["run"]),
+        _speed_row("calibrate() after", r["after"]["median"], fp32["run"]),
+        "",
     ]
 
 
@@ -142,6 +177,9 @@ def main() -> int:
     cal = ROOT / "benchmarks" / "results" / "bench_calibration.json"
     if cal.is_file():
         body += calibration(cal)
+    speed = ROOT / "benchmarks" / "results" / "bench_calibration_speed.json"
+    if speed.is_file():
+        body += calibration_speed(speed)
     for path in sorted((ROOT / "benchmarks" / "results").glob("bench-*/bench.json")):
         body += bench(path)
     readme = ROOT / "docs" / "benchmarks.md"

@@ -1,13 +1,21 @@
 """INT8 calibration: activation statistics of the FP32 graph on calibration images.
 
-The FP32 ONNX runs in ONNX Runtime (CPU) with the tensors to quantize added as graph outputs;
-images are pre-processed exactly as at inference (``medtrt.ops.resize_normalize`` with the
-preset recorded in the ONNX); each batch's activations go straight into per-tensor |x|
-histograms in C++ (``medtrt._C.AbsHistogram``, filled in parallel with the GIL released), so
-memory is one batch of activations plus 2048 counters per tensor, however many images.
+The FP32 ONNX runs in ONNX Runtime (CPU) with the tensors to quantize added as graph outputs,
+written straight into arrays reused from batch to batch (IOBinding); images are pre-processed
+exactly as at inference (``medtrt.ops.resize_normalize`` with the preset recorded in the ONNX);
+each batch's activations go straight into per-tensor |x| histograms in C++
+(``medtrt._C.AbsHistogram``, filled in parallel with the GIL released), so memory is one batch
+of activations plus 2048 counters per tensor, however many images.
 
 Thresholds: "entropy" (TensorRT's KL-divergence method, the default), "max", or "percentile".
-Results are written as a JSON cache and as a TensorRT-format calibration cache.
+The entropy search runs in C++ over all tensors in parallel (``entropy_amax_many``: the choice
+of the O(bins^2) reference ``entropy_amax``, bit for bit, in O(bins x quantized_bins)). Results
+are written as a JSON cache and as a TensorRT-format calibration cache.
+
+Time (``tools/bench_calibration_speed.py``, docs/precision.md): most of it is ONNX Runtime. The
+activations must stay the ones ORT_ENABLE_BASIC computes, bit for bit, so that thresholds do not
+move: ORT_ENABLE_ALL's NCHWc convolutions round differently, and without them the graph runs
+2.2x slower than in the default session, before any output is written or counted.
 """
 
 from __future__ import annotations
@@ -193,34 +201,100 @@ def run_batches(session: Any, x: np.ndarray, batch_size: int,
         yield [o[:n] if fixed and o.ndim and o.shape[0] == fixed else o for o in outs]
 
 
+class _Activations:
+    """The values of ``tensors`` for one chunk, as ``session`` (the augmented graph) computes them,
+    written by ONNX Runtime straight into arrays reused from chunk to chunk (IOBinding) instead
+    of fresh ones: on the demo model that is 138 MB a batch of 16, whose allocation and page
+    faults cost a quarter of the pass. Same session, same kernels, same values. A graph input
+    asked for as a tensor is the chunk itself; an output ONNX Runtime did not write where it was
+    bound (none seen so far) is read from the value it returns. The arrays are overwritten by
+    the next call."""
+
+    def __init__(self, session: Any, tensors: Sequence[str]) -> None:
+        self._session = session
+        inputs = session.get_inputs()
+        self._input = inputs[0].name
+        self._fixed = fixed_batch(session)
+        graph_inputs = {i.name for i in inputs}
+        self._tensors = list(tensors)
+        self._outputs = [t for t in tensors if t not in graph_inputs]
+        self._binding: Any = None
+        self._shape: tuple[int, ...] | None = None
+        self._arrays: list[np.ndarray] = []
+
+    def __call__(self, chunk: np.ndarray, rows: int) -> list[np.ndarray]:
+        """``chunk``: float32, C-contiguous, padded to the fixed batch if any; ``rows``: its real
+        rows, to which outputs of the fixed batch are cut back (as ``run_batches`` does)."""
+        values = dict(zip(self._outputs, self._run(chunk)))
+        out = [values[t] if t in values else chunk for t in self._tensors]
+        return [o[:rows] if self._fixed and o.ndim and o.shape[0] == self._fixed else o
+                for o in out]
+
+    def _run(self, chunk: np.ndarray) -> list[np.ndarray]:
+        if chunk.shape != self._shape:  # first chunk of this shape: learn the output shapes
+            outs = self._session.run(self._outputs, {self._input: chunk})
+            self._bind(chunk.shape, outs)
+            return outs
+        self._binding.bind_cpu_input(self._input, chunk)
+        self._session.run_with_iobinding(self._binding)
+        values = self._binding.get_outputs()
+        return [a if v.data_ptr() == a.ctypes.data else v.numpy()
+                for a, v in zip(self._arrays, values)]
+
+    def _bind(self, shape: tuple[int, ...], outs: list[np.ndarray]) -> None:
+        self._arrays = [np.empty(o.shape, o.dtype) for o in outs]
+        self._binding = self._session.io_binding()
+        for name, a in zip(self._outputs, self._arrays):
+            self._binding.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        self._shape = shape
+
+
+def _chunks(x: np.ndarray, fixed: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """``x`` in chunks of the graph's fixed batch (the last one padded with copies of its last
+    row), or whole: (float32 C-contiguous chunk, real rows)."""
+    step = fixed or len(x)
+    for start in range(0, len(x), step):
+        chunk = np.ascontiguousarray(x[start:start + step], dtype=np.float32)
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        yield chunk, n
+
+
 def collect_histograms(onnx_path: str | os.PathLike[str], tensors: Sequence[str],
                        inputs: Callable[[], Any], *, bins: int = 2048,
                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the FP32 graph over the batches yielded by ``inputs()`` (float32 NCHW arrays) and
-    accumulate an |x| histogram per tensor."""
+    accumulate an |x| histogram per tensor.
+
+    Filling a batch's histograms on a worker thread while ONNX Runtime computes the next batch
+    was measured and left out: on 2 cores both are CPU-bound, ONNX Runtime slowed by what the
+    fills hid (4.31 s vs 4.32 s for 512 demo images), for twice the memory."""
     c = native()
     session = _augmented_session(Path(onnx_path), tensors)
-    hists = {t: c.AbsHistogram(bins) for t in tensors}
+    activations = _Activations(session, tensors)
+    fixed = fixed_batch(session)
+    hists = [c.AbsHistogram(bins) for _ in tensors]
     for batch in inputs():
-        for outputs in run_batches(session, batch, len(batch), tensors):
-            c.histogram_add_many([(hists[t], np.ascontiguousarray(o, dtype=np.float32))
-                                  for t, o in zip(tensors, outputs)])
+        for chunk, rows in _chunks(batch, fixed):
+            c.histogram_add_many([(h, np.ascontiguousarray(o, dtype=np.float32))
+                                  for h, o in zip(hists, activations(chunk, rows))])
         if progress:
             progress(len(batch))
-    return hists
+    return dict(zip(tensors, hists))
 
 
 def compute_amax(hists: dict[str, Any], config: CalibrationConfig) -> dict[str, float]:
+    """The threshold of each histogram by ``config.method``. Entropy: all tensors at once, in
+    parallel (``entropy_amax_many``, the reference ``entropy_amax``'s choice bit for bit)."""
     c = native()
-    amax = {}
-    for t, h in hists.items():
-        if config.method == "max":
-            amax[t] = float(h.max_abs)
-        elif config.method == "percentile":
-            amax[t] = float(c.percentile_amax(h, config.percentile))
-        else:
-            amax[t] = float(c.entropy_amax(h, config.start_bin, config.quantized_bins)[0])
-    return amax
+    if config.method == "entropy":
+        amax = c.entropy_amax_many(list(hists.values()), config.start_bin,
+                                   config.quantized_bins)[0]
+        return {t: float(a) for t, a in zip(hists, amax)}
+    if config.method == "max":
+        return {t: float(h.max_abs) for t, h in hists.items()}
+    return {t: float(c.percentile_amax(h, config.percentile)) for t, h in hists.items()}
 
 
 def calibrate(onnx_path: str | os.PathLike[str],
