@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medtrt._cache import cache_dir
 from medtrt._native import native
 from medtrt.artifacts import (PRECISIONS, AccuracyCheck, BuildMachine, Bundle, Calibration,
                               FileRecord, InputSpec, OnnxMetadata, OutputSpec, Profile,
@@ -159,7 +160,7 @@ def build(onnx_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                          input_shape=(src.meta.preset.in_channels, *src.meta.preset.image_size),
                          workspace_mib=opts.workspace_mib,
                          optimization_level=opts.optimization_level,
-                         timing_cache_dir=_cache_dir() / "timing",
+                         timing_cache_dir=cache_dir() / "timing",
                          compute_capabilities=list(opts.compute_capabilities) or None,
                          on_phase=phase)
     timings["engine_build_s"] = built.seconds
@@ -221,10 +222,6 @@ def _profile_batch(fixed: int | None, asked: tuple[int, int, int] | None,
                          f"{fixed},{fixed},{fixed}), or export the model with a dynamic batch "
                          "axis for other batch sizes")
     return (fixed,) * 3
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MEDTRT_CACHE", Path.home() / ".cache" / "medtrt"))
 
 
 def _precision_graph(src: _Source, out: Path, name: str, opts: BuildOptions,

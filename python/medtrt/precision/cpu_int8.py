@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from medtrt._cache import cache_dir as medtrt_cache_dir
 from medtrt._lazy import require
 from medtrt.artifacts import sha256_file
 from medtrt.precision.qdq import name_nodes
@@ -440,7 +441,7 @@ def cpu_graph_path(precision_onnx: str | os.PathLike[str], kind: str, *, sha256:
     if kind not in GRAPH_KINDS:
         raise ValueError(f"kind must be one of {GRAPH_KINDS}; got {kind!r}")
     digest = sha256 or sha256_file(precision_onnx)
-    root = Path(cache_dir or os.environ.get("MEDTRT_CACHE") or Path.home() / ".cache" / "medtrt")
+    root = Path(cache_dir) if cache_dir else medtrt_cache_dir()
     path = root / "cpu-graphs" / f"{digest[:16]}.{kind}.v{REWRITE_VERSION}.onnx"
     if path.is_file():
         return path

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from medtrt._cache import cache_dir
 from medtrt._lazy import require
 from medtrt.artifacts import Bundle, sha256_file
 from medtrt.cpu import cpu_info
@@ -295,9 +296,6 @@ def _timed_blocks(stages: dict[str, Stage], view: _ProbeView,
 # ---------------------------------------------------------------------------------- the cache
 
 
-def _cache_dir() -> Path:  # as medtrt.build's: $MEDTRT_CACHE, else ~/.cache/medtrt
-    return Path(os.environ.get("MEDTRT_CACHE", Path.home() / ".cache" / "medtrt"))
-
 
 def cache_key(candidates: Sequence[Candidate], *, threads: int, batch: int) -> dict[str, Any]:
     """What a stored choice holds for: this CPU, the threads and batch, and each candidate's
@@ -318,7 +316,7 @@ def cache_key(candidates: Sequence[Candidate], *, threads: int, batch: int) -> d
 
 def cache_path(key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return _cache_dir() / "cpu-backend" / f"{digest}.json"
+    return cache_dir() / "cpu-backend" / f"{digest}.json"
 
 
 def write_cache(path: Path, key: dict[str, Any], choice: BackendChoice) -> None:
